@@ -1,0 +1,72 @@
+"""The device loader: the whole split lives on the training device as uint8; batching, shuffling,
+augmentation and normalisation are tensor ops there (no DataLoader, no per-sample Python)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from cnnbench.data.augment import augment
+from cnnbench.data.bundle import Split
+
+
+class DeviceLoader:
+    """Iterate ``(images, labels)`` batches: images float32 normalised (N, C, H, W), labels int64.
+
+    Shuffling and augmentation draw from a generator seeded by ``(seed, epoch)``, so epoch ``e``
+    is the same batch sequence whether training ran straight through or was resumed at ``e``.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        device: torch.device,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        shuffle: bool = False,
+        augmentation: str = "none",
+        seed: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        c = self.images.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1) * 255.0)
+        self.shuffle = shuffle
+        self.augmentation = augmentation
+        self.seed = seed
+        self.channels_last = channels_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+    @property
+    def num_images(self) -> int:
+        return len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return (images_uint8.float() - self.mean) * self.inv_std
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, device=self.device, generator=gen) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            idx = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
+            x = self.normalise(self.images[idx])
+            if self.augmentation != "none":
+                x = augment(x, self.augmentation, gen)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]

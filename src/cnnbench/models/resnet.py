@@ -1,0 +1,45 @@
+"""torchvision ResNets (``weights=None``) with the input channels and number of classes adapted.
+
+``stem=cifar`` replaces the 7x7 stride-2 first conv and max-pool with a 3x3 stride-1 conv and no
+pool, the usual choice for 32x32 images; ``stem=imagenet`` keeps torchvision's stem.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from cnnbench.models.base import mark, require_min_size
+from cnnbench.registry import ModelPlugin, Option
+
+# Smallest input whose final feature map is >= 1 pixel: 5 halvings (imagenet stem) or 3 (cifar).
+MIN_SIZE = {"imagenet": 32, "cifar": 8}
+
+
+def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], depth: int, stem: str = "imagenet") -> nn.Module:
+    import torchvision.models as tvm
+
+    name = f"resnet{depth}"
+    require_min_size(name, image_size, MIN_SIZE[stem], f"stem={stem}")
+    model = getattr(tvm, name)(weights=None, num_classes=num_classes)
+    if stem == "cifar":
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return mark(model, classifier="fc", intermediate="layer3", first_conv="conv1")
+
+
+def _plugin(depth: int) -> ModelPlugin:
+    return ModelPlugin(
+        build=partial(build, depth=depth),
+        description=f"torchvision ResNet-{depth} (random init), stem=cifar for small images",
+        options=(Option("stem", "str", "imagenet", "first layers: imagenet (7x7/2 conv + max-pool) or cifar (3x3/1 conv, no pool)", choices=("imagenet", "cifar")),),
+    )
+
+
+RESNET18 = _plugin(18)
+RESNET34 = _plugin(34)
+RESNET50 = _plugin(50)
+RESNET152 = _plugin(152)

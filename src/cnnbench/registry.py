@@ -1,0 +1,297 @@
+"""Plugin registries for models and datasets, filled from Python entry points.
+
+Built-in and third-party plugins are found the same way: an entry point in the group
+``cnnbench.models`` or ``cnnbench.datasets`` whose name is the plugin name and whose object is a
+:class:`ModelPlugin` or :class:`DatasetPlugin`. Loading is lazy (nothing is imported until a plugin
+is listed or selected); a plugin that fails to import is recorded as broken instead of crashing,
+and two distributions claiming one name is an error naming both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
+
+from cnnbench.errors import ConfigError, PluginError
+
+MODEL_GROUP = "cnnbench.models"
+DATASET_GROUP = "cnnbench.datasets"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+OPTION_TYPES = ("int", "float", "bool", "str", "ints")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One declared plugin option: parsed from ``key=value`` text, logged, shown, searchable.
+
+    ``type`` is one of ``int``, ``float``, ``bool``, ``str`` or ``ints`` (a comma-separated tuple of
+    ints such as ``128,64``). ``choices`` restricts the accepted values; ``low``/``high`` bound
+    numbers (inclusive).
+    """
+
+    name: str
+    type: str
+    default: Any
+    help: str
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in OPTION_TYPES:
+            raise ValueError(f"option {self.name!r}: type must be one of {OPTION_TYPES}, got {self.type!r}")
+
+    def parse(self, raw: Any) -> Any:
+        """Convert text (or an already-typed value) to this option's type and validate it."""
+        try:
+            value = self._convert(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"option {self.name!r} expects {self._describe_type()}, got {raw!r}"
+            ) from None
+        return self.validate(value)
+
+    def validate(self, value: Any) -> Any:
+        if self.choices and value not in self.choices:
+            accepted = ", ".join(str(c) for c in self.choices)
+            raise ConfigError(f"option {self.name!r} must be one of {accepted}; got {value!r}")
+        numbers = value if isinstance(value, tuple) else (value,)
+        for v in numbers:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if self.low is not None and v < self.low:
+                    raise ConfigError(f"option {self.name!r} must be >= {self.low}; got {value!r}")
+                if self.high is not None and v > self.high:
+                    raise ConfigError(f"option {self.name!r} must be <= {self.high}; got {value!r}")
+        return value
+
+    def _convert(self, raw: Any) -> Any:
+        if self.type == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(raw)
+        if self.type == "int":
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw) if not isinstance(raw, str) else int(raw.strip())
+        if self.type == "float":
+            return float(raw)
+        if self.type == "ints":
+            if isinstance(raw, (list, tuple)):
+                return tuple(int(v) for v in raw)
+            parts = [p for p in str(raw).replace(" ", "").split(",") if p]
+            if not parts:
+                raise ValueError(raw)
+            return tuple(int(p) for p in parts)
+        return str(raw)
+
+    def _describe_type(self) -> str:
+        return {
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+            "str": "text",
+            "ints": "comma-separated integers such as 128,64",
+        }[self.type]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["choices"] = list(self.choices)
+        if isinstance(self.default, tuple):
+            d["default"] = list(self.default)
+        return d
+
+
+def resolve_options(
+    declared: Iterable[Option], given: Mapping[str, Any], *, owner: str
+) -> dict[str, Any]:
+    """Parse ``given`` (text or typed values) against ``declared`` and fill in defaults.
+
+    Unknown keys raise a :class:`ConfigError` that lists the valid keys.
+    """
+    by_name = {o.name: o for o in declared}
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        valid = ", ".join(sorted(by_name)) or "(none: this plugin takes no options)"
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {owner}; valid options: {valid}")
+    resolved = {}
+    for name, opt in by_name.items():
+        if name in given:
+            try:
+                resolved[name] = opt.parse(given[name])
+            except ConfigError as err:
+                raise ConfigError(f"{owner}: {err}") from None
+        else:
+            resolved[name] = opt.default
+    return resolved
+
+
+def parse_key_values(pairs: Iterable[str], *, flag: str) -> dict[str, str]:
+    """Split repeated ``key=value`` strings (from e.g. ``--model-option``) into a dict."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects key=value, got {pair!r}")
+        out[key] = value.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class ModelPlugin:
+    """A model family member: ``build(*, num_classes, in_channels, image_size, **options)``.
+
+    ``image_size`` is ``(height, width)``. A model that takes a kernel size declares an option
+    named ``kernel_size``; the CLI's ``--kernel-size`` sets it. The builder raises
+    :class:`cnnbench.errors.ModelInputError` when the input is too small (naming the minimum size)
+    or an option value cannot be used on this input.
+    """
+
+    build: Callable[..., Any]
+    description: str
+    options: tuple[Option, ...] = ()
+
+    def option(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is without loading it: image shape, classes and split sizes where known."""
+
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    classes: tuple[str, ...] | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+
+
+@dataclass(frozen=True)
+class DatasetPlugin:
+    """A dataset: ``load(*, data_dir, seed, download, **options) -> DatasetBundle``.
+
+    ``describe(**options) -> DatasetInfo`` must not read data files (it feeds ``cnnbench list``,
+    ``cnnbench info`` and validation before any data is loaded).
+    """
+
+    load: Callable[..., Any]
+    describe: Callable[..., DatasetInfo]
+    description: str
+    options: tuple[Option, ...] = ()
+    needs_data_dir: bool = False
+
+    def option(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
+
+
+P = TypeVar("P")
+
+
+@dataclass
+class Entry(Generic[P]):
+    """One registered name: the plugin when it loaded, or why it could not be used."""
+
+    name: str
+    distribution: str
+    plugin: P | None = None
+    error: str | None = None
+
+
+@dataclass
+class Registry(Generic[P]):
+    """Named plugins of one kind. Strict: duplicate names are errors, not warnings."""
+
+    kind: str  # "model" or "dataset"
+    group: str
+    plugin_type: type
+    _entries: dict[str, Entry[P]] | None = field(default=None, repr=False)
+
+    def register(self, name: str, plugin: P, *, distribution: str = "(registered in code)") -> None:
+        """Add a plugin directly (tests, notebooks). Refuses a name that is already taken."""
+        entries = self._load()
+        if name in entries:
+            raise PluginError(
+                f"{self.kind} {name!r} is already registered by {entries[name].distribution}; "
+                f"refusing a second registration from {distribution}"
+            )
+        if not isinstance(plugin, self.plugin_type):
+            raise PluginError(f"{self.kind} {name!r} must be a {self.plugin_type.__name__}")
+        entries[name] = Entry(name, distribution, plugin=plugin)
+
+    def unregister(self, name: str) -> None:
+        self._load().pop(name, None)
+
+    def entries(self) -> list[Entry[P]]:
+        return sorted(self._load().values(), key=lambda e: e.name)
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries() if e.plugin is not None]
+
+    def get(self, name: str) -> P:
+        entries = self._load()
+        entry = entries.get(name)
+        if entry is None:
+            available = ", ".join(self.names()) or "(none)"
+            raise PluginError(f"unknown {self.kind} {name!r}; available {self.kind}s: {available}")
+        if entry.plugin is None:
+            raise PluginError(f"{self.kind} {name!r} from {entry.distribution} cannot be used: {entry.error}")
+        return entry.plugin
+
+    def reload(self) -> None:
+        self._entries = None
+
+    def _load(self) -> dict[str, Entry[P]]:
+        if self._entries is None:
+            self._entries = _load_group(self.group, self.kind, self.plugin_type)
+        return self._entries
+
+
+def _load_group(group: str, kind: str, plugin_type: type) -> dict[str, Entry]:
+    seen: dict[str, list[tuple[str, metadata.EntryPoint]]] = {}
+    for ep in metadata.entry_points(group=group):
+        dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
+        claims = seen.setdefault(ep.name, [])
+        # The same distribution can be visible twice (e.g. an editable install); that is one claim.
+        if not any(d == dist and e.value == ep.value for d, e in claims):
+            claims.append((dist, ep))
+    entries: dict[str, Entry] = {}
+    for name, claims in seen.items():
+        if len({d for d, _ in claims}) > 1 or len(claims) > 1:
+            who = " and ".join(f"{d} ({e.value})" for d, e in claims)
+            entries[name] = Entry(
+                name, " + ".join(d for d, _ in claims),
+                error=f"{kind} name {name!r} is claimed by more than one plugin: {who}; "
+                f"uninstall one of them",
+            )
+            continue
+        dist, ep = claims[0]
+        try:
+            obj = ep.load()
+        except Exception as err:  # a broken plugin must not break the CLI
+            entries[name] = Entry(name, dist, error=f"failed to import {ep.value}: {type(err).__name__}: {err}")
+            continue
+        if not isinstance(obj, plugin_type):
+            entries[name] = Entry(
+                name, dist,
+                error=f"entry point {ep.value} is a {type(obj).__name__}, expected a {plugin_type.__name__}",
+            )
+            continue
+        entries[name] = Entry(name, dist, plugin=obj)
+    return entries
+
+
+MODELS: Registry[ModelPlugin] = Registry("model", MODEL_GROUP, ModelPlugin)
+DATASETS: Registry[DatasetPlugin] = Registry("dataset", DATASET_GROUP, DatasetPlugin)
