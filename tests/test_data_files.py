@@ -1,0 +1,226 @@
+"""cifar10 / mnist / fashion_mnist on tiny fake files written in the real on-disk formats."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnbench.data import cifar, files, mnist
+from cnnbench.errors import DataError
+from cnnbench.registry import DATASETS
+
+# ---------------------------------------------------------------- CIFAR-10 pickle batches
+
+
+def _cifar_batch(n: int, seed: int, *, bytes_keys: bool = False) -> dict:
+    rng = np.random.default_rng(seed)
+    batch = {"batch_label": "fake", "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             "labels": [int(v) for v in rng.integers(0, 10, n)], "filenames": [f"{i}.png" for i in range(n)]}
+    return {k.encode(): v for k, v in batch.items()} if bytes_keys else batch
+
+
+def write_cifar(root: Path, per_batch: int = 6, *, bytes_keys: bool = False) -> dict[str, dict]:
+    folder = root / cifar.FOLDER
+    folder.mkdir(parents=True)
+    written = {}
+    for i, name in enumerate((*cifar.TRAIN_FILES, cifar.TEST_FILE)):
+        written[name] = _cifar_batch(per_batch, i, bytes_keys=bytes_keys)
+        (folder / name).write_bytes(pickle.dumps(written[name], protocol=2))
+    meta = {"label_names": list(cifar.CLASSES), "num_cases_per_batch": per_batch, "num_vis": 3072}
+    (folder / cifar.META_FILE).write_bytes(pickle.dumps(meta, protocol=2))
+    return written
+
+
+@pytest.mark.parametrize("bytes_keys", [False, True])
+def test_cifar_reads_pixels_planes_and_labels(tmp_path, bytes_keys):
+    written = write_cifar(tmp_path, bytes_keys=bytes_keys)
+    bundle = cifar.CIFAR10.load(data_dir=tmp_path, seed=0, download=False)
+    assert bundle.train.images.shape == (30, 3, 32, 32) and bundle.test.images.shape == (6, 3, 32, 32)
+    assert bundle.train.images.dtype == torch.uint8 and bundle.train.labels.dtype == torch.int64
+    first = written["data_batch_1"][b"data" if bytes_keys else "data"]
+    # R plane is the first 1024 values, row-major
+    assert bundle.train.images[0, 0, 0, :].tolist() == first[0, :32].tolist()
+    assert bundle.train.images[0, 2, 31, 31] == first[0, 3071]
+    labels = written["data_batch_2"][b"labels" if bytes_keys else "labels"]
+    assert bundle.train.labels[6:12].tolist() == labels
+    assert bundle.classes == cifar.CLASSES
+
+
+def test_cifar_missing_directory_names_expected_files(tmp_path):
+    with pytest.raises(DataError, match=r"data_batch_1.*cifar-10-batches-py.*download is disabled.*--data-dir"):
+        cifar.CIFAR10.load(data_dir=tmp_path, seed=0, download=False)
+
+
+def test_cifar_offline_download_fails_with_one_clear_error(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        import urllib.error
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", offline)
+    with pytest.raises(DataError, match=r"expected data_batch_1.*download failed \(URLError.*cifar-10-python.tar.gz"):
+        cifar.CIFAR10.load(data_dir=tmp_path, seed=0, download=True)
+
+
+def test_cifar_missing_single_batch_is_named(tmp_path):
+    write_cifar(tmp_path)
+    (tmp_path / cifar.FOLDER / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="data_batch_3"):
+        cifar.CIFAR10.load(data_dir=tmp_path, seed=0, download=False)
+
+
+def test_cifar_truncated_batch_is_named(tmp_path):
+    write_cifar(tmp_path)
+    path = tmp_path / cifar.FOLDER / "data_batch_4"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(DataError, match=r"data_batch_4 is truncated, corrupt or not a CIFAR-10 pickle"):
+        cifar.CIFAR10.load(data_dir=tmp_path, seed=0, download=False)
+
+
+def test_cifar_pickle_without_expected_keys(tmp_path):
+    write_cifar(tmp_path)
+    path = tmp_path / cifar.FOLDER / "test_batch"
+    path.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8)}, protocol=2))
+    with pytest.raises(DataError, match=r"test_batch lacks the key\(s\) labels"):
+        cifar.CIFAR10.load(data_dir=tmp_path, seed=0, download=False)
+
+
+@pytest.mark.parametrize("data, labels, message", [
+    (np.zeros((2, 3000), np.uint8), [0, 1], r"'data' must be a uint8 \(N, 3072\)"),
+    (np.zeros((2, 3072), np.float32), [0, 1], r"'data' must be a uint8"),
+    (np.zeros((2, 3072), np.uint8), [0], r"'labels' must be 2 integers"),
+    (np.zeros((2, 3072), np.uint8), [0, 10], r"labels must lie in \[0, 9\]; found \[0, 10\]"),
+])
+def test_cifar_bad_shapes_dtypes_counts_labels(tmp_path, data, labels, message):
+    write_cifar(tmp_path)
+    path = tmp_path / cifar.FOLDER / "data_batch_5"
+    path.write_bytes(pickle.dumps({"data": data, "labels": labels}, protocol=2))
+    with pytest.raises(DataError, match=f"data_batch_5.*{message}"):
+        cifar.CIFAR10.load(data_dir=tmp_path, seed=0, download=False)
+
+
+def test_cifar_refuses_pickles_that_run_code(tmp_path):
+    write_cifar(tmp_path)
+    path = tmp_path / cifar.FOLDER / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": print, "labels": []}, protocol=2))
+    with pytest.raises(DataError, match=r"data_batch_1 is truncated, corrupt or not a CIFAR-10 pickle .*refusing to load .*print"):
+        cifar.CIFAR10.load(data_dir=tmp_path, seed=0, download=False)
+
+
+def test_cifar_describe_without_files():
+    info = DATASETS.get("cifar10").describe()
+    assert (info.channels, info.height, info.width, info.num_classes) == (3, 32, 32, 10)
+    assert (info.train_size, info.test_size) == (50_000, 10_000) and info.classes[0] == "airplane"
+
+
+# ---------------------------------------------------------------- MNIST / Fashion-MNIST IDX files
+
+
+def _idx(magic: int, array: np.ndarray) -> bytes:
+    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_idx_set(folder: Path, n_train: int = 12, n_test: int = 5, *, gz: bool) -> dict[str, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    arrays = {"train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+              "train_labels": (np.arange(n_train) % 10).astype(np.uint8),
+              "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+              "test_labels": (np.arange(n_test) % 10).astype(np.uint8)}
+    for key, array in arrays.items():
+        payload = _idx(mnist.IMAGE_MAGIC if "images" in key else mnist.LABEL_MAGIC, array)
+        name = mnist.FILES[key]
+        if gz:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
+        else:
+            (folder / name).write_bytes(payload)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("name, sub", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"),
+                                       ("mnist", "mnist"), ("fashion_mnist", ".")])
+def test_idx_reads_values_in_every_layout(tmp_path, gz, name, sub):
+    arrays = write_idx_set(tmp_path / sub, gz=gz)
+    bundle = DATASETS.get(name).load(data_dir=tmp_path, seed=0, download=False)
+    assert bundle.train.images.shape == (12, 1, 28, 28) and bundle.test.images.shape == (5, 1, 28, 28)
+    assert torch.equal(bundle.train.images[:, 0], torch.from_numpy(arrays["train_images"]))
+    assert bundle.test.labels.tolist() == [0, 1, 2, 3, 4]
+    assert len(bundle.classes) == 10
+    assert (bundle.classes[0] == "T-shirt/top") == (name == "fashion_mnist")
+
+
+def test_idx_missing_files_say_where_and_how(tmp_path):
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.*MNIST/raw.*download is disabled.*Download the four"):
+        mnist.MNIST.load(data_dir=tmp_path, seed=0, download=False)
+
+
+def test_idx_offline_download_tries_every_mirror_then_explains(tmp_path, monkeypatch):
+    calls = []
+
+    def offline(url, *args, **kwargs):
+        calls.append(url)
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", offline)
+    with pytest.raises(DataError, match=r"fashion_mnist files not found.*download failed \(OSError: network unreachable\)"):
+        mnist.FASHION_MNIST.load(data_dir=tmp_path, seed=0, download=True)
+    assert calls and all(url.endswith("-ubyte.gz") for url in calls)
+
+
+def test_idx_truncated_raw_file_is_named(tmp_path):
+    write_idx_set(tmp_path, gz=False)
+    path = tmp_path / mnist.FILES["train_images"]
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte is truncated: \d+ bytes, expected"):
+        mnist.MNIST.load(data_dir=tmp_path, seed=0, download=False)
+
+
+def test_idx_truncated_gzip_is_named(tmp_path):
+    write_idx_set(tmp_path, gz=True)
+    path = tmp_path / f"{mnist.FILES['test_labels']}.gz"
+    path.write_bytes(path.read_bytes()[:15])
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz is truncated or corrupt"):
+        mnist.MNIST.load(data_dir=tmp_path, seed=0, download=False)
+
+
+def test_idx_wrong_magic_count_mismatch_and_label_range(tmp_path):
+    write_idx_set(tmp_path, gz=False)
+    labels = tmp_path / mnist.FILES["train_labels"]
+    labels.write_bytes(_idx(mnist.IMAGE_MAGIC, np.zeros((12, 28, 28), np.uint8)))
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte is not an IDX file of the expected kind"):
+        mnist.MNIST.load(data_dir=tmp_path, seed=0, download=False)
+    labels.write_bytes(_idx(mnist.LABEL_MAGIC, np.zeros(11, np.uint8)))
+    with pytest.raises(DataError, match=r"holds 11 labels but .*train-images-idx3-ubyte holds 12 images"):
+        mnist.MNIST.load(data_dir=tmp_path, seed=0, download=False)
+    labels.write_bytes(_idx(mnist.LABEL_MAGIC, np.full(12, 10, np.uint8)))
+    with pytest.raises(DataError, match=r"labels must lie in \[0, 9\]; found 10"):
+        mnist.MNIST.load(data_dir=tmp_path, seed=0, download=False)
+
+
+def test_idx_describe_without_files():
+    info = DATASETS.get("fashion_mnist").describe()
+    assert (info.channels, info.height, info.width, info.num_classes) == (1, 28, 28, 10)
+    assert (info.train_size, info.test_size) == (60_000, 10_000) and info.classes[-1] == "Ankle boot"
+
+
+# ---------------------------------------------------------------- data folder
+
+
+def test_default_data_dir_honours_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNBENCH_DATA", str(tmp_path / "d"))
+    assert files.default_data_dir() == tmp_path / "d"
+    monkeypatch.delenv("CNNBENCH_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert files.default_data_dir() == tmp_path / "cache" / "cnnbench" / "data"
+
+
+def test_data_dir_none_uses_cnnbench_data(monkeypatch, tmp_path):
+    write_cifar(tmp_path, per_batch=2)
+    monkeypatch.setenv("CNNBENCH_DATA", str(tmp_path))
+    assert len(cifar.CIFAR10.load(data_dir=None, seed=0, download=False).train) == 10
