@@ -82,5 +82,38 @@ def require_odd_kernel(model_name: str, kernel_size: int) -> None:
         )
 
 
+def require_choice(model_name: str, option: str, value: object, accepted: tuple) -> None:
+    """Raise a ModelInputError when a structural option (``blocks``, ``modules``) is outside its set."""
+    if value not in accepted:
+        listed = ", ".join(str(a) for a in accepted)
+        raise ModelInputError(f"model {model_name!r}: {option} must be one of {listed}; got {value!r}")
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def conv_block(
+    cin: int, cout: int, kernel_size: int, *, stride: int = 1, padding: int | str | None = None,
+    batch_norm: bool = False,
+) -> list[nn.Module]:
+    """Conv2d (+ BatchNorm2d) + ReLU; ``padding=None`` means 'same' for odd kernels (k // 2)."""
+    pad = kernel_size // 2 if padding is None else padding
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=pad)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(cout))
+    return layers + [nn.ReLU()]
+
+
+def output_shape(module: nn.Module, in_channels: int, image_size: tuple[int, int]) -> torch.Size:
+    """Shape (C, H, W, ...) of ``module``'s output for one input image, without touching its state.
+
+    Runs one zero image in eval mode under ``no_grad`` so BatchNorm running statistics stay untouched.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return module(torch.zeros(1, in_channels, *image_size)).shape[1:]
+    finally:
+        module.train(was_training)

@@ -7,18 +7,12 @@ pool and after conv3.
 
 from __future__ import annotations
 
-import torch
+from math import prod
+
 from torch import nn
 
-from cnnbench.models.base import mark, require_min_size, require_odd_kernel
+from cnnbench.models.base import conv_block, mark, output_shape, require_min_size, require_odd_kernel
 from cnnbench.registry import ModelPlugin, Option
-
-
-def _conv(cin: int, cout: int, k: int, padding: int, batch_norm: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=padding)]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(cout))
-    return layers + [nn.ReLU()]
 
 
 def min_input(kernel_size: int) -> int:
@@ -32,18 +26,20 @@ def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], ke
     require_odd_kernel("lenet5", kernel_size)
     require_min_size("lenet5", image_size, min_input(kernel_size), f"kernel size {kernel_size}")
     k = kernel_size
-    drop = [nn.Dropout(dropout)] if dropout > 0 else []
+
+    def drop() -> list[nn.Module]:  # a fresh module each time: a shared one would fire every hook thrice
+        return [nn.Dropout(dropout)] if dropout > 0 else []
+
     features = nn.Sequential(
-        *_conv(in_channels, 6, k, k // 2, batch_norm), nn.MaxPool2d(2), *drop,
-        *_conv(6, 16, k, 0, batch_norm), nn.MaxPool2d(2), *drop,
-        *_conv(16, 120, k, 0, batch_norm), *drop,
+        *conv_block(in_channels, 6, k, batch_norm=batch_norm), nn.MaxPool2d(2), *drop(),
+        *conv_block(6, 16, k, padding=0, batch_norm=batch_norm), nn.MaxPool2d(2), *drop(),
+        *conv_block(16, 120, k, padding=0, batch_norm=batch_norm), *drop(),
     )
     model = nn.Sequential()
     model.add_module("features", features)
     model.add_module("flatten", nn.Flatten())
     # conv3's output is 1x1 on 28x28 inputs; a larger input leaves a larger map, which FC 84 absorbs
-    with torch.no_grad():
-        flat = features(torch.zeros(1, in_channels, *image_size)).numel()
+    flat = prod(output_shape(features, in_channels, image_size))
     model.add_module("fc", nn.Sequential(nn.Linear(flat, 84), nn.ReLU()))
     model.add_module("classifier", nn.Linear(84, num_classes))
     intermediate = f"features.{len(features) - 1}"

@@ -1,0 +1,124 @@
+"""Model summary: layer table, parameter counts, size and a training-memory estimate (no data needed).
+
+torchinfo walks the model with one zero image (eval mode, so BatchNorm statistics stay put); this
+module turns its result into a plain dict (:func:`model_info`, what ``cnnbench info --json`` prints)
+and text (:func:`format_info`; :func:`summary_text` does both, for ``model/summary.txt``).
+
+Units: ``macs`` are multiply-accumulates for ONE image; sizes are MB = 10**6 bytes (torchinfo's
+unit: resnet152 with 10 classes is 58,164,298 float32 parameters = 232.66 MB).
+Training memory for a batch of B images with optimizer o, in MB:
+    weights + gradients (trainable weights) + o's state (copies of the trainable weights:
+    sgd 0, momentum/nesterov/rmsprop 1, adam/adamw 2) + B * (input image + every leaf layer's output)
+The activation term counts what autograd keeps for the backward pass; allocator slack, cuDNN
+workspaces and the data set itself are not included, so read it as a lower bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+# copies of the trainable weights each optimizer keeps (momentum buffer, squared averages, ...)
+OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
+BYTES_PER_MB = 1e6
+
+
+def model_info(model: nn.Module, input_shape: tuple[int, int, int], batch_size: int = 64) -> dict[str, Any]:
+    """Summary of ``model`` on (C, H, W) inputs as a JSON-ready dict.
+
+    Keys: ``params``, ``trainable_params``, ``size_mb`` (all parameters), ``macs`` (per image),
+    ``layers`` (every module torchinfo saw: ``name``, ``type``, ``depth``, ``output_shape`` per image,
+    ``params``, ``macs``, ``leaf``), ``memory_estimate_mb`` ({optimizer: MB}), plus ``input_shape``,
+    ``batch_size``, ``activations_mb`` (for the whole batch).
+    """
+    from torchinfo import summary
+
+    stats = summary(model, input_size=(1, *input_shape), verbose=0, mode="eval", device="cpu",
+                    col_names=("output_size", "num_params", "mult_adds"))
+    names = {id(module): name for name, module in model.named_modules()}
+    layers = [_layer_row(layer, names) for layer in stats.summary_list if layer.depth > 0 and not layer.is_recursive]
+    _fill_container_macs(layers)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    leaf_output_bytes = sum(layer.output_bytes for layer in stats.summary_list if layer.is_leaf_layer)
+    activation_bytes = batch_size * (stats.total_input + leaf_output_bytes)
+    memory = {
+        optimizer: round((weight_bytes + trainable_bytes * (1 + copies) + activation_bytes) / BYTES_PER_MB, 2)
+        for optimizer, copies in OPTIMIZER_STATE_COPIES.items()
+    }
+    return {
+        "params": params,
+        "trainable_params": trainable,
+        "size_mb": round(weight_bytes / BYTES_PER_MB, 2),
+        "macs": int(stats.total_mult_adds),
+        "layers": layers,
+        "memory_estimate_mb": memory,
+        "activations_mb": round(activation_bytes / BYTES_PER_MB, 2),
+        "input_shape": list(input_shape),
+        "batch_size": batch_size,
+    }
+
+
+def _layer_row(layer, names: dict[int, str]) -> dict[str, Any]:
+    return {
+        "name": names.get(layer.layer_id, layer.var_name),
+        "type": layer.class_name,
+        "depth": layer.depth,
+        "output_shape": list(layer.output_size[1:]) if layer.output_size else [],
+        "params": int(layer.num_params),
+        "macs": int(layer.macs) if layer.is_leaf_layer else 0,
+        "leaf": bool(layer.is_leaf_layer),
+    }
+
+
+def _fill_container_macs(layers: list[dict[str, Any]]) -> None:
+    """torchinfo gives MACs for leaf layers only; a container's MACs are its leaves' sum."""
+    leaves = [row for row in layers if row["leaf"]]
+    for row in layers:
+        if not row["leaf"]:
+            prefix = row["name"] + "."
+            row["macs"] = sum(leaf["macs"] for leaf in leaves if leaf["name"].startswith(prefix))
+
+
+def format_info(info: dict[str, Any], *, max_depth: int | None = None) -> str:
+    """The human-readable summary: layer table, totals, size and memory per optimizer."""
+    rows = [r for r in info["layers"] if max_depth is None or r["depth"] <= max_depth]
+    table = [("Layer (type)", "Output shape", "Params", "MACs")] + [
+        ("  " * (r["depth"] - 1) + f"{r['name']} ({r['type']})", "x".join(map(str, r["output_shape"])) or "--",
+         f"{r['params']:,}", f"{r['macs']:,}")
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    rule = "-" * (sum(widths) + 6)
+    lines = [rule]
+    for i, row in enumerate(table):
+        lines.append(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}")
+        if i == 0:
+            lines.append(rule)
+    hidden = len(info["layers"]) - len(rows)
+    if hidden:
+        lines.append(f"({hidden} layers deeper than depth {max_depth} not shown)")
+    c, h, w = info["input_shape"]
+    lines += [
+        rule,
+        f"Input: {c}x{h}x{w}",
+        f"Total params: {info['params']:,}",
+        f"Trainable params: {info['trainable_params']:,}",
+        f"Non-trainable params: {info['params'] - info['trainable_params']:,}",
+        f"Model size (float32 weights): {info['size_mb']:.2f} MB",
+        f"MACs per image: {info['macs']:,}",
+        rule,
+        f"Estimated training memory, batch size {info['batch_size']} "
+        f"(weights + gradients + optimizer state + {info['activations_mb']:.2f} MB activations):",
+    ]
+    lines += [f"  {optimizer:<9} {mb:>10.2f} MB" for optimizer, mb in info["memory_estimate_mb"].items()]
+    return "\n".join(lines)
+
+
+def summary_text(model: nn.Module, input_shape: tuple[int, int, int], batch_size: int = 64,
+                 *, max_depth: int | None = None) -> str:
+    """:func:`model_info` formatted as text; what ``model/summary.txt`` holds."""
+    return format_info(model_info(model, input_shape, batch_size), max_depth=max_depth)

@@ -1,0 +1,95 @@
+"""``strided_cnn`` and ``maxpool_cnn``: the Keras CIFAR-10 study (all convs k x k, 'same' padding).
+
+strided_cnn: Conv 16, Conv 16 /2, Conv 32, Conv 32 /2, Dropout 0.5, Flatten, Dense classes
+(37,146 parameters on 32x32x3, 10 classes); ``extra_layers`` puts Conv 8, Conv 8 /2 in front
+(23,314 parameters: the extra halving shrinks the dense layer more than the convs add).
+maxpool_cnn: every stride-2 conv becomes a stride-1 conv + MaxPool 2x2, in ``modules`` of
+(Conv, Conv, MaxPool) with 16, 32, 64, 128 filters; ``modules=2`` has the same 37,146 parameters.
+
+Keras pads a stride-2 'same' conv asymmetrically (right/bottom); PyTorch pads k // 2 on every side.
+Output sizes (ceil(n / 2)) and parameter counts are identical; only the border alignment differs.
+The study put L1 on the dense layer's weights, so that layer is the marked penalty target.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from math import prod
+
+from torch import nn
+
+from cnnbench.models.base import conv_block, mark, output_shape, require_choice, require_min_size, require_odd_kernel
+from cnnbench.registry import ModelPlugin, Option
+
+EXTRA_WIDTH = 8
+WIDTHS = (16, 32, 64, 128)
+MODULES = (2, 3, 4)
+
+
+def _strided_layers(in_channels: int, k: int, extra_layers: bool) -> list[nn.Module]:
+    widths = ((EXTRA_WIDTH,) if extra_layers else ()) + WIDTHS[:2]
+    layers: list[nn.Module] = []
+    cin = in_channels
+    for width in widths:
+        layers += conv_block(cin, width, k) + conv_block(width, width, k, stride=2)
+        cin = width
+    return layers
+
+
+def _pooled_layers(in_channels: int, k: int, extra_layers: bool, modules: int) -> list[nn.Module]:
+    widths = ((EXTRA_WIDTH,) if extra_layers else ()) + WIDTHS[:modules]
+    layers: list[nn.Module] = []
+    cin = in_channels
+    for width in widths:
+        layers += conv_block(cin, width, k) + conv_block(width, width, k) + [nn.MaxPool2d(2)]
+        cin = width
+    return layers
+
+
+def _assemble(layers: list[nn.Module], in_channels: int, image_size: tuple[int, int], num_classes: int, dropout: float) -> nn.Module:
+    features = nn.Sequential(*layers)
+    flat = prod(output_shape(features, in_channels, image_size))
+    model = nn.Sequential(OrderedDict(
+        features=features, dropout=nn.Dropout(dropout), flatten=nn.Flatten(), classifier=nn.Linear(flat, num_classes),
+    ))
+    return mark(model, classifier="classifier", intermediate="features", first_conv="features.0",
+                penalty=("classifier.weight",))
+
+
+def build_strided(*, num_classes: int, in_channels: int, image_size: tuple[int, int], kernel_size: int = 3,
+                  extra_layers: bool = False, dropout: float = 0.5) -> nn.Module:
+    # stride-2 'same' convs give ceil(n / 2) pixels, never 0: any input size works
+    require_odd_kernel("strided_cnn", kernel_size)
+    layers = _strided_layers(in_channels, kernel_size, extra_layers)
+    return _assemble(layers, in_channels, image_size, num_classes, dropout)
+
+
+def build_maxpool(*, num_classes: int, in_channels: int, image_size: tuple[int, int], kernel_size: int = 3,
+                  modules: int = 2, extra_layers: bool = False, dropout: float = 0.5) -> nn.Module:
+    require_choice("maxpool_cnn", "modules", modules, MODULES)
+    require_odd_kernel("maxpool_cnn", kernel_size)
+    pools = modules + int(extra_layers)
+    require_min_size("maxpool_cnn", image_size, 2 ** pools, f"{pools} max-pools of 2x2")
+    layers = _pooled_layers(in_channels, kernel_size, extra_layers, modules)
+    return _assemble(layers, in_channels, image_size, num_classes, dropout)
+
+
+_COMMON = (
+    Option("kernel_size", "int", 3, "convolution kernel size (odd; 'same' padding)", low=1),
+    Option("extra_layers", "bool", False, "two Conv 8 layers in front, then a halving (stride-2 conv or max-pool)"),
+    Option("dropout", "float", 0.5, "dropout before the dense layer (the study used 0.5)", low=0.0, high=0.99),
+)
+
+STRIDED_CNN = ModelPlugin(
+    build=build_strided,
+    description="Keras CIFAR-10 study: 4 convs (16, 16/2, 32, 32/2) + dense; 37,146 parameters on 32x32x3",
+    options=_COMMON,
+)
+
+MAXPOOL_CNN = ModelPlugin(
+    build=build_maxpool,
+    description="Keras CIFAR-10 study: (conv, conv, max-pool) modules of 16/32/64/128 filters + dense",
+    options=_COMMON[:1] + (
+        Option("modules", "int", 2, "number of (conv, conv, max-pool) modules", choices=MODULES),
+    ) + _COMMON[1:],
+)
