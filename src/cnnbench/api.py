@@ -1,0 +1,226 @@
+"""``train(config, callbacks)``: the one function the CLI, the MLproject, tune and tests call.
+
+Wiring only: validate everything (names, options, sizes, tracking store) before any data is loaded
+or any run exists, then load data, build the model and hand both to the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from cnnbench.config import TrainConfig
+from cnnbench.errors import ConfigError, ModelInputError
+from cnnbench.events import Callback
+from cnnbench.registry import DATASETS, MODELS, DatasetInfo, resolve_options
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    metrics: dict[str, float]  # the summary: test_loss, test_accuracy, fit_time_s, ...
+    history: list[dict[str, float]]
+    model: Any  # the trained nn.Module
+    model_uri: str | None
+    tracking_uri: str | None
+
+
+@dataclass
+class Resolved:
+    """A validated configuration plus what validation learned (plugin options, input shape)."""
+
+    config: TrainConfig
+    info: DatasetInfo
+
+
+def resolve(config: TrainConfig) -> Resolved:
+    """Validate a configuration completely without loading data: plugin names and options,
+    numbers, and whether the model can take the dataset's images. Returns it with options resolved."""
+    config.validate()
+    model_plugin = MODELS.get(config.model.name)
+    data_plugin = DATASETS.get(config.data.name)
+    data_opts = resolve_options(data_plugin.options, config.data.options, owner=f"dataset {config.data.name!r}")
+    model_given = dict(config.model.options)
+    if config.model.kernel_size is not None:
+        if model_plugin.option("kernel_size") is None:
+            raise ConfigError(f"model {config.model.name!r} takes no kernel size; drop --kernel-size")
+        model_given["kernel_size"] = config.model.kernel_size
+    model_opts = resolve_options(model_plugin.options, model_given, owner=f"model {config.model.name!r}")
+    if data_plugin.needs_data_dir and not config.data.data_dir:
+        raise ConfigError(f"dataset {config.data.name!r} needs --data-dir pointing at its files")
+    info = data_plugin.describe(**data_opts)
+    if config.data.image_size is not None:
+        info = dataclasses.replace(info, height=config.data.image_size, width=config.data.image_size)
+    kernel = model_opts.get("kernel_size")
+    resolved = config.replace(model={"options": model_opts, "kernel_size": kernel}, data={"options": data_opts})
+    check_model_input(resolved, info)
+    return Resolved(resolved, info)
+
+
+def build_model(config: TrainConfig, info: DatasetInfo):
+    plugin = MODELS.get(config.model.name)
+    return plugin.build(
+        num_classes=info.num_classes, in_channels=info.channels, image_size=(info.height, info.width), **config.model.options
+    )
+
+
+def check_model_input(config: TrainConfig, info: DatasetInfo) -> None:
+    """Build the model and run one tiny forward pass, so an unusable input fails before any run."""
+    import torch
+
+    model = build_model(config, info)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, info.channels, info.height, info.width))
+    except RuntimeError as err:
+        raise ModelInputError(
+            f"model {config.model.name!r} cannot take {info.channels}x{info.height}x{info.width} inputs "
+            f"with these options: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps was requested but MPS is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def load_data(config: TrainConfig):
+    """Load the dataset plugin's bundle and prepare splits (validation hold-out, subset, resize)."""
+    from cnnbench.data.pipeline import prepare
+
+    plugin = DATASETS.get(config.data.name)
+    data_dir = Path(config.data.data_dir).expanduser() if config.data.data_dir else _default_data_dir()
+    bundle = plugin.load(data_dir=data_dir, seed=config.run.seed, download=config.data.download, **config.data.options)
+    return prepare(
+        bundle, val_split=config.data.val_split, seed=config.run.seed,
+        train_size=config.data.train_size, image_size=config.data.image_size,
+    )
+
+
+def _default_data_dir() -> Path:
+    try:
+        from cnnbench.data.files import default_data_dir
+    except ImportError:  # pragma: no cover - until the datasets module provides it
+        import os
+
+        return Path(os.environ.get("CNNBENCH_DATA", Path.home() / ".cache" / "cnnbench" / "data"))
+    return default_data_dir()
+
+
+def default_callbacks(config: TrainConfig) -> list[Callback]:
+    """Artifact builders and console progress for a run (the tracker is added by ``train``)."""
+    callbacks: list[Callback] = []
+    try:
+        from cnnbench.artifacts.callbacks import default_callbacks as artifact_callbacks
+    except ImportError:
+        artifact_callbacks = None
+    if artifact_callbacks is not None:
+        callbacks.extend(artifact_callbacks(config))
+    from cnnbench.tracking.progress import ConsoleProgress
+
+    callbacks.append(ConsoleProgress(quiet=config.run.quiet))
+    return callbacks
+
+
+def train(
+    config: TrainConfig,
+    callbacks: list[Callback] | None = None,
+    *,
+    track: bool = True,
+    tracker_options: dict[str, Any] | None = None,
+    data=None,
+    resume_state: dict | None = None,
+) -> TrainResult:
+    """Validate, load, build, and fit one run; record it in MLflow when ``track`` is true.
+
+    ``callbacks`` default to :func:`default_callbacks`; the MLflow tracker always goes last.
+    ``data`` lets tune reuse one loaded :class:`PreparedData` across trials.
+    """
+    import torch
+
+    from cnnbench.engine.fit import fit
+    from cnnbench.events import RunState
+
+    resolved = resolve(config)
+    config = resolved.config
+    device = resolve_device(config.run.device)
+    tracker = None
+    tracking_uri = None
+    if track:
+        from cnnbench.tracking.mlflow_tracker import MlflowTracker
+        from cnnbench.tracking.store import check_reachable, resolve_uri
+
+        tracking_uri = resolve_uri(config.run.tracking_uri)
+        check_reachable(tracking_uri)
+        tracker = MlflowTracker(
+            tracking_uri=tracking_uri, experiment=config.run.experiment, run_name=config.run.run_name,
+            run_id=config.run.resume, log_model=config.artifacts.model,
+            system_metrics=config.artifacts.memory, **(tracker_options or {}),
+        )
+    if data is None:
+        data = load_data(config)
+    torch.manual_seed(config.run.seed)
+    model = build_model(config, resolved.info)
+    cbs = list(default_callbacks(config) if callbacks is None else callbacks)
+    if tracker is not None:
+        cbs.append(tracker)
+    with tempfile.TemporaryDirectory(prefix="cnnbench-run-") as staging, _sigterm_as_interrupt():
+        run = RunState(config=config, model=model, data=data, device=device, artifacts_dir=Path(staging))
+        from cnnbench.models.base import count_parameters
+
+        run.params["param_count"] = count_parameters(model)
+        result = fit(run, cbs, resume_state=resume_state)
+    return TrainResult(
+        run_id=run.run_id, metrics={**result.summary, **run.summary_metrics}, history=result.history,
+        model=model, model_uri=tracker.model_uri if tracker else None, tracking_uri=tracking_uri,
+    )
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C while training, so the run is checkpointed and ends KILLED."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. tune with threads): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resume(run_id: str, *, tracking_uri: str | None = None, quiet: bool = False) -> TrainResult:
+    """Continue an interrupted (KILLED/FAILED) cnnbench run in place: same run id, next epoch."""
+    from cnnbench.tracking.resume import fetch_resume
+    from cnnbench.tracking.store import check_reachable, resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    check_reachable(uri)
+    raw, state = fetch_resume(uri, run_id)
+    config = TrainConfig.from_dict(raw, source=f"config.json of run {run_id}")
+    config = config.replace(run={"resume": run_id, "tracking_uri": uri, "quiet": quiet})
+    if int(state["epoch"]) >= config.run.epochs:
+        raise ConfigError(f"--resume: run {run_id} already completed its {config.run.epochs} epochs")
+    return train(config, resume_state=state)

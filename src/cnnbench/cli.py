@@ -1,0 +1,119 @@
+"""The ``cnnbench`` command group: options -> config -> api. No logic lives here.
+
+Subcommands are imported lazily so ``cnnbench --help`` does not pay for torch or MLflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from cnnbench import __version__
+from cnnbench.cli_options import config_from_params, train_options
+from cnnbench.errors import CnnbenchError
+
+LAZY_COMMANDS = {
+    "info": "cnnbench.commands.info:command",
+    "gradcheck": "cnnbench.commands.gradcheck:command",
+    "tune": "cnnbench.tune.command:command",
+}
+
+
+class CnnbenchGroup(click.Group):
+    """Lazy subcommands; user errors become a one-line message and their exit code."""
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx, name):
+        if name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[name].split(":")
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except ImportError as err:
+                return _unavailable(name, err)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CnnbenchError as err:
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(err.exit_code)
+
+
+def _unavailable(name: str, err: Exception) -> click.Command:
+    @click.command(name=name, help=f"(unavailable: {err})")
+    def cmd():
+        raise click.ClickException(f"'cnnbench {name}' is unavailable: {err}")
+
+    return cmd
+
+
+@click.group(cls=CnnbenchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="cnnbench")
+def main() -> None:
+    """Train, tune and compare convolutional image classifiers; every run lands in MLflow."""
+
+
+@main.command()
+@train_options
+@click.option("--resume", default=None, metavar="RUN_ID", help="continue an interrupted cnnbench run")
+@click.pass_context
+def train(ctx: click.Context, resume: str | None, **params) -> None:
+    """Train one model on one dataset as one MLflow run."""
+    from cnnbench import api
+
+    if resume:
+        result = api.resume(resume, tracking_uri=params.get("tracking_uri"), quiet=params.get("quiet", False))
+    else:
+        config = config_from_params(ctx, params)
+        result = api.train(config)
+    _report(result)
+
+
+def _report(result) -> None:
+    from cnnbench.tracking.store import ui_hint
+
+    acc = result.metrics.get("test_accuracy")
+    click.echo(f"test_accuracy: {acc:.4f}" if acc is not None else "finished")
+    click.echo(f"MLflow run: {result.run_id}  (tracking URI: {result.tracking_uri})")
+    click.echo(f"See it in the MLflow UI: {ui_hint(result.tracking_uri)}  (then open http://127.0.0.1:5000)"
+               if not str(result.tracking_uri).startswith("http") else f"See it in the MLflow UI: {result.tracking_uri}")
+
+
+@main.command(name="list")
+@click.argument("kind", required=False, type=click.Choice(["models", "datasets"]))
+def list_(kind: str | None) -> None:
+    """List the registered models and datasets (name, description, source distribution)."""
+    from cnnbench.registry import DATASETS, MODELS
+
+    kinds = [kind] if kind else ["models", "datasets"]
+    for k in kinds:
+        registry = MODELS if k == "models" else DATASETS
+        click.echo(f"{k}:")
+        for entry in registry.entries():
+            if entry.plugin is None:
+                click.echo(f"  {entry.name:<14} BROKEN  [{entry.distribution}] {entry.error}")
+                continue
+            extra = _dataset_summary(entry.plugin) if k == "datasets" else ""
+            click.echo(f"  {entry.name:<14} {entry.plugin.description}{extra}  [{entry.distribution}]")
+
+
+def _dataset_summary(plugin) -> str:
+    try:
+        info = plugin.describe(**{o.name: o.default for o in plugin.options})
+    except Exception as err:  # describe() of a third-party plugin may be broken
+        return f" (metadata unavailable: {err})"
+    sizes = ""
+    if info.train_size is not None:
+        sizes = f", {info.train_size} train"
+        if info.test_size is not None:
+            sizes += f" / {info.test_size} test"
+    return f" ({info.channels}x{info.height}x{info.width}, {info.num_classes} classes{sizes})"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

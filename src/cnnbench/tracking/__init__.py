@@ -1,0 +1,1 @@
+"""Trackers and console progress: the only package (with tune/) that imports MLflow."""

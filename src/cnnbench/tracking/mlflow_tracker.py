@@ -1,0 +1,185 @@
+"""MlflowTracker: the callback that records a training run in MLflow.
+
+It opens the run (or attaches to the one ``mlflow run`` created via ``MLFLOW_RUN_ID``, or to the
+run being resumed), logs flat params, per-epoch metrics with ``step=epoch``, tags, the artifacts
+the other callbacks staged in ``run.artifacts_dir``, and the model; and it always ends the run:
+FINISHED, FAILED (with ``failure_reason``) or KILLED.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+import cnnbench
+from cnnbench.events import Callback, RunState
+
+FAILURE_REASON_MAX_CHARS = 4000
+
+
+class MlflowTracker(Callback):
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        nested: bool = False,
+        parent_run_id: str | None = None,
+        log_model: bool = True,
+        system_metrics: bool = False,
+        extra_tags: dict[str, str] | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.run_name = run_name
+        self.run_id = run_id or os.environ.get("MLFLOW_RUN_ID")  # `mlflow run` passes its run here
+        self.nested = nested
+        self.parent_run_id = parent_run_id
+        self.log_model_enabled = log_model
+        self.system_metrics = system_metrics
+        self.extra_tags = extra_tags or {}
+        self.client = MlflowClient(tracking_uri)
+        self.model_uri: str | None = None
+        self._ended = False
+
+    # -- events -----------------------------------------------------------------------------
+    def on_run_start(self, run: RunState) -> None:
+        mlflow.set_tracking_uri(self.tracking_uri)
+        if self.run_id is None:
+            exp = mlflow.set_experiment(self.experiment)
+            tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
+            created = self.client.create_run(exp.experiment_id, run_name=self.run_name, tags=tags)
+            self.run_id = created.info.run_id
+        active = mlflow.start_run(run_id=self.run_id, nested=self.nested or mlflow.active_run() is not None, log_system_metrics=self.system_metrics or None)
+        run.run_id = active.info.run_id
+        self._ended = False
+        self._log_params(run)
+        mlflow.set_tags({**self._tags(run), **self.extra_tags, **run.tags})
+        mlflow.log_dict(run.config.to_dict(), "config.json")
+
+    def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+
+    def on_run_end(self, run: RunState, summary: dict[str, float]) -> None:
+        metrics = {**summary, **run.summary_metrics}
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=run.epoch)
+        if run.tags:
+            mlflow.set_tags(run.tags)
+        if run.notes:
+            mlflow.set_tag("cnnbench.notes", "\n".join(run.notes)[:FAILURE_REASON_MAX_CHARS])
+        self._upload(run)
+        if self.log_model_enabled:
+            self.model_uri = self._log_model(run)
+        mlflow.end_run("FINISHED")
+        self._ended = True
+
+    def on_failure(self, run: RunState, error: BaseException, status: str) -> None:
+        if self._ended or mlflow.active_run() is None:
+            return
+        try:
+            reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            mlflow.set_tag("failure_reason", reason[:FAILURE_REASON_MAX_CHARS])
+            self._upload(run)  # keeps the checkpoint for --resume
+        finally:
+            mlflow.end_run(status)
+            self._ended = True
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _log_params(self, run: RunState) -> None:
+        """Log params, skipping keys the run already holds (``mlflow run`` logs its ``-P`` values,
+        and MLflow refuses a second value for a key): an equal value is skipped silently, a
+        different spelling of the same setting (``1e-3`` vs ``0.001``) too; a real difference is
+        kept as tag ``cnnbench.resolved.<key>``."""
+        params: dict[str, Any] = {**run.config.flat_params(), **run.params}
+        existing = self.client.get_run(run.run_id).data.params
+        new, resolved = {}, {}
+        for key, value in params.items():
+            text = "None" if value is None else str(value)
+            if key not in existing:
+                new[key] = text
+            elif not _same(existing[key], text):
+                resolved[f"cnnbench.resolved.{key}"] = text
+        if new:
+            keys = list(new)
+            for start in range(0, len(keys), 100):  # MLflow's batch limit
+                mlflow.log_params({k: new[k] for k in keys[start : start + 100]})
+        if resolved:
+            mlflow.set_tags(resolved)
+
+    def _tags(self, run: RunState) -> dict[str, str]:
+        tags = {
+            "cnnbench.version": cnnbench.__version__,
+            "cnnbench.device": device_name(run.device),
+            "cnnbench.model": run.config.model.name,
+            "cnnbench.dataset": run.config.data.name,
+        }
+        commit = git_commit()
+        if commit:
+            tags["cnnbench.git_commit"] = commit
+        return tags
+
+    def _upload(self, run: RunState) -> None:
+        folder = Path(run.artifacts_dir)
+        if folder.exists() and any(folder.iterdir()):
+            mlflow.log_artifacts(str(folder))
+
+    def _log_model(self, run: RunState) -> str:
+        import torch
+
+        images = run.data.test.images[:1] if len(run.data.test) else run.data.train.images[:1]
+        mean = torch.tensor(run.data.mean).view(1, -1, 1, 1)
+        std = torch.tensor(run.data.std).view(1, -1, 1, 1)
+        x = ((images.float() / 255.0 - mean) / std).numpy()
+        model = run.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        model.to("cpu")
+        try:
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                input_example=x,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"cnnbench=={cnnbench.__version__}"],
+            )
+        finally:
+            model.to(device)
+            model.train(was_training)
+        return info.model_uri
+
+
+def _same(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a.lower() in ("", "none", "auto") and b.lower() in ("", "none", "auto")
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def git_commit() -> str | None:
+    """The commit of the cnnbench source tree when it is a git checkout (editable installs)."""
+    src = Path(cnnbench.__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
