@@ -119,4 +119,6 @@ def config_from_params(ctx: click.Context, params: dict[str, Any]) -> TrainConfi
         opts = dict(base.data.options) if not use_all else {}
         opts.update(parse_key_values(params.get("dataset_options", ()), flag="--dataset-option"))
         sections.setdefault("data", {})["options"] = opts
+    if sections.get("data", {}).get("data_dir") == "":
+        sections["data"]["data_dir"] = None  # the MLproject passes "" for "not given"
     return base.replace(**sections)
