@@ -3,6 +3,8 @@ resizing and normalisation statistics. The test split is never touched by any of
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,35 +37,58 @@ def stratified_indices(labels: torch.Tensor, fraction: float | None, seed: int, 
     """Split indices into (rest, picked), picking ``fraction`` (or ``count``) of every class.
 
     Uses scikit-learn's stratified splitter so class proportions are kept; deterministic by seed.
+    Falls back to a plain seeded random split when a class is too small to stratify (fewer than 2
+    images, or fewer picks than classes on either side). Both sides keep at least one image.
     """
     from sklearn.model_selection import train_test_split
 
-    idx = np.arange(len(labels))
+    n = len(labels)
+    picks = count if count is not None else math.ceil(float(fraction) * n)  # scikit-learn rounds up too
+    if not 1 <= picks < n:
+        raise ConfigError(f"cannot pick {picks} of {n} images and keep at least one on each side")
     y = labels.cpu().numpy()
-    size = count if count is not None else fraction
     _, counts = np.unique(y, return_counts=True)
-    stratify = y if counts.min() >= 2 and (count is None or count >= len(counts)) else None
-    rest, picked = train_test_split(idx, test_size=size, random_state=seed, stratify=stratify)
+    k = len(counts)
+    stratify = y if counts.min() >= 2 and picks >= k and n - picks >= k else None
+    rest, picked = train_test_split(np.arange(n), test_size=picks, random_state=seed, stratify=stratify)
     return np.sort(rest), np.sort(picked)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units of a uint8 (N, C, H, W) tensor (chunked, float64)."""
-    c = images.shape[1]
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
-    for start in range(0, len(images), 4096):
-        chunk = images[start : start + 4096].to(torch.float64) / 255.0
-        total += chunk.sum(dim=(0, 2, 3))
-        total_sq += (chunk * chunk).sum(dim=(0, 2, 3))
-    n = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / n
-    std = (total_sq / n - mean * mean).clamp_min(1e-12).sqrt()
-    return tuple(float(m) for m in mean), tuple(max(float(s), 1e-3) for s in std)
+    """Per-channel mean and std in [0, 1] units of a uint8 (N, C, H, W) tensor.
+
+    Exact, from a 256-bin histogram per channel (a bincount is ~20x faster than float sums).
+    Cached in memory by a fingerprint of the tensor, so repeated runs in one process (tuning
+    trials, learning curves) do not recompute it.
+    """
+    key = _fingerprint(images)
+    if key not in _STATS_CACHE:
+        levels = torch.arange(256, dtype=torch.float64) / 255.0
+        means, stds = [], []
+        for c in range(images.shape[1]):
+            hist = torch.bincount(images[:, c].reshape(-1).cpu(), minlength=256).to(torch.float64)
+            total = hist.sum().clamp_min(1.0)
+            mean = float((hist * levels).sum() / total)
+            var = float((hist * levels * levels).sum() / total) - mean * mean
+            means.append(mean)
+            stds.append(max(math.sqrt(max(var, 0.0)), 1e-3))  # a flat channel must not divide by 0
+        if len(_STATS_CACHE) >= 32:
+            _STATS_CACHE.pop(next(iter(_STATS_CACHE)))
+        _STATS_CACHE[key] = (tuple(means), tuple(stds))
+    return _STATS_CACHE[key]
+
+
+_STATS_CACHE: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+
+
+def _fingerprint(images: torch.Tensor) -> tuple:
+    """Shape plus a hash of every 61st byte: cheap (~10 ms on CIFAR-10) and content-dependent."""
+    sample = images.reshape(-1)[::61].cpu().numpy().tobytes()
+    return tuple(images.shape), hashlib.blake2b(sample, digest_size=16).hexdigest()
 
 
 def resize(split: Split, size: int) -> Split:
-    """Bilinear resize of every image to ``size`` x ``size`` (chunked to bound memory)."""
+    """Bilinear (antialiased) resize of every image to ``size`` x ``size`` (chunked to bound memory)."""
     if split.images.shape[-2:] == (size, size):
         return split
     out = []
@@ -75,6 +100,30 @@ def resize(split: Split, size: int) -> Split:
     return Split(images, split.labels)
 
 
+def hold_out(train: Split, val_split: float, seed: int) -> tuple[Split, Split]:
+    """Split ``val_split`` of ``train`` off as validation (stratified, by seed)."""
+    if not 0.0 < val_split < 1.0:
+        raise ConfigError(f"--val-split must lie strictly between 0 and 1; got {val_split}")
+    held = math.ceil(val_split * len(train))
+    if held >= len(train):
+        raise ConfigError(f"--val-split {val_split} would leave no training images out of the {len(train)} available; "
+                          f"use a smaller fraction")
+    rest, picked = stratified_indices(train.labels, val_split, seed)
+    return train.subset(torch.as_tensor(rest)), train.subset(torch.as_tensor(picked))
+
+
+def subsample(train: Split, train_size: int, seed: int, *, held_out: bool) -> Split:
+    """A stratified subset of ``train_size`` training images (by seed); all of them if it equals the count."""
+    where = "left after the validation hold-out" if held_out else "in the training split"
+    if train_size < 1 or train_size > len(train):
+        raise ConfigError(f"--train-size must be between 1 and {len(train)} (the training images {where}); "
+                          f"got {train_size}")
+    if train_size == len(train):
+        return train
+    _, picked = stratified_indices(train.labels, None, seed, count=train_size)
+    return train.subset(torch.as_tensor(picked))
+
+
 def prepare(
     bundle: DatasetBundle,
     *,
@@ -84,22 +133,18 @@ def prepare(
     image_size: int | None = None,
 ) -> PreparedData:
     """Hold out ``val_split`` of train (stratified, by seed) unless the plugin gave a validation
-    set, then take a stratified ``train_size`` subset of the rest; resize all splits if asked."""
+    set, then take a stratified ``train_size`` subset of the rest; resize all splits if asked.
+    The test split is never subsampled. Mean/std come from the final training split unless the
+    plugin declared them."""
     if not 0.0 < val_split < 1.0:
         raise ConfigError(f"--val-split must lie strictly between 0 and 1; got {val_split}")
+    if image_size is not None and image_size < 1:
+        raise ConfigError(f"--image-size must be positive; got {image_size}")
     train, val = bundle.train, bundle.val
     if val is None:
-        rest, held = stratified_indices(train.labels, val_split, seed)
-        train, val = train.subset(torch.as_tensor(rest)), train.subset(torch.as_tensor(held))
+        train, val = hold_out(train, val_split, seed)
     if train_size is not None:
-        if train_size < 1 or train_size > len(train):
-            raise ConfigError(
-                f"--train-size must be between 1 and {len(train)} (the training images left after the "
-                f"validation hold-out); got {train_size}"
-            )
-        if train_size < len(train):
-            _, picked = stratified_indices(train.labels, None, seed, count=train_size)
-            train = train.subset(torch.as_tensor(picked))
+        train = subsample(train, train_size, seed, held_out=bundle.val is None)
     test = bundle.test
     if image_size is not None:
         train, val, test = resize(train, image_size), resize(val, image_size), resize(test, image_size)

@@ -1,0 +1,163 @@
+"""``imagefolder``: the user's own images, laid out ``root/<split>/<class>/*.{png,jpg,jpeg,bmp}``.
+
+``train`` is required; ``test`` is optional (without it ``test_fraction`` of train is held out,
+stratified, by seed). Class names are the sorted folder names under ``train``. Grayscale or RGB is
+detected (a mix becomes RGB). Images of differing sizes are resized to the ``size`` option, or
+rejected with the offending file named when ``size`` is 0. Images are decoded once, in threads, at
+load time; training then runs on the in-memory uint8 tensors like every other dataset.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cnnbench.errors import ConfigError, DataError
+from cnnbench.registry import DatasetInfo, DatasetPlugin, Option
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+LAYOUT = "root/train/<class>/*.png|jpg|jpeg|bmp (and optionally root/test/<class>/...)"
+
+OPTIONS = (
+    Option("size", "int", 0, "resize every image to size x size; 0 keeps the native size (all must match)",
+           low=0, high=4096),
+    Option("test_fraction", "float", 0.2, "share of train held out as test when there is no test/ folder",
+           low=0.01, high=0.9),
+)
+
+
+def _root(data_dir: Path | str | None) -> Path:
+    if data_dir is None:
+        raise ConfigError(f"dataset 'imagefolder' needs --data-dir pointing at a folder laid out as {LAYOUT}")
+    root = Path(data_dir).expanduser()
+    if not (root / "train").is_dir():
+        raise DataError(f"{root / 'train'} does not exist: imagefolder expects {LAYOUT}")
+    return root
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+def list_split(folder: Path, classes: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], list[Path], list[int]]:
+    """Class names (sorted sub-folders, or the given train classes), image paths and labels."""
+    found = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if not found:
+        raise DataError(f"{folder} holds no class folders: imagefolder expects {LAYOUT}")
+    if classes is not None and set(found) - set(classes):
+        extra = ", ".join(sorted(set(found) - set(classes)))
+        raise DataError(f"{folder} has class folder(s) {extra} that train/ lacks; train classes: {', '.join(classes)}")
+    classes = classes or found
+    paths: list[Path] = []
+    labels: list[int] = []
+    for name in found:
+        images = sorted(p for p in (folder / name).iterdir() if _is_image(p))
+        if not images:
+            raise DataError(f"class folder {folder / name} holds no images ({', '.join(EXTENSIONS)}); "
+                            f"add images or remove the folder")
+        paths += images
+        labels += [classes.index(name)] * len(images)
+    return classes, paths, labels
+
+
+def _unreadable(path: Path, err: Exception) -> DataError:
+    return DataError(f"cannot read image {path}: {type(err).__name__}: {err}; fix or remove the file")
+
+
+def _open(path: Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
+        raise _unreadable(path, err) from None
+
+
+def _decode(paths: list[Path]) -> list:
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # PIL decodes outside the GIL
+        return list(pool.map(_open, paths))
+
+
+def _to_tensor(images: list, paths: list[Path], size: int, mode: str, expected: tuple[int, int] | None):
+    """Convert decoded PIL images to one uint8 (N, C, H, W) tensor, resizing or rejecting sizes."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    arrays = []
+    for img, path in zip(images, paths):
+        img = img.convert(mode) if img.mode != mode else img
+        if size:
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+        elif expected is not None and img.size != expected:
+            raise DataError(f"{path} is {img.size[0]}x{img.size[1]} but the first image is "
+                            f"{expected[0]}x{expected[1]}; pass --dataset-option size=S to resize all images to SxS")
+        expected = expected or img.size
+        arrays.append(np.asarray(img, dtype=np.uint8))
+    stacked = np.stack(arrays)
+    stacked = stacked[..., None] if stacked.ndim == 3 else stacked
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous(), expected
+
+
+def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True, size: int = 0,
+         test_fraction: float = 0.2):
+    import torch
+
+    from cnnbench.data.bundle import DatasetBundle, Split
+    from cnnbench.data.pipeline import stratified_indices
+
+    root = _root(data_dir)
+    classes, train_paths, train_labels = list_split(root / "train")
+    has_test = (root / "test").is_dir()
+    test_paths, test_labels = list_split(root / "test", classes)[1:] if has_test else ([], [])
+    decoded = _decode(train_paths + test_paths)
+    mode = "L" if all(img.mode in GRAY_MODES for img in decoded) else "RGB"
+    pixels, _ = _to_tensor(decoded, train_paths + test_paths, size, mode, None)
+    labels = torch.tensor(train_labels + test_labels, dtype=torch.int64)
+    n = len(train_paths)
+    train, test = Split(pixels[:n], labels[:n]), Split(pixels[n:], labels[n:])
+    if not has_test:
+        keep, held = stratified_indices(train.labels, test_fraction, seed)
+        train, test = train.subset(torch.as_tensor(keep)), train.subset(torch.as_tensor(held))
+    return DatasetBundle(train=train, test=test, classes=classes)
+
+
+def _header(path: Path) -> tuple[str, tuple[int, int]]:
+    """Mode and (width, height) from an image's header, without decoding its pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.mode, img.size
+    except (OSError, ValueError, SyntaxError) as err:
+        raise _unreadable(path, err) from None
+
+
+def describe(*, data_dir: Path | None = None, size: int = 0, test_fraction: float = 0.2) -> DatasetInfo:
+    """Without ``data_dir``: only what the options say (channels assumed 3, 0 = unknown).
+    With it: class folders are listed and image headers read (no pixels decoded)."""
+    if data_dir is None:
+        return DatasetInfo(3, size, size, 0)
+    root = _root(data_dir)
+    classes, paths, _ = list_split(root / "train")
+    test_paths = list_split(root / "test", classes)[1] if (root / "test").is_dir() else []
+    headers = [_header(p) for p in paths + test_paths]
+    channels = 1 if all(mode in GRAY_MODES for mode, _ in headers) else 3
+    width, height = (size, size) if size else headers[0][1]
+    test = len(test_paths) or math.ceil(len(paths) * test_fraction)  # as scikit-learn rounds
+    return DatasetInfo(channels, height, width, len(classes), classes, len(paths) - (0 if test_paths else test), test)
+
+
+IMAGEFOLDER = DatasetPlugin(
+    load=load,
+    describe=describe,
+    description="your own images: root/train/<class>/*.png|jpg|jpeg|bmp, optional root/test/ (needs --data-dir)",
+    options=OPTIONS,
+    needs_data_dir=True,
+)
