@@ -15,6 +15,7 @@ workspaces and the data set itself are not included, so read it as a lower bound
 
 from __future__ import annotations
 
+from math import prod
 from typing import Any
 
 from torch import nn
@@ -22,6 +23,7 @@ from torch import nn
 # copies of the trainable weights each optimizer keeps (momentum buffer, squared averages, ...)
 OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
 BYTES_PER_MB = 1e6
+FLOAT32_BYTES = 4  # images reach the model as float32
 
 
 def model_info(model: nn.Module, input_shape: tuple[int, int, int], batch_size: int = 64) -> dict[str, Any]:
@@ -44,7 +46,8 @@ def model_info(model: nn.Module, input_shape: tuple[int, int, int], batch_size: 
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     leaf_output_bytes = sum(layer.output_bytes for layer in stats.summary_list if layer.is_leaf_layer)
-    activation_bytes = batch_size * (stats.total_input + leaf_output_bytes)
+    input_bytes = prod(input_shape) * FLOAT32_BYTES  # torchinfo's total_input adds Python object overhead
+    activation_bytes = batch_size * (input_bytes + leaf_output_bytes)
     memory = {
         optimizer: round((weight_bytes + trainable_bytes * (1 + copies) + activation_bytes) / BYTES_PER_MB, 2)
         for optimizer, copies in OPTIMIZER_STATE_COPIES.items()

@@ -1,0 +1,97 @@
+"""``cnnbench info MODEL``: options, layer table, parameters, MACs and training memory; no data is loaded.
+
+The input shape comes from a dataset plugin's declared metadata (``--dataset``) or from
+``--input-shape C,H,W``; bad names, options, kernel sizes and too-small inputs raise
+:class:`cnnbench.errors.ConfigError` subclasses, which the command group turns into exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from cnnbench.errors import ConfigError
+
+DEFAULT_SHAPE = (3, 32, 32)  # the CIFAR-10 shape most of the studies' parameter counts refer to
+DEFAULT_CLASSES = 10
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"3,32,32"`` -> (3, 32, 32); anything else is a ConfigError saying what is accepted."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--input-shape expects three positive integers C,H,W such as 3,32,32; got {text!r}")
+    return shape
+
+
+def input_spec(dataset: str | None, dataset_options: tuple[str, ...], input_shape: str | None,
+               num_classes: int | None) -> tuple[tuple[int, int, int], int, str]:
+    """(C, H, W), number of classes, and a description of where they came from."""
+    from cnnbench.registry import DATASETS, parse_key_values, resolve_options
+
+    if dataset and input_shape:
+        raise ConfigError("give --dataset or --input-shape, not both")
+    if dataset_options and not dataset:
+        raise ConfigError("--dataset-option needs --dataset")
+    if dataset:
+        plugin = DATASETS.get(dataset)
+        given = parse_key_values(dataset_options, flag="--dataset-option")
+        meta = plugin.describe(**resolve_options(plugin.options, given, owner=f"dataset {dataset!r}"))
+        classes = num_classes or meta.num_classes
+        return (meta.channels, meta.height, meta.width), classes, f"dataset {dataset}"
+    shape = parse_shape(input_shape) if input_shape else DEFAULT_SHAPE
+    origin = "--input-shape" if input_shape else "default input shape (give --dataset or --input-shape)"
+    return shape, num_classes or DEFAULT_CLASSES, origin
+
+
+@click.command(name="info")
+@click.argument("model")
+@click.option("--dataset", default=None, help="take the input shape and classes from this dataset's metadata")
+@click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
+              help="dataset option that changes its shape (e.g. size=32); repeatable")
+@click.option("--input-shape", default=None, metavar="C,H,W", help="input shape when no --dataset is given [3,32,32]")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+              help="number of classes [the dataset's, else 10]")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="model option; repeatable")
+@click.option("--kernel-size", type=click.IntRange(min=1), default=None, help="sets the model's kernel_size option")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="batch size for the training-memory estimate")
+@click.option("--depth", type=click.IntRange(min=1), default=None, help="show layers up to this nesting depth [all]")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
+def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], input_shape: str | None,
+            num_classes: int | None, model_options: tuple[str, ...], kernel_size: int | None, batch_size: int,
+            depth: int | None, as_json: bool) -> None:
+    """Summarise MODEL: its options, layers (output shape, parameters, MACs), size and training memory.
+
+    Nothing is downloaded or loaded: shapes come from the dataset's declared metadata or --input-shape.
+    """
+    from cnnbench.info import format_info, model_info
+    from cnnbench.models import build_model, resolve_model_options
+    from cnnbench.registry import parse_key_values
+
+    shape, classes, origin = input_spec(dataset, dataset_options, input_shape, num_classes)
+    given = parse_key_values(model_options, flag="--model-option")
+    plugin, resolved = resolve_model_options(model, given, kernel_size)
+    net = build_model(model, num_classes=classes, in_channels=shape[0], image_size=shape[1:], options=resolved)
+    info = model_info(net, shape, batch_size)
+    if as_json:
+        click.echo(json.dumps({"model": model, "options": _jsonable(resolved), "num_classes": classes, **info}))
+        return
+    click.echo(f"{model}: {plugin.description}")
+    click.echo(f"Input {'x'.join(map(str, shape))}, {classes} classes (from {origin})")
+    for option in plugin.options:
+        value = resolved[option.name]
+        click.echo(f"  {option.name} = {_show(value)}  ({option.type}, default {_show(option.default)}): {option.help}")
+    click.echo(format_info(info, max_depth=depth))
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _jsonable(options: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}

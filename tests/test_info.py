@@ -1,0 +1,128 @@
+"""``cnnbench info`` and the summary behind it: counts, MACs, memory arithmetic, JSON, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cnnbench.cli import main
+from cnnbench.info import OPTIMIZER_STATE_COPIES, model_info, summary_text
+from cnnbench.models import build_model
+
+# strided_cnn on 3x32x32: (parameters, output pixels) of each conv, then the dense layer
+STRIDED_CONVS = [(448, 32 * 32), (2_320, 16 * 16), (4_640, 16 * 16), (9_248, 8 * 8)]
+STRIDED_DENSE = 20_490
+
+
+@pytest.fixture(scope="module")
+def strided_info():
+    model = build_model("strided_cnn", num_classes=10, in_channels=3, image_size=(32, 32))
+    return model_info(model, (3, 32, 32), batch_size=64)
+
+
+def test_counts_size_and_macs(strided_info):
+    assert strided_info["params"] == strided_info["trainable_params"] == 37_146
+    assert strided_info["size_mb"] == round(37_146 * 4 / 1e6, 2) == 0.15
+    # a conv's MACs: its parameters (weights + bias) once per output pixel; the dense layer: once
+    assert strided_info["macs"] == sum(p * pixels for p, pixels in STRIDED_CONVS) + STRIDED_DENSE == 2_852_874
+
+
+def test_layers_carry_shape_params_and_macs(strided_info):
+    by_name = {row["name"]: row for row in strided_info["layers"]}
+    assert by_name["features.0"] == {"name": "features.0", "type": "Conv2d", "depth": 2, "output_shape": [16, 32, 32],
+                                     "params": 448, "macs": 448 * 32 * 32, "leaf": True}
+    assert by_name["classifier"]["output_shape"] == [10] and by_name["classifier"]["params"] == STRIDED_DENSE
+    assert by_name["flatten"]["output_shape"] == [2048]
+    assert by_name["features"]["macs"] == strided_info["macs"] - STRIDED_DENSE  # a container sums its leaves
+
+
+def test_memory_estimate_is_weights_grads_state_and_activations(strided_info):
+    weights_mb = 37_146 * 4 / 1e6
+    # per image: the float32 input plus every leaf layer's float32 output, kept for the backward pass
+    outputs = 16 * 32 * 32 * 2 + 16 * 16 * 16 * 2 + 32 * 16 * 16 * 2 + 32 * 8 * 8 * 4 + 10
+    activations_mb = 64 * (3 * 32 * 32 + outputs) * 4 / 1e6
+    assert strided_info["activations_mb"] == round(activations_mb, 2)
+    memory = strided_info["memory_estimate_mb"]
+    assert set(memory) == set(OPTIMIZER_STATE_COPIES) == {"sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"}
+    for optimizer, copies in OPTIMIZER_STATE_COPIES.items():
+        assert memory[optimizer] == pytest.approx(weights_mb * (2 + copies) + activations_mb, abs=0.006)
+    assert memory["sgd"] < memory["momentum"] == memory["rmsprop"] < memory["adam"] == memory["adamw"]
+
+
+def test_activation_memory_scales_with_batch_size():
+    model = build_model("lenet5", num_classes=10, in_channels=1, image_size=(28, 28))
+    small, large = (model_info(model, (1, 28, 28), batch_size=b) for b in (10, 1000))
+    assert large["activations_mb"] == pytest.approx(100 * small["activations_mb"], rel=0.01)
+    assert large["params"] == small["params"] == 61_706
+
+
+def test_frozen_parameters_need_no_gradients_or_state():
+    model = build_model("lenet5", num_classes=10, in_channels=1, image_size=(28, 28))
+    for p in model.features.parameters():
+        p.requires_grad_(False)
+    info = model_info(model, (1, 28, 28), batch_size=1)
+    frozen = 61_706 - info["trainable_params"]
+    assert frozen == 156 + 2_416 + 48_120
+    full = model_info(build_model("lenet5", num_classes=10, in_channels=1, image_size=(28, 28)), (1, 28, 28), 1)
+    # adam: a trainable weight costs gradient + 2 states (12 bytes) beyond the weight itself
+    assert full["memory_estimate_mb"]["adam"] - info["memory_estimate_mb"]["adam"] == pytest.approx(frozen * 12 / 1e6, abs=0.011)
+
+
+def test_summary_text_lists_layers_and_totals():
+    model = build_model("mlp", num_classes=10, in_channels=1, image_size=(28, 28))
+    text = summary_text(model, (1, 28, 28), batch_size=32)
+    assert "classifier (Linear)" in text and "hidden.0 (Linear)" in text
+    assert "Total params: 109,386" in text and "batch size 32" in text
+    assert "adamw" in text
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["info", *args])
+
+
+def test_info_json_has_the_fields_scripts_rely_on():
+    result = _run("maxpool_cnn", "--input-shape", "3,32,32", "--model-option", "modules=3", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert {"params", "trainable_params", "size_mb", "macs", "layers", "memory_estimate_mb"} <= set(data)
+    assert data["params"] == 82_330 and data["options"]["modules"] == 3 and data["num_classes"] == 10
+    assert data["memory_estimate_mb"]["adam"] > data["memory_estimate_mb"]["sgd"] > data["size_mb"]
+
+
+def test_info_takes_the_shape_from_dataset_metadata():
+    result = _run("lenet5", "--dataset", "digits", "--kernel-size", "3", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["input_shape"] == [1, 28, 28] and data["options"]["kernel_size"] == 3
+    first = next(row for row in data["layers"] if row["type"] == "Conv2d")
+    assert first["params"] == 6 * 9 + 6
+    resized = json.loads(_run("mlp", "--dataset", "digits", "--dataset-option", "size=8", "--json").output)
+    assert resized["params"] == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+
+
+def test_info_text_shows_options_and_the_table():
+    result = _run("strided_cnn", "--model-option", "extra_layers=true")
+    assert result.exit_code == 0, result.output
+    assert "extra_layers = True  (bool, default False)" in result.output
+    assert "Total params: 23,314" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["nosuchnet"], "unknown model 'nosuchnet'; available models: block_cnn"),
+    (["mlp", "--model-option", "width=3"], "unknown option(s) width for model 'mlp'"),
+    (["mlp", "--model-option", "hidden=wide"], "expects comma-separated integers"),
+    (["strided_cnn", "--kernel-size", "4"], "odd kernel sizes"),
+    (["mlp", "--kernel-size", "3"], "takes no kernel size"),
+    (["lenet5", "--dataset", "digits", "--dataset-option", "size=8"], "at least 28x28"),
+    (["block_cnn", "--model-option", "blocks=5"], "blocks' must be one of 2, 3"),
+    (["maxpool_cnn", "--model-option", "modules=1"], "modules' must be one of 2, 3, 4"),
+    (["mlp", "--input-shape", "1,28"], "three positive integers"),
+    (["mlp", "--dataset", "digits", "--input-shape", "1,8,8"], "not both"),
+    (["mlp", "--dataset", "nosuchdata"], "unknown dataset 'nosuchdata'"),
+])
+def test_bad_input_exits_2_with_a_message(args, message):
+    result = _run(*args)
+    assert result.exit_code == 2
+    assert message in result.output
