@@ -1,7 +1,9 @@
 """Batched augmentation on the training device: whole-batch tensor ops, no per-sample Python.
 
-All functions take a float batch (N, C, H, W) and a ``torch.Generator`` on the batch's device so
-that a seed gives the same augmentation on every run.
+All functions take a batch (N, C, H, W) of raw pixels, uint8 or float (before normalisation, so
+padding is black as in torchvision's transforms), and a ``torch.Generator`` on the batch's device
+so that a seed gives the same augmentation on every run. Flip and crop keep the dtype and are
+fused into one gather (on uint8 they move a quarter of the bytes); the affine warp returns float.
 """
 
 from __future__ import annotations
@@ -31,26 +33,35 @@ def _rand(n: int, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mirror a random half of the batch left-right (one mask for the batch)."""
-    mask = _rand(len(x), x, gen) < 0.5
-    return torch.where(mask[:, None, None, None], x.flip(-1), x)
+    """Mirror a random half of the batch left-right."""
+    return flip_crop(x, gen, padding=0)
 
 
 def random_crop(x: torch.Tensor, gen: torch.Generator, padding: int = CROP_PADDING) -> torch.Tensor:
-    """Zero-pad by ``padding`` and cut a random H x W window per image (gather by index, no loop)."""
+    """Zero-pad by ``padding`` and cut a random H x W window per image."""
+    return flip_crop(x, gen, padding=padding, flip=False)
+
+
+def flip_crop(x: torch.Tensor, gen: torch.Generator, padding: int = CROP_PADDING, flip: bool = True) -> torch.Tensor:
+    """Random horizontal flip (p=0.5) and random crop after ``padding`` zero pixels a side, per
+    image, as one ``torch.gather`` over the padded batch (no loop over images)."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=gen)
-    dx = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=gen)
-    rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])  # (N, H)
-    cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])  # (N, W)
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()
+    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
+    hp, wp = h + 2 * padding, w + 2 * padding
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device, generator=gen)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device, generator=gen)
+    rows = torch.arange(h, device=x.device) + dy  # (N, H) rows of the padded image
+    cols = torch.arange(w, device=x.device) + dx  # (N, W)
+    if flip:  # reading columns right to left mirrors the crop (padding is symmetric)
+        mirrored = _rand(n, x, gen)[:, None] < 0.5
+        cols = torch.where(mirrored, (wp - 1) - cols, cols)
+    index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return torch.gather(padded.reshape(n, c, hp * wp), 2, index).view(n, c, h, w)
 
 
 def random_affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Small random rotation, shear and scale per image through one affine grid for the batch."""
+    x = x.float()
     n = len(x)
     angle = (2 * _rand(n, x, gen) - 1) * math.radians(MAX_ROTATION_DEG)
     shear = (2 * _rand(n, x, gen) - 1) * math.radians(MAX_SHEAR_DEG)
@@ -68,10 +79,12 @@ def random_affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """Apply the named augmentation to a float batch (N, C, H, W)."""
+    """Apply the named augmentation to a raw-pixel batch (N, C, H, W): flip-crop keeps the dtype,
+    strong returns float."""
+    check_augmentation(kind)
     if kind == "none":
         return x
-    x = random_crop(random_flip(x, gen), gen)
+    x = flip_crop(x, gen)
     if kind == "strong":
         x = random_affine(x, gen)
     return x

@@ -1,5 +1,9 @@
 """The device loader: the whole split lives on the training device as uint8; batching, shuffling,
-augmentation and normalisation are tensor ops there (no DataLoader, no per-sample Python)."""
+augmentation and normalisation are tensor ops there (no DataLoader, no per-sample Python).
+
+Per batch: one index gather of uint8 pixels, flip-crop on uint8 (a quarter of the bytes of
+float), then one float conversion and an in-place normalisation as the last step, so padding
+and the affine warp's fill are black pixels as in torchvision's transforms."""
 
 from __future__ import annotations
 
@@ -54,8 +58,10 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return (images_uint8.float() - self.mean) * self.inv_std
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw pixels (uint8 or float in 0..255) to normalised float32 (a new tensor)."""
+        x = images.float() if images.dtype != torch.float32 else images.clone()
+        return x.sub_(self.mean).mul_(self.inv_std)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator(device=self.device)
@@ -64,9 +70,10 @@ class DeviceLoader:
         order = torch.randperm(n, device=self.device, generator=gen) if self.shuffle else None
         for start in range(0, n, self.batch_size):
             idx = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
-            x = self.normalise(self.images[idx])
+            x = self.images[idx]
             if self.augmentation != "none":
                 x = augment(x, self.augmentation, gen)
+            x = self.normalise(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]
