@@ -1,0 +1,262 @@
+"""The artifact builders as engine callbacks: each writes its files under ``run.artifacts_dir``
+(uploaded by the tracker at the end) and puts its numbers into ``run.summary_metrics``.
+
+``default_callbacks(config)`` is what ``api.train`` adds before the tracker. Each kind is switched
+by ``config.artifacts``. Seconds spent in end-of-run work are added to the ``artifacts_time_s``
+summary metric (and kept per builder in ``.seconds`` for benchmarks).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from cnnbench.artifacts import curves, evaluation, kernels, latent, memory, retrieval
+from cnnbench.config import TrainConfig
+from cnnbench.engine.probes import collect_features, evaluating
+from cnnbench.events import Callback, EvalResult, RunState
+from cnnbench.models.base import first_conv_weight
+
+log = logging.getLogger(__name__)
+
+
+class ArtifactCallback(Callback):
+    """Base: timing of end-of-run work, and failures that never mask the run's own error."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, run: RunState, phase: str, end_of_run: bool = True) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - start
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + spent
+            if end_of_run:
+                run.summary_metrics["artifacts_time_s"] = run.summary_metrics.get("artifacts_time_s", 0.0) + spent
+
+    def on_failure(self, run: RunState, error: BaseException, status: str) -> None:
+        try:
+            self.salvage(run)
+        except Exception as err:  # the tracker after us must still see the failure
+            log.warning("could not write %s artifacts of the failed run: %s", type(self).__name__, err)
+
+    def salvage(self, run: RunState) -> None:
+        """What is still worth writing when the run fails or is interrupted (default: nothing)."""
+
+
+class RunRecord(ArtifactCallback):
+    """``config.json`` (the resolved configuration) and ``model/summary.txt`` at run start."""
+
+    def __init__(self, summary: bool = True) -> None:
+        super().__init__()
+        self.summary = summary
+
+    def on_run_start(self, run: RunState) -> None:
+        path = run.artifacts_dir / "config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run.config.to_dict(), indent=2, default=str))
+        if self.summary:
+            target = run.artifacts_dir / "model" / "summary.txt"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(model_summary_text(run))
+
+
+def model_summary_text(run: RunState) -> str:
+    """The ``cnnbench info`` table of the run's model on its input size and batch size.
+
+    torchinfo walks a CPU copy (it moves what it walks to its device) in eval mode with the RNG
+    state forked, so neither the model being trained nor the training random stream changes.
+    """
+    from cnnbench.info import summary_text
+
+    first = next(run.model.parameters(), None)
+    model = run.model if first is None or first.device.type == "cpu" else copy.deepcopy(run.model).cpu()
+    with torch.random.fork_rng(devices=[]), evaluating(model):
+        text = summary_text(model, (run.data.channels, *run.data.image_size), batch_size=run.config.optim.batch_size)
+    return text + "\n"
+
+
+class LearningCurves(ArtifactCallback):
+    """``metrics/history.csv`` and ``plots/learning_curves.png`` from the run's epoch history."""
+
+    def on_run_end(self, run: RunState, summary: dict[str, float]) -> None:
+        with self.timed(run, "curves"):
+            self.salvage(run)
+
+    def salvage(self, run: RunState) -> None:
+        if run.history:
+            curves.write_history_csv(run.history, run.artifacts_dir / "metrics" / "history.csv")
+            curves.plot_learning_curves(run.history, run.artifacts_dir / "plots" / "learning_curves.png")
+
+
+class TestEvaluation(ArtifactCallback):
+    """Confusion matrix, classification report, majority baseline and the predictions grid."""
+
+    def __init__(self, confusion: bool = True, predictions: bool = True) -> None:
+        super().__init__()
+        self.confusion = confusion
+        self.predictions = predictions
+
+    def on_eval_end(self, run: RunState, result: EvalResult) -> None:
+        if result.split != "test":
+            return
+        classes = run.data.classes
+        out = run.artifacts_dir / "eval"
+        with self.timed(run, "evaluation"):
+            run.summary_metrics.update(evaluation.majority_baseline(run.data.train.labels, result.labels, len(classes)))
+            if self.confusion:
+                evaluation.write_confusion(result.labels, result.predictions, classes, out)
+                report = evaluation.write_classification_report(result.labels, result.predictions, classes, out)
+                run.summary_metrics["test_macro_f1"] = float(report["macro avg"]["f1-score"])
+            if self.predictions:
+                evaluation.plot_predictions(run.data.test.images, result.labels, result.predictions, classes,
+                                            out / "predictions.png")
+
+
+class KernelSnapshots(ArtifactCallback):
+    """``kernels/conv1_start.png``, ``conv1_end.png`` and ``conv1_epoch<NNN>.png`` every N epochs."""
+
+    def __init__(self, every: int = 0) -> None:
+        super().__init__()
+        self.every = every
+
+    def _write(self, run: RunState, name: str) -> None:
+        weight = first_conv_weight(run.model)
+        if weight is not None:
+            kernels.save_kernel_grid(weight, run.artifacts_dir / "kernels" / f"{name}.png")
+
+    def on_run_start(self, run: RunState) -> None:
+        if run.start_epoch == 0:  # a resumed run already has its start kernels
+            self._write(run, "conv1_start")
+
+    def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
+        if self.every and epoch % self.every == 0:
+            self._write(run, f"conv1_epoch{epoch:03d}")
+
+    def on_eval_end(self, run: RunState, result: EvalResult) -> None:
+        with self.timed(run, "kernels"):
+            self._write(run, "conv1_end")
+
+
+class LatentMaps(ArtifactCallback):
+    """``latent/tsne_{begin,middle,end}.png|csv``: penultimate features of a fixed test subset
+    before training, after the middle epoch and for the final (restored-best) model."""
+
+    def __init__(self, samples: int = 2000) -> None:
+        super().__init__()
+        self.samples = samples
+        self.indices: torch.Tensor | None = None
+
+    @staticmethod
+    def middle_epoch(epochs: int) -> int:
+        return max(1, (epochs + 1) // 2)
+
+    def _map(self, run: RunState, stage: str, title: str) -> None:
+        if self.indices is None:
+            self.indices = torch.as_tensor(latent.stratified_subset(run.data.test.labels, self.samples))
+        if len(self.indices) < latent.MIN_POINTS:
+            run.notes.append(f"t-SNE skipped: {len(self.indices)} test images are too few")
+            return
+        test = run.data.test
+        feats = collect_features(run.model, test.images[self.indices], mean=run.data.mean, std=run.data.std,
+                                 device=run.device, which=("penultimate",))["penultimate"]
+        coords = latent.tsne_embed(feats, seed=run.config.run.seed)
+        latent.write_tsne(coords, test.labels[self.indices], self.indices.tolist(), run.data.classes,
+                          run.artifacts_dir / "latent" / f"tsne_{stage}", title)
+
+    def on_run_start(self, run: RunState) -> None:
+        if run.start_epoch == 0:
+            with self.timed(run, "tsne_begin", end_of_run=False):
+                self._map(run, "begin", "penultimate features before training (epoch 0)")
+
+    def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == self.middle_epoch(run.config.run.epochs):
+            with self.timed(run, "tsne_middle", end_of_run=False):
+                self._map(run, "middle", f"penultimate features after epoch {epoch}")
+
+    def on_eval_end(self, run: RunState, result: EvalResult) -> None:
+        with self.timed(run, "tsne_end"):
+            self._map(run, "end", f"penultimate features of the final model (epoch {run.epoch})")
+
+
+class Retrieval(ArtifactCallback):
+    """``retrieval/<class>.png`` and ``retrieval/summary.json`` (intermediate block vs output)."""
+
+    def __init__(self, k: int = 10) -> None:
+        super().__init__()
+        self.k = k
+
+    def on_eval_end(self, run: RunState, result: EvalResult) -> None:
+        if result.split != "test" or len(result.labels) < 2:
+            return
+        with self.timed(run, "retrieval"):
+            test = run.data.test
+            inter = collect_features(run.model, test.images, mean=run.data.mean, std=run.data.std,
+                                     device=run.device, which=("intermediate",))["intermediate"]
+            layers = {"intermediate": inter, "output": result.logits.float()}
+            summary = retrieval.write_retrieval(test.images, result.labels, layers, run.data.classes, self.k,
+                                                run.artifacts_dir / "retrieval")
+            for name, stats in summary["layers"].items():
+                run.summary_metrics[f"retrieval_{name}_same_class"] = stats["same_class_fraction"]
+
+
+class MemoryMonitor(ArtifactCallback):
+    """``memory/memory.csv`` every N optimizer steps (and at start and end); peak metrics."""
+
+    def __init__(self, every: int = 50) -> None:
+        super().__init__()
+        self.every = max(1, every)
+        self.log: memory.MemoryLog | None = None
+        self.started = 0.0
+
+    def sample(self, run: RunState) -> None:
+        if self.log is None:
+            self.log = memory.MemoryLog(cuda=memory.cuda_bytes(run.device) is not None)
+            self.started = time.perf_counter()
+        self.log.add(memory.memory_row(run.global_step, run.epoch, time.perf_counter() - self.started,
+                                       memory.rss_bytes(), memory.cuda_bytes(run.device)))
+
+    def on_run_start(self, run: RunState) -> None:
+        self.sample(run)
+
+    def on_step_end(self, run: RunState, step: int, loss: float) -> None:
+        if step % self.every == 0:
+            self.sample(run)
+
+    def on_run_end(self, run: RunState, summary: dict[str, float]) -> None:
+        with self.timed(run, "memory"):
+            self.salvage(run)
+
+    def salvage(self, run: RunState) -> None:
+        self.sample(run)
+        assert self.log is not None
+        self.log.write(run.artifacts_dir / "memory" / "memory.csv")
+        run.summary_metrics.update(self.log.peaks())
+
+
+def default_callbacks(config: TrainConfig) -> list[Callback]:
+    """The artifact builders ``config.artifacts`` switches on, in the order they should run."""
+    a = config.artifacts
+    built: list[Callback] = [RunRecord(summary=a.summary)]
+    if a.memory:
+        built.append(MemoryMonitor(every=a.memory_every))
+    if a.curves:
+        built.append(LearningCurves())
+    built.append(TestEvaluation(confusion=a.confusion, predictions=a.predictions))
+    if a.kernels:
+        built.append(KernelSnapshots(every=a.kernel_every))
+    if a.tsne:
+        built.append(LatentMaps(samples=a.tsne_samples))
+    if a.retrieval:
+        built.append(Retrieval(k=a.retrieval_k))
+    return built

@@ -1,0 +1,100 @@
+"""Test-set evaluation tables and figures: confusion matrix, classification report, the
+majority-class baseline and the grid of the first test predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cnnbench.artifacts.figures import as_numpy, draw_tiles, plt, save
+
+
+def confusion_tables(labels, predictions, classes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(counts, row-normalised) confusion matrices; rows are true classes, columns predicted.
+
+    Every class appears on both axes even when absent from the test set (its row is then zeros).
+    """
+    from sklearn.metrics import confusion_matrix
+
+    names = list(classes)
+    k = len(names)
+    counts = confusion_matrix(as_numpy(labels), as_numpy(predictions), labels=np.arange(k))
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros_like(counts, dtype=float), where=rows > 0)
+    index = pd.Index(names, name="true")
+    columns = pd.Index(names, name="predicted")
+    return pd.DataFrame(counts, index=index, columns=columns), pd.DataFrame(normalised, index=index, columns=columns)
+
+
+def write_confusion(labels, predictions, classes: Sequence[str], out_dir: Path) -> pd.DataFrame:
+    """Write ``confusion_matrix.csv`` (counts), ``confusion_matrix_normalized.csv`` and the
+    two-panel ``confusion_matrix.png`` into ``out_dir``; return the counts."""
+    counts, normalised = confusion_tables(labels, predictions, classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts.to_csv(out_dir / "confusion_matrix.csv")
+    normalised.to_csv(out_dir / "confusion_matrix_normalized.csv", float_format="%.4f")
+    k = len(classes)
+    side = max(5.0, 0.45 * k + 2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    annotate = k <= 30
+    for ax, table, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], normalised, "row-normalised", ".2f")):
+        values = table.to_numpy()
+        image = ax.imshow(normalised.to_numpy(), cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(k), labels=list(classes), rotation=90 if k > 10 else 0)
+        ax.set_yticks(range(k), labels=list(classes))
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+        if annotate:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7,
+                            color="white" if normalised.iat[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=axes, fraction=0.03)
+    save(fig, out_dir / "confusion_matrix.png")
+    return counts
+
+
+def write_classification_report(labels, predictions, classes: Sequence[str], out_dir: Path) -> dict:
+    """Per-class precision, recall, F1 and support as ``classification_report.json`` and ``.txt``."""
+    from sklearn.metrics import classification_report
+
+    y, p = as_numpy(labels), as_numpy(predictions)
+    common = dict(labels=np.arange(len(classes)), target_names=[str(c) for c in classes], zero_division=0)
+    report = classification_report(y, p, output_dict=True, **common)
+    text = classification_report(y, p, digits=4, **common)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "classification_report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "classification_report.txt").write_text(text)
+    return report
+
+
+def majority_baseline(train_labels, test_labels, num_classes: int) -> dict[str, float]:
+    """Accuracy and macro-F1 on test of always predicting the most frequent training class."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.metrics import accuracy_score, f1_score
+
+    y_train, y_test = as_numpy(train_labels), as_numpy(test_labels)
+    dummy = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(y_train), 1)), y_train)
+    guess = dummy.predict(np.zeros((len(y_test), 1)))
+    return {
+        "baseline_accuracy": float(accuracy_score(y_test, guess)),
+        "baseline_macro_f1": float(f1_score(y_test, guess, average="macro", labels=np.arange(num_classes), zero_division=0)),
+    }
+
+
+def plot_predictions(images: torch.Tensor, labels, predictions, classes: Sequence[str], path: Path, count: int = 25) -> Path:
+    """The first ``count`` (default 25) uint8 (N, C, H, W) images in a square grid, each titled
+    ``GT:<class> P:<class>`` (red when wrong)."""
+    n = min(count, len(images))
+    cols = int(np.ceil(np.sqrt(count)))
+    y, p = as_numpy(labels), as_numpy(predictions)
+    fig, ax = plt.subplots(figsize=(1.8 * cols, 1.9 * cols))
+    draw_tiles(ax, [images[i] for i in range(n)], [f"GT:{classes[y[i]]} P:{classes[p[i]]}" for i in range(n)],
+               ["black" if y[i] == p[i] else "red" for i in range(n)], cols)
+    return save(fig, path)
