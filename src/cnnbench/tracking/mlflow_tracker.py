@@ -148,6 +148,7 @@ class MlflowTracker(Callback):
                 model,
                 name="model",
                 input_example=x,
+                serialization_format="pickle",  # a plain nn.Module: any batch size, no torch.export
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"cnnbench=={cnnbench.__version__}"],
             )
         finally:

@@ -1,0 +1,56 @@
+"""Shared fixtures: one SQLite MLflow store per test session (creating one costs seconds of schema
+migrations), a fresh experiment name per test, and a CLI runner that returns exit code and output."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+FAST_FLAGS = ["--no-tsne", "--no-retrieval", "--no-kernels", "--no-predictions", "--no-memory", "--no-log-model", "--quiet"]
+
+
+@pytest.fixture
+def fast_flags() -> list[str]:
+    """train flags that skip the slower artifacts, for tests about something else."""
+    return list(FAST_FLAGS)
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+@pytest.fixture
+def experiment(request) -> str:
+    return "test-" + re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:80]
+
+
+@pytest.fixture
+def cli():
+    """Invoke ``cnnbench`` in-process: ``cli("train", "--epochs", "1")`` -> click Result."""
+    from cnnbench.cli import main
+
+    def invoke(*args: str):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def runs_in(tracking_uri):
+    """All runs of one experiment (empty list when it does not exist)."""
+    import mlflow
+
+    def search(experiment: str):
+        client = mlflow.tracking.MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        return client.search_runs([exp.experiment_id])
+
+    return search

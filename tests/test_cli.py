@@ -1,0 +1,87 @@
+"""The CLI's contract: version, fast help, listing, and every bad input rejected before any run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+import cnnbench
+
+
+def test_version(cli):
+    result = cli("--version")
+    assert result.exit_code == 0 and cnnbench.__version__ in result.output
+
+
+def test_help_does_not_import_torch_or_mlflow():
+    code = "import sys; from cnnbench.cli import main; print('torch' in sys.modules, 'mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_list_models_and_datasets(cli):
+    result = cli("list")
+    assert result.exit_code == 0
+    assert "lenet5" in result.output and "[cnnbench]" in result.output
+    digits = next(l for l in result.output.splitlines() if l.strip().startswith("digits"))
+    assert "1x28x28, 10 classes, 1438 train / 359 test" in digits
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--model", "nope"], "unknown model 'nope'; available models: "),
+        (["--dataset", "nope"], "unknown dataset 'nope'; available datasets: "),
+        (["--batch-size", "0"], "--batch-size must be positive; got 0"),
+        (["--epochs", "-1"], "--epochs must be positive; got -1"),
+        (["--lr", "0"], "--lr must be positive; got 0"),
+        (["--val-split", "1.0"], "--val-split must lie strictly between 0 and 1; got 1.0"),
+        (["--val-split", "0"], "--val-split must lie strictly between 0 and 1; got 0.0"),
+        (["--kernel-size", "4"], "accepts odd kernel sizes"),
+        (["--kernel-size", "13"], "needs inputs of at least 76x76 pixels"),
+        (["--model", "mlp", "--kernel-size", "3"], "model 'mlp' takes no kernel size"),
+        (["--model-option", "widthh=3"], "unknown option(s) widthh for model 'lenet5'; valid options: "),
+        (["--model-option", "dropout=lots"], "option 'dropout' expects a number, got 'lots'"),
+        (["--dataset-option", "size=4"], "option 'size' must be >= 8"),
+        (["--model", "lenet5", "--dataset-option", "size=8"], "needs inputs of at least 28x28 pixels"),
+        (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    ],
+)
+def test_bad_input_exits_2_and_creates_no_run(cli, tracking_uri, experiment, runs_in, args, fragment):
+    result = cli("train", "--tracking-uri", tracking_uri, "--experiment", experiment, *args)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr
+    assert runs_in(experiment) == []
+
+
+def test_unknown_model_lists_every_registered_name(cli):
+    from cnnbench.registry import MODELS
+
+    result = cli("train", "--model", "nope")
+    assert result.exit_code == 2
+    for name in MODELS.names():
+        assert name in result.stderr
+
+
+def test_unreachable_tracking_server_fails_fast(cli):
+    uri = "http://127.0.0.1:9"  # discard port: nothing listens there
+    start = time.monotonic()
+    result = cli("train", "--tracking-uri", uri, "--epochs", "1")
+    elapsed = time.monotonic() - start
+    assert result.exit_code == 1
+    assert f"cannot reach the MLflow tracking server at {uri}" in result.stderr
+    assert elapsed < 30  # not the client's minutes-long retry loop
+
+
+def test_config_file_with_unknown_keys_is_listed(cli, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"optim": {"lr": 0.1, "learning_rate": 1}, "extra": {}}')
+    result = cli("train", "--config", str(path))
+    assert result.exit_code == 2
+    assert "unknown section(s) extra" in result.stderr
+    path.write_text('{"optim": {"lr": 0.1, "learning_rate": 1}}')
+    result = cli("train", "--config", str(path))
+    assert "unknown key(s) in optim: learning_rate" in result.stderr

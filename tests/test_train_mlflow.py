@@ -1,0 +1,94 @@
+"""One `cnnbench train` = one complete MLflow run: params, per-epoch metrics, tags, the model, and
+a terminal status (FINISHED / FAILED / KILLED) whatever happens."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from cnnbench import api
+from cnnbench.config import TrainConfig
+from cnnbench.events import Callback
+
+
+def _run(runs, experiment):
+    found = runs(experiment)
+    assert len(found) == 1
+    return found[0]
+
+
+def test_train_logs_params_metrics_tags(cli, tracking_uri, experiment, runs_in, fast_flags):
+    result = cli(
+        "train", "--tracking-uri", tracking_uri, "--experiment", experiment, "--epochs", "2", "--batch-size", "32",
+        "--lr", "2e-3", "--model-option", "dropout=0.1", "--dataset-option", "size=28", "--seed", "3", *fast_flags,
+    )
+    assert result.exit_code == 0, result.output
+    run = _run(runs_in, experiment)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_id in result.output and "mlflow ui --backend-store-uri" in result.output
+    p = run.data.params
+    expected = {"model": "lenet5", "dataset": "digits", "epochs": "2", "batch_size": "32", "lr": "0.002",
+                "optimizer": "adam", "kernel_size": "5", "seed": "3", "val_split": "0.1", "param_count": "61706",
+                "model.dropout": "0.1", "data.size": "28", "augment": "none"}
+    assert {k: p.get(k) for k in expected} == expected
+    client = mlflow.tracking.MlflowClient(tracking_uri)
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2]
+    m = run.data.metrics
+    for key in ("test_loss", "test_accuracy", "fit_time_s", "train_images_per_s"):
+        assert key in m and np.isfinite(m[key])
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and m["train_images_per_s"] > 0
+    tags = run.data.tags
+    assert tags["cnnbench.version"] and tags["cnnbench.device"].startswith("cpu")
+
+
+def test_default_run_learns_and_logged_model_predicts_the_same(tracking_uri, experiment):
+    config = TrainConfig().replace(
+        run={"tracking_uri": tracking_uri, "experiment": experiment, "quiet": True},
+        artifacts={"tsne": False, "retrieval": False, "kernels": False, "predictions": False, "memory": False},
+    )
+    result = api.train(config)
+    assert result.metrics["test_accuracy"] > 0.85  # 10 classes: chance is 0.1
+    loaded = mlflow.pytorch.load_model(result.model_uri)
+    x = torch.randn(5, 1, 28, 28)
+    result.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), result.model(x), atol=1e-6)
+    info = mlflow.models.get_model_info(result.model_uri)
+    assert info.signature is not None and info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:] == (1, 28, 28)
+
+
+class _Raise(Callback):
+    def __init__(self, error: BaseException, at_epoch: int = 1) -> None:
+        self.error, self.at_epoch = error, at_epoch
+
+    def on_epoch_end(self, run, epoch, metrics):
+        if epoch == self.at_epoch:
+            raise self.error
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
+def test_run_always_ends(tracking_uri, experiment, runs_in, error, status):
+    config = TrainConfig().replace(
+        run={"tracking_uri": tracking_uri, "experiment": experiment, "epochs": 3, "quiet": True},
+        data={"train_size": 200},
+    )
+    with pytest.raises(type(error)):
+        api.train(config, callbacks=[_Raise(error)])
+    run = _run(runs_in, experiment)
+    assert run.info.status == status
+    if status == "FAILED":
+        assert run.data.tags["failure_reason"] == "RuntimeError: boom"
+    assert mlflow.active_run() is None
+
+
+def test_nan_loss_fails_run_with_reason(cli, tracking_uri, experiment, runs_in, fast_flags):
+    result = cli("train", "--tracking-uri", tracking_uri, "--experiment", experiment, "--optimizer", "sgd",
+                 "--lr", "1e12", "--epochs", "2", *fast_flags)
+    assert result.exit_code == 1
+    assert "non-finite loss" in result.stderr
+    run = _run(runs_in, experiment)
+    assert run.info.status == "FAILED" and "non-finite loss" in run.data.tags["failure_reason"]
