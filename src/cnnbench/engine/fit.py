@@ -1,13 +1,17 @@
 """The fit loop: epochs of steps over device loaders, validation, early stopping, test evaluation.
 
 Pure: it reads a :class:`~cnnbench.events.RunState`, trains ``run.model`` in place and reports
-everything through callbacks. Checkpoints go to ``run.artifacts_dir/checkpoints`` (``last.pt``
-every epoch for resume; ``best.pt`` when early stopping is on).
+everything through callbacks; it never imports MLflow. Checkpoints go to
+``run.artifacts_dir/checkpoints``: ``last.pt`` at the start and after every epoch (what
+``--resume`` continues from, see :mod:`cnnbench.engine.checkpoint`) and ``best.pt`` (the weights
+of the best validation accuracy) when early stopping is on.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +20,15 @@ import torch
 from torch import nn
 
 from cnnbench.data.loader import DeviceLoader
-from cnnbench.engine.optim import build_optimizer, build_scheduler, steps_per_batch
+from cnnbench.engine import checkpoint, precision
+from cnnbench.engine.optim import build_optimizer, build_scheduler, penalised_parameters, penalty, steps_per_batch
 from cnnbench.errors import TrainingError
 from cnnbench.events import Callback, EvalResult, RunState, dispatch
-from cnnbench.models.base import penalty_parameters
+
+log = logging.getLogger(__name__)
+
+NAN_CHECK_EVERY = 16  # off CPU, checking the loss every step would stall the device queue
+BAR_UPDATE_EVERY = 10  # batches between progress-bar postfix updates (each one syncs the device)
 
 
 @dataclass
@@ -29,9 +38,10 @@ class FitResult:
     summary: dict[str, float]
 
 
-def make_loaders(run: RunState) -> dict[str, DeviceLoader]:
+def make_loaders(run: RunState, channels_last: bool = False) -> dict[str, DeviceLoader]:
     cfg, data = run.config, run.data
-    common = dict(batch_size=cfg.optim.batch_size, device=run.device, mean=data.mean, std=data.std, seed=cfg.run.seed)
+    common = dict(batch_size=cfg.optim.batch_size, device=run.device, mean=data.mean, std=data.std,
+                  seed=cfg.run.seed, channels_last=channels_last)
     return {
         "train": DeviceLoader(data.train, shuffle=True, augmentation=cfg.data.augment, **common),
         "val": DeviceLoader(data.val, **common),
@@ -39,169 +49,248 @@ def make_loaders(run: RunState) -> dict[str, DeviceLoader]:
     }
 
 
-def penalty(model: nn.Module, l1: float, l2: float, on: str) -> torch.Tensor | None:
-    """L1 (sum |w|) and L2 (sum w^2) penalties on the marked parameters or on every weight."""
-    if l1 == 0 and l2 == 0:
-        return None
-    params = penalty_parameters(model) if on == "head" else [p for n, p in model.named_parameters() if p.dim() > 1]
-    total = 0.0
-    if l1:
-        total = total + l1 * sum(p.abs().sum() for p in params)
-    if l2:
-        total = total + l2 * sum(p.pow(2).sum() for p in params)
-    return total
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, criterion: nn.Module, split: str) -> EvalResult:
+def evaluate(model: nn.Module, loader: DeviceLoader, split: str, prec: precision.Precision | None = None) -> EvalResult:
+    """Loss (plain cross-entropy, no label smoothing, so runs compare), accuracy and logits of a split."""
+    prec = prec or precision.Precision()
     was_training = model.training
     model.eval()
     logits = []
-    for x, _ in loader:
-        logits.append(model(x).float())
-    model.train(was_training)
-    out = torch.cat(logits) if logits else torch.zeros(0)
+    try:
+        with prec.autocast():
+            for x, _ in loader:
+                logits.append(model(x).float())
+    finally:
+        model.train(was_training)
     labels = loader.labels
-    loss = float(criterion(out, labels)) if len(labels) else float("nan")
+    if not logits:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return EvalResult(split, float("nan"), float("nan"), torch.zeros(0, 0), empty, empty)
+    out = torch.cat(logits)
     preds = out.argmax(1)
-    acc = float((preds == labels).float().mean()) if len(labels) else float("nan")
+    loss = float(nn.functional.cross_entropy(out, labels))
+    acc = float((preds == labels).float().mean())
     return EvalResult(split, loss, acc, out.cpu(), labels.cpu(), preds.cpu())
 
 
-def save_checkpoint(path: Path, run: RunState, optimizer, scheduler, extra: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "model": run.model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "epoch": run.epoch,
-        "global_step": run.global_step,
-        "history": run.history,
-        "torch_rng": torch.get_rng_state(),
-        **extra,
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: an interrupt never leaves a half-written checkpoint
+class Trainer:
+    """One run's training state; :func:`fit` is the entry point."""
 
+    def __init__(self, run: RunState, callbacks: list[Callback]) -> None:
+        cfg = run.config
+        self.run, self.callbacks, self.cfg = run, callbacks, cfg
+        self.prec = precision.setup(amp=cfg.run.amp, channels_last=cfg.run.channels_last, device=run.device, notes=run.notes)
+        self.model = run.model.to(run.device)
+        if self.prec.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loaders = make_loaders(run, self.prec.channels_last)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.optimizer = build_optimizer(cfg.optim, self.model)
+        steps = math.ceil(len(self.loaders["train"]) / cfg.optim.grad_accum)
+        self.scheduler = build_scheduler(cfg.optim, self.optimizer, epochs=cfg.run.epochs, steps_per_epoch=steps)
+        self.per_step = steps_per_batch(cfg.optim)
+        self.penalised = penalised_parameters(self.model, cfg.optim.penalty_on) if (cfg.optim.l1 or cfg.optim.l2) else []
+        self.ckpt_dir = run.artifacts_dir / "checkpoints"
+        self.best: dict = {"val_accuracy": -1.0, "epoch": 0}
+        self.best_state: dict | None = None
+        self.train_time_s = 0.0
+        self.train_images = 0
+        # on_step_end needs the loss as a float (a device sync): only pay for it when someone listens
+        self.step_listeners = [cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end]
+        self.show_bar = not cfg.run.quiet and sys.stderr.isatty()
 
-def fit(run: RunState, callbacks: list[Callback], *, resume_state: dict | None = None) -> FitResult:
-    """Train ``run.model``; return history, test evaluation and the summary metrics."""
-    cfg = run.config
-    model = run.model.to(run.device)
-    loaders = make_loaders(run)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
-    accum = cfg.optim.grad_accum
-    optimizer = build_optimizer(cfg.optim, model)
-    steps = math.ceil(len(loaders["train"]) / accum)
-    scheduler = build_scheduler(cfg.optim, optimizer, epochs=cfg.run.epochs, steps_per_epoch=steps)
-    per_step = steps_per_batch(cfg.optim)
-    ckpt_dir = run.artifacts_dir / "checkpoints"
-    best = {"val_accuracy": -1.0, "epoch": 0}
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scheduler is not None and resume_state.get("scheduler"):
-            scheduler.load_state_dict(resume_state["scheduler"])
-        run.epoch = run.start_epoch = int(resume_state["epoch"])
-        run.global_step = int(resume_state["global_step"])
-        run.history = list(resume_state["history"])
-        best = dict(resume_state.get("best", best))
-        if resume_state.get("torch_rng") is not None:
-            torch.set_rng_state(resume_state["torch_rng"])
-    train_time = 0.0
-    train_images = 0
-    try:
-        dispatch(callbacks, "on_run_start", run)
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        run = self.run
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.prec.state_dict(),
+            "epoch": run.epoch,
+            "global_step": run.global_step,
+            "history": list(run.history),
+            "best": dict(self.best),
+            "best_model": self.best_state,
+            "timing": {"train_time_s": self.train_time_s, "train_images": self.train_images},
+            "rng": checkpoint.rng_state(run.device),
+        }
+
+    def restore(self, state: dict) -> None:
+        checkpoint.check_resumable(state)
+        run = self.run
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.prec.load_state_dict(state.get("scaler"))
+        run.epoch = run.start_epoch = int(state["epoch"])
+        run.global_step = int(state["global_step"])
+        run.history = list(state["history"])
+        self.best = dict(state.get("best") or self.best)
+        self.best_state = state.get("best_model")
+        if self.best_state is not None:
+            checkpoint.save(self.ckpt_dir / checkpoint.BEST, self.best_state)
+        timing = state.get("timing") or {}
+        self.train_time_s = float(timing.get("train_time_s", 0.0))
+        self.train_images = int(timing.get("train_images", 0))
+        if "rng" in state:
+            checkpoint.set_rng_state(state["rng"], run.device)
+
+    def save_last(self) -> Path:
+        return checkpoint.save(self.ckpt_dir / checkpoint.LAST, self.state())
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, resume_state: dict | None) -> FitResult:
+        run, cfg = self.run, self.cfg
+        if resume_state is not None:
+            self.restore(resume_state)
+        else:
+            self.save_last()  # an interrupt in the first epoch still leaves something to resume
+        dispatch(self.callbacks, "on_run_start", run)
         for epoch in range(run.epoch + 1, cfg.run.epochs + 1):
-            dispatch(callbacks, "on_epoch_start", run, epoch)
-            t0 = time.perf_counter()
-            train_loss, train_acc, n = _train_epoch(run, loaders["train"], epoch, criterion, optimizer, scheduler if per_step else None, callbacks)
-            epoch_time = time.perf_counter() - t0
-            train_time += epoch_time
-            train_images += n
-            if scheduler is not None and not per_step:
-                scheduler.step()
-            val = evaluate(model, loaders["val"], criterion, "val")
-            metrics = {
-                "train_loss": train_loss,
-                "train_accuracy": train_acc,
-                "val_loss": val.loss,
-                "val_accuracy": val.accuracy,
-                "lr": optimizer.param_groups[0]["lr"],
-                "epoch_time_s": epoch_time,
-                "epoch_images_per_s": n / epoch_time if epoch_time > 0 else 0.0,
-            }
+            dispatch(self.callbacks, "on_epoch_start", run, epoch)
+            metrics = self.epoch(epoch)
             run.epoch = epoch
             run.history.append({"epoch": epoch, **metrics})
-            improved = val.accuracy > best["val_accuracy"]
-            if improved:
-                best = {"val_accuracy": val.accuracy, "epoch": epoch}
-            if cfg.run.patience and improved:
-                torch.save(model.state_dict(), _mkdir(ckpt_dir) / "best.pt")
-            save_checkpoint(ckpt_dir / "last.pt", run, optimizer, scheduler, {"best": best})
-            dispatch(callbacks, "on_epoch_end", run, epoch, metrics)
-            dispatch(callbacks, "on_checkpoint", run, ckpt_dir / "last.pt")
-            if cfg.run.patience and epoch - best["epoch"] >= cfg.run.patience:
-                run.notes.append(f"early stopping at epoch {epoch}: no val_accuracy gain for {cfg.run.patience} epochs")
+            self.track_best(epoch, metrics["val_accuracy"])
+            last = self.save_last()
+            dispatch(self.callbacks, "on_epoch_end", run, epoch, metrics)
+            dispatch(self.callbacks, "on_checkpoint", run, last)
+            if cfg.run.patience and epoch - self.best["epoch"] >= cfg.run.patience:
+                note = (f"early stopping after epoch {epoch}: val_accuracy has not improved for {cfg.run.patience} "
+                        f"epochs; testing the best epoch ({self.best['epoch']})")
+                run.notes.append(note)
+                log.info(note)
                 break
-        if cfg.run.patience and (ckpt_dir / "best.pt").exists():
-            model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location=run.device))
-        test = evaluate(model, loaders["test"], criterion, "test")
-        dispatch(callbacks, "on_eval_end", run, test)
+        if cfg.run.patience and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        test = evaluate(self.model, self.loaders["test"], "test", self.prec)
+        dispatch(self.callbacks, "on_eval_end", run, test)
         summary = {
             "test_loss": test.loss,
             "test_accuracy": test.accuracy,
-            "fit_time_s": train_time,
-            "train_images_per_s": train_images / train_time if train_time > 0 else 0.0,
-            "best_epoch": float(best["epoch"]),
+            "fit_time_s": self.train_time_s,
+            "train_images_per_s": self.train_images / self.train_time_s if self.train_time_s > 0 else 0.0,
+            "best_epoch": float(self.best["epoch"]),
             "epochs_completed": float(run.epoch),
         }
-        dispatch(callbacks, "on_run_end", run, summary)
+        dispatch(self.callbacks, "on_run_end", run, summary)
         return FitResult(run.history, test, summary)
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with (onecycle: its start)
+        t0 = time.perf_counter()
+        train_loss, train_acc, n = self.train_epoch(epoch)
+        epoch_time = time.perf_counter() - t0
+        self.train_time_s += epoch_time
+        self.train_images += n
+        if self.scheduler is not None and not self.per_step:
+            self.scheduler.step()
+        val = evaluate(self.model, self.loaders["val"], "val", self.prec)
+        return {
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "val_loss": val.loss,
+            "val_accuracy": val.accuracy,
+            "lr": lr,
+            "epoch_time_s": epoch_time,
+            "epoch_images_per_s": n / epoch_time if epoch_time > 0 else 0.0,
+        }
+
+    def track_best(self, epoch: int, val_accuracy: float) -> None:
+        if val_accuracy <= self.best["val_accuracy"]:
+            return
+        self.best = {"val_accuracy": val_accuracy, "epoch": epoch}
+        if self.cfg.run.patience:
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            checkpoint.save(self.ckpt_dir / checkpoint.BEST, self.best_state)
+
+    def train_epoch(self, epoch: int) -> tuple[float, float, int]:
+        """One pass over the training set; returns (mean loss, accuracy, images seen).
+
+        With ``--grad-accum N`` each micro-batch's loss is weighted by its share of the images of
+        its group of N batches, so a step's gradient is the mean over exactly those images (as one
+        batch of that size would give), also for a shorter last group.
+        """
+        run, cfg, model, loader = self.run, self.cfg, self.model, self.loaders["train"]
+        model.train()
+        loader.set_epoch(epoch)
+        accum, batch = cfg.optim.grad_accum, cfg.optim.batch_size
+        total_images, num_batches = loader.num_images, len(loader)
+        check_every = 1 if run.device.type == "cpu" else NAN_CHECK_EVERY
+        loss_sum = torch.zeros((), device=run.device)
+        correct = torch.zeros((), device=run.device, dtype=torch.int64)
+        nonfinite = torch.zeros((), device=run.device, dtype=torch.bool)
+        n = 0
+        bar = self._bar(epoch, num_batches)
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(loader):
+            group_start = (i // accum) * accum
+            group_end = min(group_start + accum, num_batches)
+            group_images = min(group_end * batch, total_images) - group_start * batch
+            with self.prec.autocast():
+                out = model(x)
+                loss = self.criterion(out, y)
+            pen = penalty(self.penalised, cfg.optim.l1, cfg.optim.l2)
+            total = loss if pen is None else loss + pen
+            nonfinite |= ~torch.isfinite(total.detach())
+            if (i + 1) % check_every == 0 or i + 1 == num_batches:
+                self._check_finite(nonfinite, total, epoch, i)
+            self.prec.backward(total * (len(y) / group_images))
+            if i + 1 == group_end:
+                self.prec.step(self.optimizer)
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.per_step and self.scheduler is not None:
+                    self.scheduler.step()
+                run.global_step += 1
+                if self.step_listeners:
+                    value = float(loss.detach())
+                    for cb in self.step_listeners:
+                        cb.on_step_end(run, run.global_step, value)
+            loss_sum += loss.detach().float() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            n += len(y)
+            if bar is not None:
+                bar.update(1)
+                if (i + 1) % BAR_UPDATE_EVERY == 0 or i + 1 == num_batches:
+                    bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", acc=f"{float(correct) / n:.4f}",
+                                    img_s=f"{n / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+        if bar is not None:
+            bar.close()
+        return float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n
+
+    def _check_finite(self, nonfinite: torch.Tensor, total: torch.Tensor, epoch: int, i: int) -> None:
+        if bool(nonfinite):
+            raise TrainingError(
+                f"non-finite loss ({float(total.detach())}) at epoch {epoch}, batch {i + 1}: training diverged; "
+                f"try a lower --lr (now {self.cfg.optim.lr}), a different --optimizer or --amp off"
+            )
+
+    def _bar(self, epoch: int, total: int):
+        if not self.show_bar:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {epoch}/{self.cfg.run.epochs}", unit="batch", leave=False,
+                    dynamic_ncols=True, file=sys.stderr)
+
+
+def fit(run: RunState, callbacks: list[Callback], *, resume_state: dict | None = None) -> FitResult:
+    """Train ``run.model``; return history, test evaluation and the summary metrics.
+
+    ``resume_state`` (a ``last.pt`` checkpoint, see :func:`cnnbench.engine.checkpoint.load`)
+    continues a run at the epoch after the one it saved. Any exception is reported to the
+    callbacks' ``on_failure`` (``KILLED`` for Ctrl-C / SIGTERM, else ``FAILED``) and re-raised.
+    """
+    try:
+        trainer = Trainer(run, callbacks)
+        return trainer.fit(resume_state)
     except KeyboardInterrupt as err:
+        run.notes.append(f"interrupted during epoch {run.epoch + 1}; checkpoints/last.pt holds epoch {run.epoch}")
         dispatch(callbacks, "on_failure", run, err, "KILLED")
         raise
     except BaseException as err:
         dispatch(callbacks, "on_failure", run, err, "FAILED")
         raise
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _train_epoch(run, loader, epoch, criterion, optimizer, step_scheduler, callbacks):
-    cfg = run.config
-    model = run.model
-    model.train()
-    loader.set_epoch(epoch)
-    accum = cfg.optim.grad_accum
-    loss_sum = torch.zeros((), device=run.device)
-    correct = torch.zeros((), device=run.device, dtype=torch.int64)
-    n = 0
-    optimizer.zero_grad(set_to_none=True)
-    num_batches = len(loader)
-    for i, (x, y) in enumerate(loader):
-        out = model(x)
-        loss = criterion(out, y)
-        pen = penalty(model, cfg.optim.l1, cfg.optim.l2, cfg.optim.penalty_on)
-        total = loss if pen is None else loss + pen
-        if not torch.isfinite(total):
-            raise TrainingError(
-                f"non-finite loss ({float(total)}) at epoch {epoch}, batch {i + 1}: training diverged; "
-                f"try a lower --lr (now {cfg.optim.lr}) or a different optimizer"
-            )
-        (total / accum).backward()
-        if (i + 1) % accum == 0 or i + 1 == num_batches:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if step_scheduler is not None:
-                step_scheduler.step()
-            run.global_step += 1
-            dispatch(callbacks, "on_step_end", run, run.global_step, float(loss.detach()))
-        loss_sum += loss.detach() * len(y)
-        correct += (out.detach().argmax(1) == y).sum()
-        n += len(y)
-    return float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n

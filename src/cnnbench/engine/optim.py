@@ -1,4 +1,4 @@
-"""Optimizers and schedulers built from the ``optim`` section of the configuration."""
+"""Optimizers, schedulers and the L1/L2 penalties built from the ``optim`` section of the config."""
 
 from __future__ import annotations
 
@@ -6,24 +6,25 @@ import torch
 from torch import nn
 
 from cnnbench.config import OptimConfig
+from cnnbench.models.base import penalty_parameters
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``sgd`` (no momentum), ``momentum``/``nesterov`` (SGD with ``cfg.momentum``), ``rmsprop``,
+    ``adam``, ``adamw``; all with ``cfg.weight_decay`` (decoupled for adamw, L2-in-gradient otherwise)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    wd = cfg.weight_decay
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=wd)
-    if cfg.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
-    if cfg.optimizer == "nesterov":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=wd)
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=wd)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")  # config.validate() prevents this
+    lr, wd = cfg.lr, cfg.weight_decay
+    builders = {
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=wd),
+        "momentum": lambda: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd),
+        "nesterov": lambda: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=wd),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=wd),
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
+    }
+    if cfg.optimizer not in builders:  # config.validate() prevents this; kept for direct callers
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; accepted: {', '.join(builders)}")
+    return builders[cfg.optimizer]()
 
 
 def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int):
@@ -40,4 +41,26 @@ def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, *, epoch
 
 
 def steps_per_batch(cfg: OptimConfig) -> bool:
+    """Whether the scheduler steps after every optimizer step (True) or once per epoch."""
     return cfg.scheduler == "onecycle"
+
+
+def penalised_parameters(model: nn.Module, on: str) -> list[nn.Parameter]:
+    """``head``: the parameters the model marks (default its classifier weight); ``all``: every
+    weight tensor (dim > 1: conv kernels and linear matrices, not biases or norm scales)."""
+    if on == "head":
+        return penalty_parameters(model)
+    return [p for p in model.parameters() if p.dim() > 1]
+
+
+def penalty(params: list[nn.Parameter], l1: float, l2: float) -> torch.Tensor | None:
+    """``l1 * sum|w| + l2 * sum w^2`` over ``params``, or None when both weights are zero."""
+    if not params or (l1 == 0 and l2 == 0):
+        return None
+    total = None
+    if l1:
+        total = l1 * sum(p.abs().sum() for p in params)
+    if l2:
+        sq = l2 * sum(p.pow(2).sum() for p in params)
+        total = sq if total is None else total + sq
+    return total

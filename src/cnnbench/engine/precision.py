@@ -1,0 +1,65 @@
+"""Mixed precision and memory layout on CUDA; logged no-ops elsewhere.
+
+``--amp`` autocasts the forward pass to bfloat16 where the GPU supports it (no loss scaling
+needed) and to float16 with a gradient scaler otherwise. ``--channels-last`` converts the model
+and the batches to NHWC, which tensor-core convolutions prefer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Precision:
+    amp_dtype: torch.dtype | None = None  # None: float32 training
+    scaler: "torch.amp.GradScaler | None" = None
+    channels_last: bool = False
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)  # skips the step when the scaled gradients overflowed
+            self.scaler.update()
+
+    def state_dict(self) -> dict | None:
+        return self.scaler.state_dict() if self.scaler is not None else None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+def setup(*, amp: bool, channels_last: bool, device: torch.device, notes: list[str]) -> Precision:
+    """The precision settings for ``device``; CUDA-only requests elsewhere add a note (and a log line)."""
+    cuda = device.type == "cuda"
+    for flag, wanted in (("--amp", amp), ("--channels-last", channels_last)):
+        if wanted and not cuda:
+            note = f"{flag} is a no-op on {device.type}: it applies to CUDA only; trained in float32, NCHW"
+            notes.append(note)
+            log.warning(note)
+    if not cuda:
+        return Precision()
+    dtype = None
+    scaler = None
+    if amp:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if dtype == torch.float16:
+            scaler = torch.amp.GradScaler("cuda")
+        notes.append(f"--amp: autocast to {str(dtype).removeprefix('torch.')}" + (" with a gradient scaler" if scaler else ""))
+    return Precision(amp_dtype=dtype, scaler=scaler, channels_last=channels_last)
