@@ -1,0 +1,7 @@
+"""``cnnbench tune``: Optuna studies over train options, tracked as one parent MLflow run with a
+nested child run per trial.
+
+space.py (search grammar) -> study.py (storage, sampler, pruner, workers) -> objective.py (one trial
+= one ``api.train``) with reporter.py (pruning) and tracker.py (MLflow parent/child runs); plots.py
+writes the end-of-study artifacts; retrain.py retrains the best configuration; command.py is the CLI.
+"""

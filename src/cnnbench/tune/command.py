@@ -1,0 +1,99 @@
+"""``cnnbench tune``: every ``train`` option (fixed for all trials) plus the study's own options.
+
+Only Click and the option declarations are imported here; Optuna, MLflow and torch load when the
+command runs, so ``cnnbench --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cnnbench.cli_options import FIELD_MAP, config_from_params, train_options
+
+TRIAL_EPOCHS = 3  # per trial: enough on the small data sets for epoch-1 pruning to separate settings
+SAMPLERS = ("tpe", "random", "grid")  # mirrors cnnbench.tune.study (kept light to import)
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+SEARCH_HELP = (
+    "search expression NAME=loguniform(LOW,HIGH) | uniform(LOW,HIGH) | int(LOW,HIGH[,STEP]) | choice(V1,...), "
+    "NAME a train option or model.<key>/data.<key> (repeatable; replaces the default space "
+    "lr=loguniform(1e-5,1e-1) batch_size=choice(32,64,128,256) kernel_size=choice(3,5,7), from which the "
+    "options given on the command line are left out)"
+)
+
+
+def _train_parameters() -> list[click.Parameter]:
+    """The ``train`` options (in their declared order), with ``--epochs`` replaced by the per-trial one."""
+
+    def holder() -> None: ...
+
+    declared = list(reversed(train_options(holder).__click_params__))
+    return [p for p in declared if p.name != "epochs"]
+
+
+TUNE_PARAMETERS: list[click.Parameter] = [
+    click.Option(["--trials"], type=int, default=30, show_default=True, help="trials to add to the study (split between --n-jobs workers)"),
+    click.Option(["--epochs"], type=int, default=TRIAL_EPOCHS, show_default=True, help="epochs per trial (the pruner's budget)"),
+    click.Option(["--timeout"], type=float, default=None, metavar="SECONDS", help="start no new trial after this long"),
+    click.Option(["--search"], multiple=True, metavar="EXPR", help=SEARCH_HELP),
+    click.Option(["--sampler"], type=click.Choice(SAMPLERS), default="tpe", show_default=True),
+    click.Option(["--pruner"], type=click.Choice(PRUNERS), default="median", show_default=True),
+    click.Option(["--storage"], default=None, metavar="URL",
+                 help="Optuna RDB storage (default: sqlite optuna.db beside the local MLflow store; SQLite is for one "
+                      "machine, use postgresql://... or mysql+pymysql://... for workers on several)"),
+    click.Option(["--study-name"], default=None, help="name of the study; an existing name resumes it (default: a new MODEL-DATASET-TIME)"),
+    click.Option(["--n-jobs"], type=int, default=1, show_default=True, help="local worker processes sharing the storage"),
+    click.Option(["--objective"], type=click.Choice(OBJECTIVES), default="val_accuracy", show_default=True,
+                 help="the per-epoch metric; a trial scores its best epoch"),
+    click.Option(["--direction"], type=click.Choice(("maximize", "minimize")), default=None,
+                 help="default: maximize accuracies, minimize losses"),
+    click.Option(["--retrain-best/--no-retrain-best"], default=False, show_default=True,
+                 help="retrain the best configuration on train+val and test it, in its own run"),
+    click.Option(["--retrain-epochs"], type=int, default=None, help="epochs of the retrain (default: train's default budget)"),
+    click.Option(["--heartbeat-interval"], type=int, default=30, show_default=True, metavar="SECONDS",
+                 help="workers beat this often; a trial silent for twice as long is failed and retried"),
+]
+
+
+def tune(**params) -> None:
+    """Search hyper-parameters with Optuna: one parent MLflow run, a nested run per trial."""
+    from cnnbench.tune.session import TuneRequest, prepare, run
+
+    ctx = click.get_current_context()
+    config = config_from_params(ctx, params)
+    given = {name for name in FIELD_MAP if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    request = TuneRequest(
+        config=config, search=tuple(params["search"]), fixed=frozenset(given), trials=params["trials"],
+        timeout=params["timeout"], sampler=params["sampler"], pruner=params["pruner"], storage=params["storage"],
+        study_name=params["study_name"], n_jobs=params["n_jobs"], metric=params["objective"],
+        direction=params["direction"], retrain_best=params["retrain_best"], retrain_epochs=params["retrain_epochs"],
+        heartbeat_interval=params["heartbeat_interval"],
+    )
+    outcome = run(prepare(request))
+    _report(outcome, request)
+
+
+def _report(outcome, request) -> None:
+    from cnnbench.tracking.store import ui_hint
+    from cnnbench.tune.storage import redact
+
+    c = outcome.counts
+    click.echo(f"study {outcome.study_name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed "
+               f"in {outcome.wall_time_s:.0f} s")
+    if outcome.best_value is not None:
+        shown = " ".join(f"{k}={v}" for k, v in outcome.best_params.items())
+        click.echo(f"best {request.metric}: {outcome.best_value:.4f}  ({shown})")
+    if outcome.retrain_run_id:
+        click.echo(f"retrained best: MLflow run {outcome.retrain_run_id}")
+    click.echo(f"MLflow parent run: {outcome.parent_run_id}  (tracking URI: {outcome.tracking_uri}; {ui_hint(outcome.tracking_uri)})")
+    click.echo(f"add trials: cnnbench tune ... --study-name {outcome.study_name} --storage {redact(outcome.storage_url)}")
+
+
+command = click.Command(
+    name="tune",
+    callback=tune,
+    params=[*TUNE_PARAMETERS, *_train_parameters()],
+    help=tune.__doc__,
+    short_help="Search hyper-parameters with Optuna (one parent MLflow run, nested trials).",
+    context_settings={"max_content_width": 110},
+)

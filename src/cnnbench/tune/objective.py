@@ -1,0 +1,109 @@
+"""One trial = one ``api.train`` of the base configuration with the trial's suggested values.
+
+Data is loaded once per worker and reused across trials; it is reloaded only when a searched value
+changes what is loaded (dataset options, validation split, subset, image size, seed). A trial
+records no artifacts and no model (its child run holds params and per-epoch metrics, like ``train``);
+the retrained best run gets the full set.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from cnnbench import api
+from cnnbench.config import TrainConfig
+from cnnbench.tune.reporter import PruningReporter, best_of
+from cnnbench.tune.space import SearchSpace, apply
+from cnnbench.tune.tracker import TrialTracker, record_failed_trial
+
+FAIL_REASON_MAX_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What every trial of a worker shares."""
+
+    study_name: str
+    parent_run_id: str
+    experiment: str  # the parent run's experiment: children must live in it to nest in the UI
+    tracking_uri: str
+    metric: str = "val_accuracy"
+    maximize: bool = True
+
+
+def data_key(config: TrainConfig) -> tuple:
+    d = config.data
+    return (d.name, tuple(sorted((k, str(v)) for k, v in d.options.items())), d.data_dir, d.val_split,
+            d.train_size, d.image_size, d.download, config.run.seed)
+
+
+class Objective:
+    def __init__(self, base: TrainConfig, space: SearchSpace, context: StudyContext, *, label: str = "", stream=None) -> None:
+        self.base = base
+        self.space = space
+        self.context = context
+        self.label = label
+        self.stream = stream or sys.stdout
+        self._data: tuple[tuple, Any] | None = None
+
+    def data_for(self, config: TrainConfig):
+        key = data_key(config)
+        if self._data is None or self._data[0] != key:
+            self._data = (key, api.load_data(config))
+        return self._data[1]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        ctx = self.context
+        started = time.perf_counter()
+        values = self.space.suggest(trial)
+        config = apply(self.base, values).replace(run={"run_name": f"trial-{trial.number}", "quiet": True})
+        tracker = TrialTracker(trial, study_name=ctx.study_name, parent_run_id=ctx.parent_run_id,
+                               tracking_uri=ctx.tracking_uri, experiment=ctx.experiment)
+        reporter = PruningReporter(trial, metric=ctx.metric, maximize=ctx.maximize)
+        try:
+            data = self.data_for(config)
+            # the tracker before the reporter: an epoch's metrics are logged before it may be pruned
+            result = api.train(config, [tracker, reporter], track=False, data=data)
+        except optuna.TrialPruned:
+            trial.set_user_attr("trial_seconds", time.perf_counter() - started)
+            raise
+        except Exception as err:
+            reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+            trial.set_user_attr("fail_reason", reason[:FAIL_REASON_MAX_CHARS])
+            if tracker.run_id is None:  # failed before the run existed (e.g. a combination the model refuses)
+                client = MlflowClient(ctx.tracking_uri)
+                exp_id = client.get_run(ctx.parent_run_id).info.experiment_id
+                run_id = record_failed_trial(client, exp_id, ctx.parent_run_id, trial, ctx.study_name, values, reason)
+                trial.set_user_attr("mlflow_run_id", run_id)
+            raise
+        value = best_of(result.history, ctx.metric, ctx.maximize)
+        trial.set_user_attr("test_accuracy", float(result.metrics.get("test_accuracy", math.nan)))
+        trial.set_user_attr("fit_time_s", float(result.metrics.get("fit_time_s", math.nan)))
+        trial.set_user_attr("trial_seconds", time.perf_counter() - started)
+        return value
+
+    def progress(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Study callback: one line per finished trial."""
+        shown = "  ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        state = trial.state.name
+        if state == "COMPLETE":
+            outcome = f"{self.context.metric} {trial.value:.4f}"
+        elif state == "FAIL":
+            outcome = trial.user_attrs.get("fail_reason", "failed")[:200]
+        else:
+            epochs = max(trial.intermediate_values) if trial.intermediate_values else 0
+            outcome = f"pruned after epoch {epochs}"
+        seconds = trial.user_attrs.get("trial_seconds")
+        took = f"  ({seconds:.1f} s)" if seconds else ""
+        print(f"{self.label}trial {trial.number:>3} {state:<8} {shown}  -> {outcome}{took}", file=self.stream, flush=True)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,49 @@
+"""``--retrain-best``: train the best trial's configuration on train + validation with the full epoch
+budget and score it on the test set, in its own MLflow run linked from the parent.
+
+How "train + validation" is done: the data are loaded exactly as for the trials, then the
+validation images are appended to the training split (the normalisation statistics are recomputed on
+the union). The validation split is still evaluated every epoch so the curves and the MLflow
+metrics keep their usual keys, but it is now seen in training: its accuracy is optimistic, and the
+run is tagged ``cnnbench.train_on=train+val`` to say so. The test split is untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+
+from cnnbench import api
+from cnnbench.config import TrainConfig
+from cnnbench.data.bundle import Split
+from cnnbench.data.pipeline import channel_stats
+from cnnbench.tune.space import apply
+from cnnbench.tune.tracker import TAG_PARENT, TAG_ROLE, TAG_STUDY
+
+
+def merged_train_val(config: TrainConfig):
+    """The trial data with the validation images appended to the training images."""
+    data = api.load_data(config)
+    train = Split(torch.cat([data.train.images, data.val.images]), torch.cat([data.train.labels, data.val.labels]))
+    mean, std = channel_stats(train.images)
+    return dataclasses.replace(data, train=train, mean=mean, std=std)
+
+
+def retrain_best(base: TrainConfig, best_params: dict[str, Any], *, epochs: int, study_name: str,
+                 parent_run_id: str, best_trial_number: int, experiment: str):
+    """Run the retrain (default artifacts, model logged); returns ``api.TrainResult``."""
+    config = apply(base, best_params).replace(
+        run={"epochs": epochs, "run_name": f"{study_name}-best", "experiment": experiment}
+    )
+    tags = {TAG_STUDY: study_name, TAG_PARENT: parent_run_id, TAG_ROLE: "retrain_best",
+            "cnnbench.train_on": "train+val", "best_trial_number": str(best_trial_number)}
+    data = merged_train_val(config)
+    adopted = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that is the parent, not this run
+    try:
+        return api.train(config, data=data, tracker_options={"extra_tags": tags})
+    finally:
+        if adopted is not None:
+            os.environ["MLFLOW_RUN_ID"] = adopted

@@ -1,0 +1,158 @@
+"""Where a study lives: the default SQLite file beside the local MLflow store, URL checks that
+fail in seconds, and an Optuna RDB storage with heartbeats so a dead worker's trial is retried.
+
+SQLite is for one machine. Several local processes may share it (``--n-jobs``): the file is put in
+WAL mode and writers wait up to ``SQLITE_BUSY_TIMEOUT_S`` for the lock, which is ample because a
+trial writes a few rows per epoch while an epoch takes seconds. Workers on several machines need a
+server database (PostgreSQL or MySQL).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import warnings
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+from cnnbench.errors import ConfigError
+
+DEFAULT_FILE = "optuna.db"
+SQLITE_BUSY_TIMEOUT_S = 60
+CONNECT_TIMEOUT_S = 5
+SERVER_DIALECTS = {"postgresql": "psycopg2-binary", "mysql": "pymysql", "mariadb": "pymysql"}
+ACCEPTED = "sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DB or mysql+pymysql://USER:PASSWORD@HOST:PORT/DB"
+
+
+def default_storage(tracking_uri: str) -> str:
+    """``sqlite:///<folder>/optuna.db`` beside a local MLflow store (its SQLite file or its folder);
+    in the working directory when the tracking store is remote."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite" and tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri:
+        folder = Path(tracking_uri[len("sqlite:///"):]).expanduser().resolve().parent
+    elif parsed.scheme in ("", "file"):
+        folder = Path(parsed.path if parsed.scheme else tracking_uri).expanduser().resolve().parent
+    else:
+        folder = Path.cwd()
+    return f"sqlite:///{folder / DEFAULT_FILE}"
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for tags and messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def is_sqlite(url: str) -> bool:
+    return url.split(":", 1)[0].split("+", 1)[0].lower() == "sqlite"
+
+
+def check_url(url: str) -> str:
+    """Parse the URL and return its dialect; a ConfigError that says what is accepted otherwise."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if url.split(":", 1)[0].lower() in ("postgres", "postgres+psycopg2"):
+        raise ConfigError(f"--storage {redact(url)}: the scheme is spelled postgresql://, not postgres://")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"--storage {url!r} is not a database URL; accepted: {ACCEPTED}") from None
+    dialect = parsed.get_backend_name()
+    if dialect == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise ConfigError(f"--storage {url!r}: an in-memory SQLite study cannot be shared or resumed; give a file, sqlite:///PATH")
+        return dialect
+    if dialect not in SERVER_DIALECTS and dialect not in ("oracle", "mssql"):
+        raise ConfigError(f"--storage {redact(url)}: unsupported database {dialect!r}; accepted: {ACCEPTED}")
+    return dialect
+
+
+def with_driver(url: str) -> str:
+    """``postgresql://`` / ``mysql://`` with an installed driver named: SQLAlchemy's default for a
+    bare scheme (psycopg 3, mysqlclient) is often not the one installed (psycopg2-binary, pymysql)."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    drivers = {"postgresql": ("psycopg", "psycopg2"), "mysql": ("MySQLdb", "pymysql"), "mariadb": ("MySQLdb", "pymysql")}
+    if scheme.lower() not in drivers:
+        return url
+    installed = [m for m in drivers[scheme.lower()] if importlib.util.find_spec(m) is not None]
+    if not installed or installed[0] == drivers[scheme.lower()][0]:
+        return url  # the default driver is there (or none is: the error names what to install)
+    return f"{scheme}+{installed[0].lower()}{sep}{rest}"
+
+
+def open_storage(url: str, *, heartbeat_interval: int | None = None, on_stale: Callable | None = None):
+    """An ``optuna.storages.RDBStorage`` that answered a query, or a ConfigError naming the URL.
+
+    ``on_stale(study, trial)`` runs after Optuna fails a trial whose worker stopped beating.
+    """
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    dialect = check_url(url)
+    engine_url = with_driver(url)
+    if dialect == "sqlite":
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+        _prepare_sqlite(url)
+    else:
+        engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
+    heartbeat = {}
+    if heartbeat_interval:
+        heartbeat = {"heartbeat_interval": int(heartbeat_interval), "grace_period": 2 * int(heartbeat_interval)}
+        heartbeat.update(_stale_callback_kwarg(on_stale))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are 'experimental'
+            storage = optuna.storages.RDBStorage(engine_url, engine_kwargs=engine_kwargs, **heartbeat)
+        storage.get_all_studies()  # the first real round trip
+    except ImportError as err:
+        cause = err.__cause__ or err
+        hint = SERVER_DIALECTS.get(dialect, getattr(cause, "name", None) or "the database driver")
+        raise ConfigError(f"--storage {redact(url)}: the database driver is not installed ({cause}); pip install {hint}") from None
+    except (SQLAlchemyError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"cannot open the study storage {redact(url)}: {first}. Check the host, port, database name and "
+            f"credentials (the server must be running and reachable); accepted: {ACCEPTED}"
+        ) from None
+    return storage
+
+
+def _prepare_sqlite(url: str) -> None:
+    """Create the folder and switch the file to WAL mode, so readers do not block the writer."""
+    path = Path(url.split(":///", 1)[1]).expanduser() if ":///" in url else None
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.Error) as err:
+        raise ConfigError(f"cannot use the SQLite study storage {path}: {err}") from None
+
+
+def _stale_callback_kwarg(on_stale: Callable | None) -> dict:
+    """Optuna >= 4.9 calls it ``heartbeat_stale_trial_callback``; older versions ``failed_trial_callback``."""
+    import inspect
+
+    import optuna
+
+    retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = retry_cls(max_retry=2)
+
+    def callback(study, trial) -> None:
+        retry(study, trial)
+        if on_stale is not None:
+            on_stale(study, trial)
+
+    params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+    return {key: callback}

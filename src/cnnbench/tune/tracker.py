@@ -1,0 +1,166 @@
+"""The study in MLflow: one parent run per ``tune`` invocation (written with ``MlflowClient`` only, so
+it never becomes the fluent active run) and one nested child run per trial (``TrialTracker``, the
+train tracker plus the trial's number and state).
+
+MLflow has no PRUNED status: a child's Optuna state is the tag ``trial_state`` (RUNNING, COMPLETE,
+PRUNED, FAIL). Pruned runs end FINISHED (their metrics are real, just fewer epochs); failed ones
+end FAILED with ``failure_reason``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+import cnnbench
+from cnnbench.events import RunState
+from cnnbench.tracking.mlflow_tracker import FAILURE_REASON_MAX_CHARS, MlflowTracker, git_commit
+
+TAG_STUDY = "cnnbench.tune.study"
+TAG_STORAGE = "cnnbench.tune.storage"
+TAG_ROLE = "cnnbench.tune.role"
+TAG_PARENT = "cnnbench.tune.parent_run_id"
+TAG_RETRAIN = "cnnbench.tune.retrain_run_id"
+MLFLOW_BATCH = 100
+
+
+class TrialTracker(MlflowTracker):
+    """The child run of one trial, nested under the parent; its run id is stored on the trial at
+    start (user attr ``mlflow_run_id``) so a dead worker's run can be closed by whoever notices."""
+
+    def __init__(self, trial: optuna.Trial, *, study_name: str, parent_run_id: str, tracking_uri: str, experiment: str) -> None:
+        super().__init__(
+            tracking_uri=tracking_uri, experiment=experiment, run_name=f"trial-{trial.number}", nested=True,
+            parent_run_id=parent_run_id, log_model=False, system_metrics=False,
+            extra_tags={TAG_STUDY: study_name, TAG_ROLE: "trial", "trial_number": str(trial.number), "trial_state": "RUNNING"},
+        )
+        self.run_id = None  # never attach to $MLFLOW_RUN_ID: under `mlflow run` that is the parent
+        self.trial = trial
+
+    def on_run_start(self, run: RunState) -> None:
+        run.params["trial_number"] = self.trial.number
+        super().on_run_start(run)
+        self.trial.set_user_attr("mlflow_run_id", run.run_id)
+
+    def on_run_end(self, run: RunState, summary: dict[str, float]) -> None:
+        mlflow.set_tag("trial_state", "COMPLETE")
+        super().on_run_end(run, summary)
+
+    def on_failure(self, run: RunState, error: BaseException, status: str) -> None:
+        if self._ended or mlflow.active_run() is None:
+            return
+        if not isinstance(error, optuna.TrialPruned):
+            mlflow.set_tag("trial_state", "FAIL")
+            super().on_failure(run, error, status)
+            return
+        try:
+            mlflow.set_tags({"trial_state": "PRUNED", "pruned_reason": str(error)[:FAILURE_REASON_MAX_CHARS]})
+            mlflow.log_metric("pruned_at_epoch", float(run.epoch))
+            self._upload(run)
+        finally:
+            mlflow.end_run("FINISHED")
+            self._ended = True
+
+
+def record_failed_trial(client: MlflowClient, experiment_id: str, parent_run_id: str, trial: optuna.Trial,
+                        study_name: str, values: dict[str, Any], reason: str) -> str:
+    """A child run for a trial that failed before training started (so every trial has its run)."""
+    run = client.create_run(experiment_id, run_name=f"trial-{trial.number}", tags={
+        "mlflow.parentRunId": parent_run_id, TAG_STUDY: study_name, TAG_ROLE: "trial",
+        "trial_number": str(trial.number), "trial_state": "FAIL", "failure_reason": reason[:FAILURE_REASON_MAX_CHARS],
+    })
+    params = [Param(k, str(v)) for k, v in values.items()] + [Param("trial_number", str(trial.number))]
+    client.log_batch(run.info.run_id, params=params)
+    client.set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
+def close_dead_trial_run(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> None:
+    """End the child run of a trial whose worker stopped sending heartbeats (it is left RUNNING)."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if not run_id:
+        return
+    client = MlflowClient(tracking_uri)
+    reason = f"the worker running trial {trial.number} stopped sending heartbeats (killed or lost); Optuna retries the trial"
+    client.log_batch(run_id, tags=[RunTag("trial_state", "FAIL"), RunTag("failure_reason", reason)])
+    client.set_terminated(run_id, "FAILED")
+
+
+class ParentRun:
+    """The tune invocation's run: study tags, fixed settings, best-so-far, and the study report."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_name: str, metric: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.experiment_name = experiment_name
+        self.metric = metric
+
+    @classmethod
+    def start(cls, *, tracking_uri: str, experiment: str, run_name: str, metric: str,
+              tags: dict[str, str], params: dict[str, Any]) -> "ParentRun":
+        """Create the run, or adopt the one ``mlflow run`` created (``$MLFLOW_RUN_ID``) and its experiment."""
+        client = MlflowClient(tracking_uri)
+        run_id = os.environ.get("MLFLOW_RUN_ID")
+        if run_id:
+            exp_id = client.get_run(run_id).info.experiment_id
+        else:
+            found = client.get_experiment_by_name(experiment)
+            exp_id = found.experiment_id if found else client.create_experiment(experiment)
+            run_id = client.create_run(exp_id, run_name=run_name).info.run_id
+        exp_name = client.get_experiment(exp_id).name
+        parent = cls(client, run_id, exp_name, metric)
+        base_tags = {"cnnbench.version": cnnbench.__version__, TAG_ROLE: "study"}
+        commit = git_commit()
+        if commit:
+            base_tags["cnnbench.git_commit"] = commit
+        parent.set_tags({**base_tags, **tags})
+        parent.log_params(params)
+        return parent
+
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params it does not hold yet (``mlflow run`` logs its ``-P`` values, and MLflow refuses a
+        second value for a key)."""
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(k, "None" if v is None else str(v)) for k, v in params.items() if k not in existing]
+        for start in range(0, len(items), MLFLOW_BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + MLFLOW_BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_best(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Study callback: the best value so far as metric ``best_<metric>`` (step = trial number) and
+        the best params as tags ``best_<name>`` (MLflow params cannot change; they are logged at the end)."""
+        best = best_trial(study)
+        if best is None:
+            return
+        self.log_metrics({f"best_{self.metric}": best.value}, step=trial.number)
+        self.set_tags({**{f"best_{k}": v for k, v in best.params.items()}, "best_trial_number": best.number})
+
+    def log_folder(self, folder: Path) -> None:
+        self.client.log_artifacts(self.run_id, str(folder))
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
