@@ -129,3 +129,22 @@ def test_describe_reads_headers_only_when_given_the_folder(tmp_path):
     assert (info.classes, info.train_size, info.test_size) == (("a", "b"), 5, 1)
     loaded = _load(tmp_path)
     assert (len(loaded.train), len(loaded.test)) == (info.train_size, info.test_size)
+
+
+def test_large_folders_are_cached_on_disk_and_invalidated_by_edits(tmp_path, monkeypatch):
+    from cnnbench.data import imagefolder
+
+    monkeypatch.setenv("CNNBENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(imagefolder, "CACHE_MIN_IMAGES", 4)
+    root = tmp_path / "images"
+    write_tree(root, {"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}})
+    first = _load(root)
+    assert len(list((tmp_path / "data" / "cache").glob("imagefolder-*.pt"))) == 1
+    decode = imagefolder._decode
+    monkeypatch.setattr(imagefolder, "_decode", lambda paths: pytest.fail("decoded again despite the cache"))
+    again = _load(root)
+    assert torch.equal(first.train.images, again.train.images) and torch.equal(first.test.images, again.test.images)
+    monkeypatch.setattr(imagefolder, "_decode", decode)
+    Image.fromarray(np.full((6, 8, 3), 77, np.uint8)).save(root / "train" / "a" / "000.png")
+    assert _load(root).train.images[0, 0, 0, 0] == 77  # the edited file is read, not the stale cache
+    assert len(list((tmp_path / "data" / "cache").glob("imagefolder-*.pt"))) == 2

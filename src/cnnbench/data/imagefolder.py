@@ -4,7 +4,8 @@
 stratified, by seed). Class names are the sorted folder names under ``train``. Grayscale or RGB is
 detected (a mix becomes RGB). Images of differing sizes are resized to the ``size`` option, or
 rejected with the offending file named when ``size`` is 0. Images are decoded once, in threads, at
-load time; training then runs on the in-memory uint8 tensors like every other dataset.
+load time (large folders are then cached as a tensor under ``<default data dir>/cache``); training
+runs on the in-memory uint8 tensors like every other dataset.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from cnnbench.errors import ConfigError, DataError
 from cnnbench.registry import DatasetInfo, DatasetPlugin, Option
 
+CACHE_MIN_IMAGES = 2000  # smaller folders decode in about a second: not worth a cache file
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 LAYOUT = "root/train/<class>/*.png|jpg|jpeg|bmp (and optionally root/test/<class>/...)"
@@ -105,6 +107,43 @@ def _to_tensor(images: list, paths: list[Path], size: int, mode: str, expected: 
     return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous(), expected
 
 
+def _pixels(paths: list[Path], size: int):
+    decoded = _decode(paths)
+    mode = "L" if all(img.mode in GRAY_MODES for img in decoded) else "RGB"
+    return _to_tensor(decoded, paths, size, mode, None)[0]
+
+
+def _cached_pixels(paths: list[Path], size: int):
+    """Decoded pixels, from an on-disk tensor cache for large folders (keyed by every file's path,
+    size and modification time, so editing the folder invalidates it)."""
+    import hashlib
+
+    import torch
+
+    from cnnbench.data.files import default_data_dir
+
+    if len(paths) < CACHE_MIN_IMAGES:
+        return _pixels(paths, size)
+    key = hashlib.blake2b(f"v1 size={size}".encode(), digest_size=16)
+    for path in paths:
+        stat = path.stat()
+        key.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    cache = default_data_dir() / "cache" / f"imagefolder-{key.hexdigest()}.pt"
+    if cache.is_file():
+        try:
+            return torch.load(cache, weights_only=True)
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            cache.unlink(missing_ok=True)
+    pixels = _pixels(paths, size)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(pixels, cache.with_suffix(".tmp"))
+        cache.with_suffix(".tmp").replace(cache)
+    except OSError:
+        pass  # a read-only cache folder only costs the decoding next time
+    return pixels
+
+
 def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True, size: int = 0,
          test_fraction: float = 0.2):
     import torch
@@ -116,9 +155,7 @@ def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True, 
     classes, train_paths, train_labels = list_split(root / "train")
     has_test = (root / "test").is_dir()
     test_paths, test_labels = list_split(root / "test", classes)[1:] if has_test else ([], [])
-    decoded = _decode(train_paths + test_paths)
-    mode = "L" if all(img.mode in GRAY_MODES for img in decoded) else "RGB"
-    pixels, _ = _to_tensor(decoded, train_paths + test_paths, size, mode, None)
+    pixels = _cached_pixels(train_paths + test_paths, size)
     labels = torch.tensor(train_labels + test_labels, dtype=torch.int64)
     n = len(train_paths)
     train, test = Split(pixels[:n], labels[:n]), Split(pixels[n:], labels[n:])
