@@ -186,6 +186,7 @@ def train(
         from cnnbench.models.base import count_parameters
 
         run.params["param_count"] = count_parameters(model)
+        run.params["device"] = str(device)  # resolved: "auto" is logged as what it chose
         result = fit(run, cbs, resume_state=resume_state)
     return TrainResult(
         run_id=run.run_id, metrics={**result.summary, **run.summary_metrics}, history=result.history,
