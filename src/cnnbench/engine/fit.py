@@ -253,10 +253,10 @@ class Trainer:
             correct += (out.detach().argmax(1) == y).sum()
             n += len(y)
             if bar is not None:
-                bar.update(1)
                 if (i + 1) % BAR_UPDATE_EVERY == 0 or i + 1 == num_batches:
                     bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", acc=f"{float(correct) / n:.4f}",
                                     img_s=f"{n / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+                bar.update(1)
         if bar is not None:
             bar.close()
         return float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n
