@@ -9,6 +9,8 @@ the retrained best run gets the full set.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from cnnbench.tune.space import SearchSpace, apply
 from cnnbench.tune.tracker import TrialTracker, record_failed_trial
 
 FAIL_REASON_MAX_CHARS = 2000
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         ctx = self.context
         started = time.perf_counter()
+        trial.set_user_attr("worker", WORKER_ID)
         values = self.space.suggest(trial)
         config = apply(self.base, values).replace(run={"run_name": f"trial-{trial.number}", "quiet": True})
         tracker = TrialTracker(trial, study_name=ctx.study_name, parent_run_id=ctx.parent_run_id,

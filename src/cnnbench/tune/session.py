@@ -25,7 +25,7 @@ from cnnbench.tune.plots import write_report
 from cnnbench.tune.reporter import EPOCH_METRICS
 from cnnbench.tune.space import SearchSpace, parse_space, restrict
 from cnnbench.tune.study import WorkerSpec, build_pruner, build_sampler, open_study, quiet_optuna, run_workers
-from cnnbench.tune.tracker import TAG_RETRAIN, TAG_STORAGE, TAG_STUDY, ParentRun, best_trial
+from cnnbench.tune.tracker import TAG_RETRAIN, TAG_STORAGE, TAG_STUDY, ParentRun, best_trial, close_dead_trial_run
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Outcome:
     notes: list[str]
 
 
-def prepare(request: TuneRequest, *, stream=sys.stderr) -> Plan:
+def prepare(request: TuneRequest) -> Plan:
     """Validate everything; open the storage and create or load the study."""
     from cnnbench.tracking.store import check_reachable, resolve_uri
 
@@ -98,7 +98,8 @@ def prepare(request: TuneRequest, *, stream=sys.stderr) -> Plan:
             f"--n-jobs {request.n_jobs} on SQLite ({storages.redact(storage_url)}): fine for processes on this machine "
             f"(WAL mode, writers wait for the lock), but workers on other machines need PostgreSQL or MySQL"
         )
-    storage = storages.open_storage(storage_url, heartbeat_interval=request.heartbeat_interval)
+    storage = storages.open_storage(storage_url, heartbeat_interval=request.heartbeat_interval,
+                                    on_stale=lambda study, trial: close_dead_trial_run(tracking_uri, trial))
     base_params = {k: v for k, v in resolved.config.flat_params().items() if k not in space.names}
     name = request.study_name or _default_study_name(request.config)
     quiet_optuna()
@@ -123,8 +124,9 @@ def _default_study_name(config: TrainConfig) -> str:
     return f"{config.model.name}-{config.data.name}-{stamp}"
 
 
-def run(plan: Plan, *, stream=sys.stderr) -> Outcome:
+def run(plan: Plan, *, stream=None) -> Outcome:
     """Run the study's trials under a new parent run; always end the parent run."""
+    stream = stream or sys.stderr  # looked up now: a test runner may have replaced it
     req = plan.request
     name = plan.study.study_name
     for note in list(plan.space.notes) + plan.warnings:
@@ -167,7 +169,7 @@ def run(plan: Plan, *, stream=sys.stderr) -> Outcome:
     return outcome
 
 
-def finish(plan: Plan, parent: ParentRun, before: set[int], wall_time_s: float, *, stream=sys.stderr) -> Outcome:
+def finish(plan: Plan, parent: ParentRun, before: set[int], wall_time_s: float, *, stream) -> Outcome:
     """The study report on the parent run: counts, best, trials.csv, plots; then the retrain."""
     req = plan.request
     study = optuna.load_study(study_name=plan.study.study_name, storage=plan.storage)

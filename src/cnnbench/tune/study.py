@@ -70,9 +70,11 @@ def open_study(storage, name: str, *, direction: str, space: SearchSpace, metric
     if exists:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         check_resume(study, direction=direction, space=space, metric=metric, base_params=base_params)
-        return study, True
-    study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
-                                pruner=pruner, load_if_exists=True)  # another worker may have just created it
+        if ATTR_SPACE in study.user_attrs:
+            return study, True
+    else:
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)  # another worker may have just created it
     study.set_user_attr(ATTR_SPACE, space.texts())
     study.set_user_attr(ATTR_METRIC, metric)
     study.set_user_attr(ATTR_BASE, {k: str(v) for k, v in base_params.items()})
@@ -81,6 +83,8 @@ def open_study(storage, name: str, *, direction: str, space: SearchSpace, metric
 
 def check_resume(study: optuna.Study, *, direction: str, space: SearchSpace, metric: str, base_params: dict[str, Any]) -> None:
     attrs = study.user_attrs
+    if ATTR_SPACE not in attrs and not study.trials:
+        return  # another worker created it a moment ago and is about to store the same attrs
     if ATTR_SPACE not in attrs:
         raise ConfigError(f"study {study.study_name!r} exists but was not created by cnnbench tune (no stored search space); pick another --study-name")
     differences = diff(attrs[ATTR_SPACE], space.texts())
@@ -157,10 +161,9 @@ def run_worker(spec: WorkerSpec, storage=None) -> None:
     if storage is None:
         storage = open_storage(spec.storage, heartbeat_interval=spec.heartbeat_interval,
                                on_stale=lambda study, trial: close_dead_trial_run(spec.tracking_uri, trial))
-    # each worker its own seed: identical random streams would propose identical trials
-    sampler = build_sampler(spec.sampler, spec.seed + spec.index, space)
-    study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler,
-                              pruner=build_pruner(spec.pruner, config.run.epochs))
+    study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=build_pruner(spec.pruner, config.run.epochs))
+    # a seed per worker and per resume: identical random streams would propose the same trials again
+    study.sampler = build_sampler(spec.sampler, spec.seed + spec.index + 7919 * len(study.trials), space)
     context = StudyContext(spec.study_name, spec.parent_run_id, spec.experiment, spec.tracking_uri,
                            spec.metric, spec.direction == "maximize")
     from cnnbench.tune.tracker import ParentRun

@@ -1,0 +1,259 @@
+"""``cnnbench tune`` studies on digits with 2-epoch trials: the parent/child runs and trial states
+in MLflow, median pruning, resuming, concurrent worker processes (SQLite and a real PostgreSQL
+server started here), a dead worker's trial retried, and --retrain-best.
+
+Each test reads back what Optuna stored and what MLflow holds, and checks they agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+TRIAL_FLAGS = ["--epochs", "2", "--train-size", "300", "--batch-size", "32", "--no-tsne", "--no-retrieval",
+               "--no-kernels", "--no-predictions", "--no-memory", "--no-log-model", "--quiet"]
+EPOCH_KEYS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "fit_time_s"}
+
+
+@pytest.fixture
+def tune(cli, tracking_uri, experiment, tmp_path):
+    """Run ``cnnbench tune`` in-process with the test's store, experiment and SQLite study storage."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+
+    def run(*args: str, storage_url: str = storage):
+        result = cli("tune", "--tracking-uri", tracking_uri, "--experiment", experiment, "--storage", storage_url, *TRIAL_FLAGS, *args)
+        assert result.exit_code == 0, result.output
+        return result
+
+    run.storage = storage
+    return run
+
+
+def tune_process(tracking_uri: str, experiment: str, storage: str, *args: str) -> subprocess.Popen:
+    """The same command as another worker would run it (e.g. on another machine)."""
+    cmd = [sys.executable, "-m", "cnnbench.cli", "tune", "--tracking-uri", tracking_uri, "--experiment", experiment,
+           "--storage", storage, *TRIAL_FLAGS, *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def study_runs(tracking_uri: str, experiment: str) -> tuple[list, list, list]:
+    """(parents, trial children, retrain runs) of the experiment."""
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    role = lambda r: r.data.tags.get("cnnbench.tune.role")  # noqa: E731
+    return ([r for r in runs if role(r) == "study"], [r for r in runs if role(r) == "trial"],
+            [r for r in runs if role(r) == "retrain_best"])
+
+
+def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in MlflowClient(tracking_uri).get_metric_history(run_id, key))
+
+
+def check_children_match_study(tracking_uri, children, study, parent_ids):
+    """Every Optuna trial has exactly one child run under one of ``parent_ids``, with its state."""
+    by_number = {int(r.data.tags["trial_number"]): r for r in children}
+    assert len(by_number) == len(children) == len(study.trials)  # no duplicates, none lost
+    for trial in study.trials:
+        run = by_number[trial.number]
+        assert run.data.tags["mlflow.parentRunId"] in parent_ids
+        assert run.data.params["trial_number"] == str(trial.number)
+        assert run.data.tags["trial_state"] == trial.state.name
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert run.info.status != "RUNNING"
+        for name, value in trial.params.items():
+            assert float(run.data.params[name]) == pytest.approx(float(value))
+        if trial.state.name == "COMPLETE":
+            assert run.info.status == "FINISHED"
+            assert EPOCH_KEYS <= set(run.data.metrics)  # the same keys as `cnnbench train`
+            assert metric_steps(tracking_uri, run.info.run_id, "val_accuracy") == [1, 2]
+    return by_number
+
+
+def test_parent_and_child_runs_hold_the_study_with_a_failed_trial_and_the_retrain(tune, tracking_uri, experiment):
+    # l2=1e40 overflows the loss on the first batch: that trial must end FAIL and the study go on
+    result = tune("--sampler", "grid", "--pruner", "none", "--trials", "2", "--study-name", "structure",
+                  "--search", "l2=choice(0.0,1e40)", "--retrain-best", "--retrain-epochs", "1")
+    assert "1 complete, 0 pruned, 1 failed" in result.output
+    study = optuna.load_study(study_name="structure", storage=tune.storage)
+    states = {t.params["l2"]: t for t in study.trials}
+    assert states[0.0].state.name == "COMPLETE" and states[1e40].state.name == "FAIL"
+    assert "non-finite loss" in states[1e40].user_attrs["fail_reason"]
+
+    parents, children, retrains = study_runs(tracking_uri, experiment)
+    assert len(parents) == 1 and len(retrains) == 1
+    parent = parents[0]
+    by_number = check_children_match_study(tracking_uri, children, study, {parent.info.run_id})
+    failed = by_number[states[1e40].number]
+    assert failed.info.status == "FAILED" and "non-finite loss" in failed.data.tags["failure_reason"]
+
+    tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
+    assert parent.info.status == "FINISHED"
+    assert tags["cnnbench.tune.study"] == "structure" and tags["cnnbench.tune.storage"] == tune.storage
+    assert params["search.l2"] == "l2=choice(0.0,1e+40)" and params["best_l2"] == "0.0"
+    assert params["best_trial_number"] == str(study.best_trial.number)
+    assert metrics["best_val_accuracy"] == pytest.approx(study.best_value)
+    assert study.best_value == pytest.approx(max(m.value for m in MlflowClient(tracking_uri).get_metric_history(
+        by_number[study.best_trial.number].info.run_id, "val_accuracy")))  # a trial scores its best epoch
+    assert (metrics["trials_complete"], metrics["trials_failed"], metrics["trials_pruned"]) == (1, 1, 0)
+    client = MlflowClient(tracking_uri)
+    folder = Path(client.download_artifacts(parent.info.run_id, "study"))
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
+    assert sorted(r["state"] for r in rows) == ["COMPLETE", "FAIL"]
+    assert (folder / "plots" / "optimization_history.html").stat().st_size > 1000
+    assert (folder / "plots" / "optimization_history.png").exists()
+
+    retrain = retrains[0]
+    assert retrain.data.tags["cnnbench.tune.parent_run_id"] == parent.info.run_id
+    assert tags["cnnbench.tune.retrain_run_id"] == retrain.info.run_id
+    assert retrain.data.tags["cnnbench.train_on"] == "train+val"
+    assert retrain.data.params["l2"] == "0.0" and retrain.data.params["epochs"] == "1"
+    assert "test_accuracy" in retrain.data.metrics and retrain.info.status == "FINISHED"
+    assert "mlflow.parentRunId" not in retrain.data.tags  # its own run, linked by tags
+
+
+def test_median_pruner_prunes_hopeless_trials(tune, tracking_uri, experiment):
+    # lr 1e-7 cannot learn; seed 4 draws G G G G b | G b b (G: 0.003), so the last two fall below the
+    # median of the 5 startup trials at epoch 1
+    tune("--sampler", "random", "--seed", "4", "--pruner", "median", "--trials", "8", "--study-name", "pruning",
+         "--search", "lr=choice(0.003,1e-7)")
+    study = optuna.load_study(study_name="pruning", storage=tune.storage)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned, [(t.params, t.intermediate_values, t.state.name) for t in study.trials]
+    assert all(t.params["lr"] == 1e-7 and list(t.intermediate_values) == [1] for t in pruned)
+    parents, children, _ = study_runs(tracking_uri, experiment)
+    by_number = check_children_match_study(tracking_uri, children, study, {parents[0].info.run_id})
+    for trial in pruned:
+        run = by_number[trial.number]
+        assert run.info.status == "FINISHED" and run.data.tags["trial_state"] == "PRUNED"
+        assert metric_steps(tracking_uri, run.info.run_id, "val_accuracy") == [1]
+        assert run.data.metrics["pruned_at_epoch"] == 1
+    assert parents[0].data.metrics["trials_pruned"] == len(pruned)
+
+
+def test_resume_adds_trials_to_the_same_study_and_keeps_the_best(tune, tracking_uri, experiment):
+    tune("--trials", "2", "--study-name", "resume", "--pruner", "none")
+    first_best = optuna.load_study(study_name="resume", storage=tune.storage).best_value
+    result = tune("--trials", "2", "--study-name", "resume", "--pruner", "none")
+    assert "resumed, 2 trials so far" in result.output
+    study = optuna.load_study(study_name="resume", storage=tune.storage)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert study.best_value >= first_best
+    parents, children, _ = study_runs(tracking_uri, experiment)
+    assert len(parents) == 2 and {p.data.tags["cnnbench.tune.study"] for p in parents} == {"resume"}
+    by_number = check_children_match_study(tracking_uri, children, study, {p.info.run_id for p in parents})
+    second = next(p for p in parents if p.data.tags["cnnbench.tune.resumed"] == "True")
+    assert {n for n, r in by_number.items() if r.data.tags["mlflow.parentRunId"] == second.info.run_id} == {2, 3}
+    assert second.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
+
+
+def test_two_worker_processes_share_one_sqlite_study(tune, tracking_uri, experiment):
+    tune("--n-jobs", "2", "--trials", "4", "--study-name", "workers", "--pruner", "none")
+    study = optuna.load_study(study_name="workers", storage=tune.storage)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both processes ran trials
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    parents, children, _ = study_runs(tracking_uri, experiment)
+    assert len(parents) == 1
+    check_children_match_study(tracking_uri, children, study, {parents[0].info.run_id})
+
+
+def test_a_dead_workers_trial_is_failed_and_retried(tune, tracking_uri, experiment):
+    worker = tune_process(tracking_uri, experiment, tune.storage, "--trials", "1", "--study-name", "dead",
+                          "--heartbeat-interval", "1", "--pruner", "none", "--epochs", "40")
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until its trial is running and its child run exists
+            try:
+                trials = optuna.load_study(study_name="dead", storage=tune.storage).trials
+            except KeyError:
+                trials = []
+            if trials and "mlflow_run_id" in trials[0].user_attrs:
+                break
+            assert worker.poll() is None, worker.stdout.read()
+            time.sleep(0.5)
+        worker.send_signal(signal.SIGKILL)  # no cleanup at all: only the missing heartbeat tells
+        worker.wait()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    time.sleep(3)  # past the grace period (2 x heartbeat)
+    tune("--trials", "1", "--study-name", "dead", "--heartbeat-interval", "1", "--pruner", "none")
+    study = optuna.load_study(study_name="dead", storage=tune.storage)
+    dead, retried = study.trials
+    assert dead.state.name == "FAIL" and retried.state.name == "COMPLETE"
+    assert retried.system_attrs["failed_trial"] == dead.number and retried.params == dead.params
+    run = MlflowClient(tracking_uri).get_run(dead.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["trial_state"] == "FAIL"
+    assert "stopped sending heartbeats" in run.data.tags["failure_reason"]
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+def _pg_bin() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return candidates[-1].parent if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 (initdb refuses root: run as 'postgres' then)."""
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found; install Debian's postgresql package")
+    folder = Path(tempfile.mkdtemp(prefix="cnnbench-pg-"))  # not under pytest's root-only tmp: postgres must reach it
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root and runuser is missing: cannot start PostgreSQL as a non-root user")
+        try:
+            shutil.chown(folder, "postgres")
+        except (LookupError, PermissionError) as err:
+            pytest.skip(f"running as root without a usable 'postgres' user ({err})")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = folder / "data", _free_port()
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_two_commands_share_one_postgresql_study(postgres_url, tracking_uri, experiment):
+    MlflowClient(tracking_uri).search_experiments()  # create the MLflow tables first: two processes racing MLflow's own migrations fail
+    workers = [tune_process(tracking_uri, experiment, postgres_url, "--trials", "2", "--study-name", "pg",
+                            "--pruner", "none", "--seed", str(seed)) for seed in (0, 1)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="pg", storage=postgres_url.replace("postgresql://", "postgresql+psycopg2://"))
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    parents, children, _ = study_runs(tracking_uri, experiment)
+    assert len(parents) == 2 and all(p.data.tags["cnnbench.tune.storage"] == postgres_url for p in parents)
+    check_children_match_study(tracking_uri, children, study, {p.info.run_id for p in parents})
