@@ -36,7 +36,8 @@ def model_info(model: nn.Module, input_shape: tuple[int, int, int], batch_size: 
     """
     from torchinfo import summary
 
-    stats = summary(model, input_size=(1, *input_shape), verbose=0, mode="eval", device="cpu",
+    # device=None: torchinfo runs where the model already is instead of moving it
+    stats = summary(model, input_size=(1, *input_shape), verbose=0, mode="eval", device=None,
                     col_names=("output_size", "num_params", "mult_adds"))
     names = {id(module): name for name, module in model.named_modules()}
     layers = [_layer_row(layer, names) for layer in stats.summary_list if layer.depth > 0 and not layer.is_recursive]
