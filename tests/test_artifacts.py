@@ -317,3 +317,40 @@ def test_probes_do_not_touch_the_rng(digits):
     collect_features(model, digits.test.images[:10], mean=digits.mean, std=digits.std)
     cb.model_summary_text(RunState(config=TrainConfig(), model=model, data=digits, device=torch.device("cpu"), artifacts_dir=Path(".")))
     assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.slow
+def test_tracked_run_uploads_every_artifact(tracking_uri, experiment, tmp_path):
+    """End to end: api.train with the MLflow tracker; the artifacts arrive under their paths."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from cnnbench import api
+
+    config = TrainConfig().replace(
+        data={"train_size": 300}, run={"epochs": 2, "quiet": True, "device": "cpu", "tracking_uri": tracking_uri, "experiment": experiment},
+        artifacts={"tsne_samples": 100, "model": False},
+    )
+    result = api.train(config)
+    client = MlflowClient(tracking_uri)
+
+    def walk(path=None):
+        for item in client.list_artifacts(result.run_id, path):
+            yield from walk(item.path) if item.is_dir else [item.path]
+
+    paths = set(walk())
+    expected = {"config.json", "model/summary.txt", "plots/learning_curves.png", "metrics/history.csv",
+                "eval/confusion_matrix.png", "eval/confusion_matrix.csv", "eval/classification_report.json",
+                "eval/classification_report.txt", "eval/predictions.png", "kernels/conv1_start.png",
+                "kernels/conv1_end.png", "latent/tsne_begin.csv", "latent/tsne_middle.png", "latent/tsne_end.csv",
+                "retrieval/summary.json", "retrieval/7.png", "memory/memory.csv", "checkpoints/last.pt"}
+    assert expected <= paths, sorted(expected - paths)
+    local = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, tracking_uri=tracking_uri, dst_path=str(tmp_path)))
+    assert pd.read_csv(local / "eval" / "confusion_matrix.csv", index_col=0).to_numpy().sum() == 360
+    assert len(pd.read_csv(local / "latent" / "tsne_end.csv")) == 100
+    assert len(pd.read_csv(local / "metrics" / "history.csv")) == 2
+    assert TrainConfig.from_dict(json.loads((local / "config.json").read_text())).to_dict() == api.resolve(config).config.to_dict()
+    metrics = client.get_run(result.run_id).data.metrics
+    for key in ("baseline_accuracy", "baseline_macro_f1", "peak_rss_mb", "artifacts_time_s", "retrieval_output_same_class"):
+        assert key in metrics, key
+    assert metrics["test_accuracy"] > metrics["baseline_accuracy"]

@@ -295,6 +295,7 @@ def test_resume_from_something_that_is_not_a_checkpoint(tmp_path):
         checkpoint.load(tmp_path / "partial.pt")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_in_place_in_mlflow(data, tracking_uri, experiment):
     from mlflow.tracking import MlflowClient
 
