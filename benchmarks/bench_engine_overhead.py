@@ -29,8 +29,6 @@ import argparse
 import copy
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,13 +36,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench_data_pipeline import cifar_dir  # the same cached CIFAR-10 (this script's folder is on sys.path)
 from cnnbench import api
 from cnnbench.artifacts.callbacks import ArtifactCallback
 from cnnbench.config import TrainConfig
 from cnnbench.events import Callback
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
 
 class HandLoop:
     """The minimal loop: the same tensors and model architecture, nothing else."""
@@ -143,17 +139,6 @@ def measure(config: TrainConfig, timed_epochs: int) -> dict:
         "end_of_run_total_s": round(end_of_run_s, 3),
         "artifact_seconds": per_builder,
     }
-
-
-def cifar_dir(given: str | None) -> Path:
-    if given:
-        return Path(given)
-    dest = Path.home() / ".cache" / "cnnbench-bench" / "cifar10"
-    script = SHARED / "data" / "prepare_cifar10.py"
-    if not script.is_file():
-        sys.exit(f"no --cifar-dir given and {script} is absent: pass a folder holding cifar-10-batches-py/ or --no-cifar")
-    subprocess.run([sys.executable, str(script), str(dest)], check=True, stdout=subprocess.DEVNULL)
-    return dest
 
 
 def main() -> None:
