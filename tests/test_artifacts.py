@@ -86,10 +86,15 @@ def test_default_run_writes_every_artifact(finished_run):
     assert expected <= written, sorted(expected - written)
 
 
-def test_config_json_round_trips(finished_run):
+def test_config_json_round_trips(finished_run, tmp_path):
     run, _, _ = finished_run
     raw = json.loads((run.artifacts_dir / "config.json").read_text())
     assert TrainConfig.from_dict(raw) == run.config
+    # a resumed run's config.json still starts a fresh run when reused with --config
+    resumed = RunState(config=run.config.replace(run={"resume": "abc123"}), model=run.model, data=run.data,
+                       device=torch.device("cpu"), artifacts_dir=tmp_path)
+    cb.RunRecord(summary=False).on_run_start(resumed)
+    assert TrainConfig.load(tmp_path / "config.json") == run.config
 
 
 def test_model_summary_names_layers_and_parameter_count(finished_run):

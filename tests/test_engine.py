@@ -320,3 +320,12 @@ def test_killed_run_resumes_in_place_in_mlflow(data, tracking_uri, experiment):
     straight = train(config, data)
     assert final.data.metrics["test_accuracy"] == pytest.approx(straight.metrics["test_accuracy"], abs=0)
     assert final.data.metrics["test_loss"] == pytest.approx(straight.metrics["test_loss"], rel=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_amp_and_channels_last_on_cuda(data):
+    rec = Recorder()
+    result = train(tiny(run={"device": "cuda", "amp": True, "channels_last": True, "epochs": 2}), data, [rec])
+    assert any(n.startswith("--amp: autocast to") for n in rec.notes)
+    assert not any("no-op" in n for n in rec.notes)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]

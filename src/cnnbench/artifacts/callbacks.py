@@ -55,7 +55,8 @@ class ArtifactCallback(Callback):
 
 
 class RunRecord(ArtifactCallback):
-    """``config.json`` (the resolved configuration) and ``model/summary.txt`` at run start."""
+    """``config.json`` (the resolved configuration, enough for ``cnnbench train --config``) and
+    ``model/summary.txt`` at run start."""
 
     def __init__(self, summary: bool = True) -> None:
         super().__init__()
@@ -64,7 +65,10 @@ class RunRecord(ArtifactCallback):
     def on_run_start(self, run: RunState) -> None:
         path = run.artifacts_dir / "config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(run.config.to_dict(), indent=2, default=str))
+        # without ``resume``: ``cnnbench train --config config.json`` must start a new run, even
+        # when this file comes from a resumed one
+        reproducible = run.config.replace(run={"resume": None})
+        path.write_text(json.dumps(reproducible.to_dict(), indent=2, default=str))
         if self.summary:
             target = run.artifacts_dir / "model" / "summary.txt"
             target.parent.mkdir(parents=True, exist_ok=True)
