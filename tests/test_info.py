@@ -100,6 +100,8 @@ def test_info_takes_the_shape_from_dataset_metadata():
     assert first["params"] == 6 * 9 + 6
     resized = json.loads(_run("mlp", "--dataset", "digits", "--dataset-option", "size=8", "--json").output)
     assert resized["params"] == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+    as_train = json.loads(_run("mlp", "--dataset", "digits", "--image-size", "8", "--json").output)
+    assert as_train["input_shape"] == [1, 8, 8] and as_train["params"] == resized["params"]
 
 
 def test_info_text_shows_options_and_the_table():

@@ -54,6 +54,8 @@ def input_spec(dataset: str | None, dataset_options: tuple[str, ...], input_shap
 @click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
               help="dataset option that changes its shape (e.g. size=32); repeatable")
 @click.option("--input-shape", default=None, metavar="C,H,W", help="input shape when no --dataset is given [3,32,32]")
+@click.option("--image-size", type=click.IntRange(min=1), default=None,
+              help="resize to S x S, as cnnbench train --image-size does")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None,
               help="number of classes [the dataset's, else 10]")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="model option; repeatable")
@@ -63,7 +65,7 @@ def input_spec(dataset: str | None, dataset_options: tuple[str, ...], input_shap
 @click.option("--depth", type=click.IntRange(min=1), default=None, help="show layers up to this nesting depth [all]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
 def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], input_shape: str | None,
-            num_classes: int | None, model_options: tuple[str, ...], kernel_size: int | None, batch_size: int,
+            image_size: int | None, num_classes: int | None, model_options: tuple[str, ...], kernel_size: int | None, batch_size: int,
             depth: int | None, as_json: bool) -> None:
     """Summarise MODEL: its options, layers (output shape, parameters, MACs), size and training memory.
 
@@ -74,6 +76,8 @@ def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], i
     from cnnbench.registry import parse_key_values
 
     shape, classes, origin = input_spec(dataset, dataset_options, input_shape, num_classes)
+    if image_size is not None:
+        shape, origin = (shape[0], image_size, image_size), f"{origin}, resized by --image-size"
     given = parse_key_values(model_options, flag="--model-option")
     plugin, resolved = resolve_model_options(model, given, kernel_size)
     net = build_model(model, num_classes=classes, in_channels=shape[0], image_size=shape[1:], options=resolved)
