@@ -10,7 +10,10 @@ DIR holds ``cifar-10-batches-py/``; without it CIFAR-10 is materialised once fro
 - tutorial: a torchvision-style dataset returning PIL images, ``Compose([RandomCrop(32, padding=4),
   RandomHorizontalFlip(), ToTensor(), Normalize])`` and a ``DataLoader`` (best of num_workers 0, 2);
 - cnnbench: the uint8 split in memory, ``DeviceLoader`` shuffling, flip-crop and normalising whole
-  batches (contiguous, and channels-last).
+  batches (contiguous, and channels-last);
+- bare loop: one prepared batch fed again and again (channels-last): the ceiling any data path can
+  reach with this model, so ``cnnbench_channels_last_share_of_bare_loop`` near 1 means the data
+  path costs almost nothing.
 
 Each measurement times ``--batches`` training steps after 3 warm-up steps; the median of
 ``--repeats`` is reported with the ratio, the CIFAR-10 load time and the process's peak RSS.
@@ -71,16 +74,32 @@ class PilCifar(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def train_steps(model: nn.Module, batches, steps: int, channels_last: bool = False) -> float:
-    """Images/s over ``steps`` training steps after the warm-up ones."""
+def cpu_seconds() -> float:
+    """CPU time of this process and its live children (DataLoader workers): robust to other load."""
+    import psutil
+
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def train_steps(model: nn.Module, batches, steps: int, channels_last: bool = False) -> tuple[float, float]:
+    """(images per wall second, images per CPU second) over ``steps`` steps after the warm-up ones."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     it = iter(batches)
-    start, seen = 0.0, 0
+    start, cpu_start, seen = 0.0, 0.0, 0
     for step in range(WARMUP_STEPS + steps):
         if step == WARMUP_STEPS:
-            start, seen = time.perf_counter(), 0
+            start, cpu_start, seen = time.perf_counter(), cpu_seconds(), 0
         x, y = next(it)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -88,7 +107,7 @@ def train_steps(model: nn.Module, batches, steps: int, channels_last: bool = Fal
         loss_fn(model(x), y).backward()
         opt.step()
         seen += len(y)
-    return seen / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start), seen / (cpu_seconds() - cpu_start)
 
 
 def endless(make_iter):
@@ -131,15 +150,21 @@ def main() -> None:
         return DeviceLoader(bundle.train, batch_size=BATCH, device=torch.device("cpu"), mean=mean, std=std,
                             shuffle=True, augmentation="flip-crop", seed=0)
 
-    results: dict[str, list[float]] = {"tutorial_w0": [], "tutorial_w2": [], "cnnbench": [], "cnnbench_cl": []}
     loaders = {"tutorial_w0": tutorial(0), "tutorial_w2": tutorial(2), "cnnbench": cnnbench_loader(),
                "cnnbench_cl": cnnbench_loader()}
     streams = {k: endless(lambda v=v: iter(v)) for k, v in loaders.items()}
+    fixed = next(iter(cnnbench_loader()))  # the ceiling: one batch again and again, no data cost at all
+    streams["bare_loop_cl"] = endless(lambda: iter([fixed]))
+    results: dict[str, list[float]] = {k: [] for k in streams}
+    per_cpu_s: dict[str, list[float]] = {k: [] for k in streams}
     for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every variant alike
         for key, stream in streams.items():
             model.load_state_dict(initial)
-            model = model.to(memory_format=torch.channels_last if key == "cnnbench_cl" else torch.contiguous_format)
-            results[key].append(train_steps(model, stream, args.batches, channels_last=key == "cnnbench_cl"))
+            cl = key.endswith("_cl")
+            model = model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            wall, cpu = train_steps(model, stream, args.batches, channels_last=cl)
+            results[key].append(wall)
+            per_cpu_s[key].append(cpu)
     data_only = {"cnnbench": _data_only(cnnbench_loader()), "tutorial_w0": _data_only(tutorial(0))}
     median = {k: statistics.median(v) for k, v in results.items()}
     best_tutorial = max(median["tutorial_w0"], median["tutorial_w2"])
@@ -149,6 +174,9 @@ def main() -> None:
         "train_images_per_s": {k: round(v) for k, v in median.items()},
         "ratio_cnnbench_vs_best_tutorial": round(median["cnnbench"] / best_tutorial, 2),
         "ratio_cnnbench_channels_last_vs_best_tutorial": round(median["cnnbench_cl"] / best_tutorial, 2),
+        "ratio_bare_loop_channels_last_vs_best_tutorial": round(median["bare_loop_cl"] / best_tutorial, 2),
+        "cnnbench_channels_last_share_of_bare_loop": round(median["cnnbench_cl"] / median["bare_loop_cl"], 2),
+        "train_images_per_cpu_s": {k: round(statistics.median(v)) for k, v in per_cpu_s.items()},
         "data_only_images_per_s": {k: round(v) for k, v in data_only.items()},
         "cifar10_load_s": round(load_s, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
