@@ -136,5 +136,5 @@ def describe() -> DatasetInfo:
 CIFAR10 = DatasetPlugin(
     load=load,
     describe=describe,
-    description="CIFAR-10: 60,000 32x32 RGB images in 10 classes (python pickle batches, downloaded when missing)",
+    description="CIFAR-10 natural images (python pickle batches; downloaded when missing)",
 )

@@ -157,7 +157,6 @@ def describe(**options) -> DatasetInfo:
 EDGES = DatasetPlugin(
     load=load,
     describe=describe,
-    description="synthetic edge detection (horizontal/vertical/none[/diagonal/both]) with optional "
-                "train/test location shift and pixel permutation; generated, no files",
+    description="synthetic edges of the inductive-bias study, optional location shift and pixel permutation (generated)",
     options=OPTIONS,
 )

@@ -194,7 +194,7 @@ def describe(*, data_dir: Path | None = None, size: int = 0, test_fraction: floa
 IMAGEFOLDER = DatasetPlugin(
     load=load,
     describe=describe,
-    description="your own images: root/train/<class>/*.png|jpg|jpeg|bmp, optional root/test/ (needs --data-dir)",
+    description="your images, root/train/<class>/*.png|jpg|jpeg|bmp [+ root/test/] (--data-dir root; shape from the files)",
     options=OPTIONS,
     needs_data_dir=True,
 )

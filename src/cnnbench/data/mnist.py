@@ -133,9 +133,9 @@ def _describer(spec: IdxSet):
 
 MNIST = DatasetPlugin(
     load=_loader(MNIST_SET), describe=_describer(MNIST_SET),
-    description="MNIST: 70,000 28x28 grayscale handwritten digits (IDX files, downloaded when missing)",
+    description="MNIST handwritten digits (IDX files; downloaded when missing)",
 )
 FASHION_MNIST = DatasetPlugin(
     load=_loader(FASHION_SET), describe=_describer(FASHION_SET),
-    description="Fashion-MNIST: 70,000 28x28 grayscale clothing images in 10 classes (IDX files, downloaded when missing)",
+    description="Fashion-MNIST clothing images (IDX files; downloaded when missing)",
 )
