@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cnnbench.artifacts.figures import as_numpy, draw_tiles, plt, save
+from cnnbench.artifacts.figures import as_numpy, plt, save, tile_figure
 
 
 def confusion_tables(labels, predictions, classes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -39,8 +39,13 @@ def write_confusion(labels, predictions, classes: Sequence[str], out_dir: Path) 
     counts.to_csv(out_dir / "confusion_matrix.csv")
     normalised.to_csv(out_dir / "confusion_matrix_normalized.csv", float_format="%.4f")
     k = len(classes)
-    side = max(5.0, 0.45 * k + 2)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    side = max(4.0, 0.4 * k + 1.5)  # inches per panel
+    label_in = 0.45 + 0.075 * max(len(str(c)) for c in classes)  # room for tick labels and axis title
+    width, height = 2 * side + 2 * label_in + 1.0, side + label_in + 0.4
+    fig, axes = plt.subplots(1, 2, figsize=(width, height))
+    # a fixed layout instead of bbox_inches="tight": the tight pass draws every annotation twice
+    fig.subplots_adjust(left=label_in / width, right=1 - 0.9 / width, bottom=label_in / height, top=1 - 0.4 / height,
+                        wspace=label_in / side)
     annotate = k <= 30
     for ax, table, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], normalised, "row-normalised", ".2f")):
         values = table.to_numpy()
@@ -55,8 +60,8 @@ def write_confusion(labels, predictions, classes: Sequence[str], out_dir: Path) 
                 for j in range(k):
                     ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7,
                             color="white" if normalised.iat[i, j] > 0.5 else "black")
-    fig.colorbar(image, ax=axes, fraction=0.03)
-    save(fig, out_dir / "confusion_matrix.png")
+    fig.colorbar(image, ax=axes, fraction=0.03, pad=0.02)
+    save(fig, out_dir / "confusion_matrix.png", tight=False)
     return counts
 
 
@@ -94,7 +99,6 @@ def plot_predictions(images: torch.Tensor, labels, predictions, classes: Sequenc
     n = min(count, len(images))
     cols = int(np.ceil(np.sqrt(count)))
     y, p = as_numpy(labels), as_numpy(predictions)
-    fig, ax = plt.subplots(figsize=(1.8 * cols, 1.9 * cols))
-    draw_tiles(ax, [images[i] for i in range(n)], [f"GT:{classes[y[i]]} P:{classes[p[i]]}" for i in range(n)],
-               ["black" if y[i] == p[i] else "red" for i in range(n)], cols)
-    return save(fig, path)
+    fig = tile_figure([images[i] for i in range(n)], [f"GT:{classes[y[i]]} P:{classes[p[i]]}" for i in range(n)],
+                      ["black" if y[i] == p[i] else "red" for i in range(n)], cols)
+    return save(fig, path, tight=False)

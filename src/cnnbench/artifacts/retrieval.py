@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnbench.artifacts.figures import draw_tiles, plt, safe_name, save
+from cnnbench.artifacts.figures import safe_name, save, tile_figure
 
 
 def first_of_each_class(labels: torch.Tensor, num_classes: int) -> dict[int, int]:
@@ -51,19 +51,18 @@ def summarise(neighbours: dict[str, dict[int, torch.Tensor]], labels: torch.Tens
 
 
 def plot_query(images: torch.Tensor, labels: torch.Tensor, query: int, rows: Mapping[str, torch.Tensor], classes: Sequence[str], path: Path) -> Path:
-    """One row per layer: the query image, then its neighbours titled with their classes (red when
-    the class differs from the query's)."""
+    """One row per layer (labelled on the left): the query image, then its neighbours titled with
+    their classes (red when the class differs from the query's)."""
     k = max(len(idx) for idx in rows.values())
-    fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * (k + 1), 1.5 * len(rows)), squeeze=False)
     target = int(labels[query])
-    for ax, (name, idx) in zip(axes[:, 0], rows.items()):
-        picked = [query, *(int(i) for i in idx)]
-        titles = [f"query: {classes[target]}", *(str(classes[int(labels[i])]) for i in picked[1:])]
-        colors = ["blue", *("black" if int(labels[i]) == target else "red" for i in picked[1:])]
-        draw_tiles(ax, [images[i] for i in picked], titles, colors, cols=k + 1)
-        ax.set_title(f"{name}: top-{len(idx)} cosine neighbours", fontsize=8, loc="left")
-    fig.tight_layout()
-    return save(fig, path)
+    tiles, titles, colors = [], [], []
+    for idx in rows.values():
+        picked = [int(i) for i in idx]
+        tiles += [images[query], *(images[i] for i in picked), *([torch.full_like(images[query], 255)] * (k - len(picked)))]
+        titles += [f"query: {classes[target]}", *(str(classes[int(labels[i])]) for i in picked), *([""] * (k - len(picked)))]
+        colors += ["blue", *("black" if int(labels[i]) == target else "red" for i in picked), *(["black"] * (k - len(picked)))]
+    fig = tile_figure(tiles, titles, colors, cols=k + 1, row_labels=list(rows))
+    return save(fig, path, tight=False)
 
 
 def write_retrieval(images: torch.Tensor, labels: torch.Tensor, layers: Mapping[str, torch.Tensor], classes: Sequence[str], k: int, out_dir: Path) -> dict:
