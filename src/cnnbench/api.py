@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from cnnbench.config import TrainConfig
 from cnnbench.errors import ConfigError, ModelInputError
 from cnnbench.events import Callback
-from cnnbench.registry import DATASETS, MODELS, DatasetInfo, resolve_options
+from cnnbench.registry import DATASETS, DatasetInfo, resolve_options
 
 
 @dataclass
@@ -42,15 +42,11 @@ def resolve(config: TrainConfig) -> Resolved:
     """Validate a configuration completely without loading data: plugin names and options,
     numbers, and whether the model can take the dataset's images. Returns it with options resolved."""
     config.validate()
-    model_plugin = MODELS.get(config.model.name)
+    from cnnbench.models import resolve_model_options
+
     data_plugin = DATASETS.get(config.data.name)
     data_opts = resolve_options(data_plugin.options, config.data.options, owner=f"dataset {config.data.name!r}")
-    model_given = dict(config.model.options)
-    if config.model.kernel_size is not None:
-        if model_plugin.option("kernel_size") is None:
-            raise ConfigError(f"model {config.model.name!r} takes no kernel size; drop --kernel-size")
-        model_given["kernel_size"] = config.model.kernel_size
-    model_opts = resolve_options(model_plugin.options, model_given, owner=f"model {config.model.name!r}")
+    _, model_opts = resolve_model_options(config.model.name, config.model.options, config.model.kernel_size)
     if data_plugin.needs_data_dir and not config.data.data_dir:
         raise ConfigError(f"dataset {config.data.name!r} needs --data-dir pointing at its files")
     info = data_plugin.describe(**data_opts)
@@ -63,9 +59,12 @@ def resolve(config: TrainConfig) -> Resolved:
 
 
 def build_model(config: TrainConfig, info: DatasetInfo):
-    plugin = MODELS.get(config.model.name)
-    return plugin.build(
-        num_classes=info.num_classes, in_channels=info.channels, image_size=(info.height, info.width), **config.model.options
+    """The configured model for the dataset's (possibly resized) images; options already resolved."""
+    from cnnbench.models import build_model as build_registered
+
+    return build_registered(
+        config.model.name, num_classes=info.num_classes, in_channels=info.channels,
+        image_size=(info.height, info.width), options=config.model.options,
     )
 
 
