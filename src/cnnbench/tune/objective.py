@@ -37,6 +37,7 @@ class StudyContext:
     parent_run_id: str
     experiment: str  # the parent run's experiment: children must live in it to nest in the UI
     tracking_uri: str
+    experiment_id: str
     metric: str = "val_accuracy"
     maximize: bool = True
 
@@ -69,28 +70,28 @@ class Objective:
         values = self.space.suggest(trial)
         config = apply(self.base, values).replace(run={"run_name": f"trial-{trial.number}", "quiet": True})
         tracker = TrialTracker(trial, study_name=ctx.study_name, parent_run_id=ctx.parent_run_id,
-                               tracking_uri=ctx.tracking_uri, experiment=ctx.experiment)
+                               tracking_uri=ctx.tracking_uri, experiment=ctx.experiment, experiment_id=ctx.experiment_id)
         reporter = PruningReporter(trial, metric=ctx.metric, maximize=ctx.maximize)
         try:
             data = self.data_for(config)
             # the tracker before the reporter: an epoch's metrics are logged before it may be pruned
             result = api.train(config, [tracker, reporter], track=False, data=data)
         except optuna.TrialPruned:
-            trial.set_user_attr("trial_seconds", time.perf_counter() - started)
+            trial.set_user_attr("result", {"trial_seconds": time.perf_counter() - started})
             raise
         except Exception as err:
             reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
             trial.set_user_attr("fail_reason", reason[:FAIL_REASON_MAX_CHARS])
             if tracker.run_id is None:  # failed before the run existed (e.g. a combination the model refuses)
-                client = MlflowClient(ctx.tracking_uri)
-                exp_id = client.get_run(ctx.parent_run_id).info.experiment_id
-                run_id = record_failed_trial(client, exp_id, ctx.parent_run_id, trial, ctx.study_name, values, reason)
+                run_id = record_failed_trial(MlflowClient(ctx.tracking_uri), ctx.experiment_id, ctx.parent_run_id,
+                                             trial, ctx.study_name, values, reason)
                 trial.set_user_attr("mlflow_run_id", run_id)
             raise
         value = best_of(result.history, ctx.metric, ctx.maximize)
-        trial.set_user_attr("test_accuracy", float(result.metrics.get("test_accuracy", math.nan)))
-        trial.set_user_attr("fit_time_s", float(result.metrics.get("fit_time_s", math.nan)))
-        trial.set_user_attr("trial_seconds", time.perf_counter() - started)
+        # one write (each user attr is a storage transaction): the test score is for reading, never for selection
+        trial.set_user_attr("result", {"test_accuracy": float(result.metrics.get("test_accuracy", math.nan)),
+                                       "fit_time_s": float(result.metrics.get("fit_time_s", math.nan)),
+                                       "trial_seconds": time.perf_counter() - started})
         return value
 
     def progress(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -104,7 +105,7 @@ class Objective:
         else:
             epochs = max(trial.intermediate_values) if trial.intermediate_values else 0
             outcome = f"pruned after epoch {epochs}"
-        seconds = trial.user_attrs.get("trial_seconds")
+        seconds = trial.user_attrs.get("result", {}).get("trial_seconds")
         took = f"  ({seconds:.1f} s)" if seconds else ""
         print(f"{self.label}trial {trial.number:>3} {state:<8} {shown}  -> {outcome}{took}", file=self.stream, flush=True)
 

@@ -175,8 +175,8 @@ def finish(plan: Plan, parent: ParentRun, before: set[int], wall_time_s: float, 
     study = optuna.load_study(study_name=plan.study.study_name, storage=plan.storage)
     mine = [t for t in study.trials if t.number not in before]
     counts = {s: sum(t.state.name == s for t in mine) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    overheads = [t.user_attrs["trial_seconds"] - t.user_attrs["fit_time_s"] for t in mine
-                 if t.state.name == "COMPLETE" and "fit_time_s" in t.user_attrs]
+    results = [t.user_attrs["result"] for t in mine if t.state.name == "COMPLETE" and "fit_time_s" in t.user_attrs.get("result", {})]
+    overheads = [r["trial_seconds"] - r["fit_time_s"] for r in results]
     metrics = {"trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"], "trials_failed": counts["FAIL"],
                "study_trials_total": len(study.trials), "tune_wall_time_s": wall_time_s}
     if overheads:

@@ -10,6 +10,7 @@ server database (PostgreSQL or MySQL).
 from __future__ import annotations
 
 import sqlite3
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -107,10 +108,7 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, on_stale: C
         heartbeat = {"heartbeat_interval": int(heartbeat_interval), "grace_period": 2 * int(heartbeat_interval)}
         heartbeat.update(_stale_callback_kwarg(on_stale))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are 'experimental'
-            storage = optuna.storages.RDBStorage(engine_url, engine_kwargs=engine_kwargs, **heartbeat)
-        storage.get_all_studies()  # the first real round trip
+        storage = _connect(engine_url, engine_kwargs, heartbeat)
     except ImportError as err:
         cause = err.__cause__ or err
         hint = SERVER_DIALECTS.get(dialect, getattr(cause, "name", None) or "the database driver")
@@ -122,6 +120,25 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, on_stale: C
             f"credentials (the server must be running and reachable); accepted: {ACCEPTED}"
         ) from None
     return storage
+
+
+def _connect(url: str, engine_kwargs: dict, heartbeat: dict, attempts: int = 5):
+    """Open the storage and make one round trip. Workers started together on a new database race
+    to create Optuna's tables (one gets "relation already exists"): the loser tries again."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are 'experimental'
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            storage.get_all_studies()
+            return storage
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _prepare_sqlite(url: str) -> None:

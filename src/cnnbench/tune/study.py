@@ -147,9 +147,11 @@ def run_worker(spec: WorkerSpec, storage=None) -> None:
     Any exception in a trial ends that trial FAIL (reason logged on the trial and its run) and the
     study goes on; Ctrl-C / SIGTERM stops the worker.
     """
+    from mlflow.tracking import MlflowClient
+
     from cnnbench.tune.objective import Objective, StudyContext
     from cnnbench.tune.storage import open_storage
-    from cnnbench.tune.tracker import close_dead_trial_run
+    from cnnbench.tune.tracker import ParentRun, close_dead_trial_run
 
     quiet_optuna()
     if spec.n_jobs > 1:
@@ -164,12 +166,9 @@ def run_worker(spec: WorkerSpec, storage=None) -> None:
     study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=build_pruner(spec.pruner, config.run.epochs))
     # a seed per worker and per resume: identical random streams would propose the same trials again
     study.sampler = build_sampler(spec.sampler, spec.seed + spec.index + 7919 * len(study.trials), space)
-    context = StudyContext(spec.study_name, spec.parent_run_id, spec.experiment, spec.tracking_uri,
-                           spec.metric, spec.direction == "maximize")
-    from cnnbench.tune.tracker import ParentRun
-    from mlflow.tracking import MlflowClient
-
     parent = ParentRun(MlflowClient(spec.tracking_uri), spec.parent_run_id, spec.experiment, spec.metric)
+    context = StudyContext(spec.study_name, spec.parent_run_id, spec.experiment, spec.tracking_uri,
+                           parent.experiment_id, spec.metric, spec.direction == "maximize")
     label = f"[worker {spec.index}] " if spec.n_jobs > 1 else ""
     objective = Objective(config, space, context, label=label)
     study.optimize(objective, n_trials=spec.n_trials, timeout=spec.timeout, catch=(Exception,),

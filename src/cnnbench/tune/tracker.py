@@ -4,7 +4,7 @@ train tracker plus the trial's number and state).
 
 MLflow has no PRUNED status: a child's Optuna state is the tag ``trial_state`` (RUNNING, COMPLETE,
 PRUNED, FAIL). Pruned runs end FINISHED (their metrics are real, just fewer epochs); failed ones
-end FAILED with ``failure_reason``.
+end FAILED (KILLED on Ctrl-C) with ``failure_reason``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import optuna
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -32,41 +31,81 @@ MLFLOW_BATCH = 100
 
 
 class TrialTracker(MlflowTracker):
-    """The child run of one trial, nested under the parent; its run id is stored on the trial at
-    start (user attr ``mlflow_run_id``) so a dead worker's run can be closed by whoever notices."""
+    """The child run of one trial, nested under the parent, with the train tracker's params, tags
+    and metric keys, written lean (a trial's bookkeeping is per-trial overhead): ``MlflowClient``
+    only, no fluent active run (so nothing global changes between trials), one create and one batch
+    at start, one batch per epoch, one at the end; no artifacts and no model.
 
-    def __init__(self, trial: optuna.Trial, *, study_name: str, parent_run_id: str, tracking_uri: str, experiment: str) -> None:
-        super().__init__(
-            tracking_uri=tracking_uri, experiment=experiment, run_name=f"trial-{trial.number}", nested=True,
-            parent_run_id=parent_run_id, log_model=False, system_metrics=False,
-            extra_tags={TAG_STUDY: study_name, TAG_ROLE: "trial", "trial_number": str(trial.number), "trial_state": "RUNNING"},
-        )
+    The run id is stored on the trial at start (user attr ``mlflow_run_id``) so a dead worker's run
+    can be closed by whoever notices the missing heartbeat.
+    """
+
+    def __init__(self, trial: optuna.Trial, *, study_name: str, parent_run_id: str, tracking_uri: str,
+                 experiment: str, experiment_id: str) -> None:
+        super().__init__(tracking_uri=tracking_uri, experiment=experiment, run_name=f"trial-{trial.number}", nested=True,
+                         parent_run_id=parent_run_id, log_model=False, system_metrics=False)
         self.run_id = None  # never attach to $MLFLOW_RUN_ID: under `mlflow run` that is the parent
         self.trial = trial
+        self.study_name = study_name
+        self.experiment_id = experiment_id
 
     def on_run_start(self, run: RunState) -> None:
-        run.params["trial_number"] = self.trial.number
-        super().on_run_start(run)
-        self.trial.set_user_attr("mlflow_run_id", run.run_id)
+        tags = {**_static_tags(self, run), "mlflow.parentRunId": self.parent_run_id, TAG_STUDY: self.study_name,
+                TAG_ROLE: "trial", "trial_number": str(self.trial.number), "trial_state": "RUNNING", **run.tags}
+        self.run_id = run.run_id = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags).info.run_id
+        self._ended = False
+        params = {**run.config.flat_params(), **run.params, "trial_number": self.trial.number}
+        items = [Param(k, "None" if v is None else str(v)) for k, v in params.items()]
+        for start in range(0, len(items), MLFLOW_BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + MLFLOW_BATCH])
+        self.trial.set_user_attr("mlflow_run_id", self.run_id)
+
+    def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
+        self._log(metrics, step=epoch)
 
     def on_run_end(self, run: RunState, summary: dict[str, float]) -> None:
-        mlflow.set_tag("trial_state", "COMPLETE")
-        super().on_run_end(run, summary)
+        tags = {"trial_state": "COMPLETE", **run.tags}
+        if run.notes:
+            tags["cnnbench.notes"] = "\n".join(run.notes)[:FAILURE_REASON_MAX_CHARS]
+        self._log({**summary, **run.summary_metrics}, step=run.epoch, tags=tags)
+        self._end("FINISHED")
 
     def on_failure(self, run: RunState, error: BaseException, status: str) -> None:
-        if self._ended or mlflow.active_run() is None:
-            return
-        if not isinstance(error, optuna.TrialPruned):
-            mlflow.set_tag("trial_state", "FAIL")
-            super().on_failure(run, error, status)
+        """Pruned: ``trial_state`` PRUNED and the run FINISHED (its metrics are real, just fewer
+        epochs); any other error: FAIL, ``failure_reason``, and the engine's status (FAILED/KILLED)."""
+        if self._ended or self.run_id is None:
             return
         try:
-            mlflow.set_tags({"trial_state": "PRUNED", "pruned_reason": str(error)[:FAILURE_REASON_MAX_CHARS]})
-            mlflow.log_metric("pruned_at_epoch", float(run.epoch))
-            self._upload(run)
+            if isinstance(error, optuna.TrialPruned):
+                self._log({"pruned_at_epoch": float(run.epoch)}, step=run.epoch,
+                          tags={"trial_state": "PRUNED", "pruned_reason": str(error)[:FAILURE_REASON_MAX_CHARS]})
+                status = "FINISHED"
+            else:
+                reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                self._log({}, step=run.epoch, tags={"trial_state": "FAIL", "failure_reason": reason[:FAILURE_REASON_MAX_CHARS]})
         finally:
-            mlflow.end_run("FINISHED")
-            self._ended = True
+            self._end(status)
+
+    def _log(self, metrics: dict[str, float], *, step: int, tags: dict[str, str] | None = None) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+                              tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+
+    def _end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+        self._ended = True
+
+
+_TAGS_CACHE: dict[tuple, dict[str, str]] = {}
+
+
+def _static_tags(tracker: MlflowTracker, run: RunState) -> dict[str, str]:
+    """The train tracker's tags (version, device, model, dataset, git commit), computed once per
+    worker: ``git rev-parse`` per trial is a subprocess per trial."""
+    key = (str(run.device), run.config.model.name, run.config.data.name)
+    if key not in _TAGS_CACHE:
+        _TAGS_CACHE[key] = tracker._tags(run)
+    return _TAGS_CACHE[key]
 
 
 def record_failed_trial(client: MlflowClient, experiment_id: str, parent_run_id: str, trial: optuna.Trial,
@@ -101,6 +140,7 @@ class ParentRun:
         self.run_id = run_id
         self.experiment_name = experiment_name
         self.metric = metric
+        self._last_best: tuple | None = None
 
     @classmethod
     def start(cls, *, tracking_uri: str, experiment: str, run_name: str, metric: str,
@@ -147,8 +187,9 @@ class ParentRun:
         """Study callback: the best value so far as metric ``best_<metric>`` (step = trial number) and
         the best params as tags ``best_<name>`` (MLflow params cannot change; they are logged at the end)."""
         best = best_trial(study)
-        if best is None:
-            return
+        if best is None or (best.number, best.value) == self._last_best:
+            return  # unchanged: no write (the metric's step plot keeps the level)
+        self._last_best = (best.number, best.value)
         self.log_metrics({f"best_{self.metric}": best.value}, step=trial.number)
         self.set_tags({**{f"best_{k}": v for k, v in best.params.items()}, "best_trial_number": best.number})
 

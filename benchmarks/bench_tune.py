@@ -1,0 +1,90 @@
+"""``cnnbench tune`` timings: per-trial overhead on a local store, and the default 30-trial study.
+
+    python benchmarks/bench_tune.py overhead [--trials 10]
+    python benchmarks/bench_tune.py study [--trials 30]   # runs `cnnbench tune --trials N` with defaults
+
+overhead: the same tiny trial (10 images, 1 epoch) run as tune trials (study bookkeeping in a SQLite
+storage, a nested MLflow run in a SQLite store, pruning reports) and as a bare ``api.train(track=False)``;
+the difference of the medians is what tune adds per trial.
+study: wall time, trial states, best value and mean overhead of the default study on digits, read
+back from the parent MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def overhead(trials: int) -> None:
+    import optuna
+
+    from cnnbench import api
+    from cnnbench.config import TrainConfig
+    from cnnbench.tune.objective import Objective, StudyContext
+    from cnnbench.tune.space import parse_space
+    from cnnbench.tune.storage import open_storage
+    from cnnbench.tune.study import quiet_optuna
+    from cnnbench.tune.tracker import ParentRun
+
+    quiet_optuna()
+    folder = Path(tempfile.mkdtemp(prefix="bench-tune-"))
+    uri = f"sqlite:///{folder}/mlflow.db"
+    config = TrainConfig().replace(run={"epochs": 1, "tracking_uri": uri}, data={"train_size": 10}, optim={"batch_size": 10})
+    space = parse_space(("lr=loguniform(1e-4,1e-2)",), config)
+    data = api.load_data(config)
+    bare = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        api.train(config, [], track=False, data=data)
+        bare.append(time.perf_counter() - start)
+    parent = ParentRun.start(tracking_uri=uri, experiment="bench", run_name="bench", metric="val_accuracy", tags={}, params={})
+    storage = open_storage(f"sqlite:///{folder}/optuna.db", heartbeat_interval=30)
+    study = optuna.create_study(storage=storage, study_name="bench", direction="maximize")
+    objective = Objective(config, space, StudyContext("bench", parent.run_id, parent.experiment_name, uri, parent.experiment_id), stream=open(os.devnull, "w"))
+    objective._data = (None, data)
+    objective.data_for = lambda cfg: data  # the data cost is not overhead
+    tuned = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        study.optimize(objective, n_trials=1, callbacks=[objective.progress, parent.log_best])
+        tuned.append(time.perf_counter() - start)
+    b, t = statistics.median(bare), statistics.median(tuned)
+    print(f"bare api.train median {b:.3f} s, tune trial median {t:.3f} s -> per-trial overhead {t - b:.3f} s "
+          f"({trials} trials each; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+
+
+def study(trials: int) -> None:
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-tune-study-"))
+    uri = f"sqlite:///{folder}/mlflow.db"
+    cmd = [sys.executable, "-m", "cnnbench.cli", "tune", "--trials", str(trials), "--tracking-uri", uri, "--study-name", "bench"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=folder)
+    wall = time.perf_counter() - start
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("cnnbench")
+    parent = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("cnnbench.tune.role") == "study")
+    m = parent.data.metrics
+    print(f"`{' '.join(cmd[2:])}`: wall {wall:.0f} s (study {m['tune_wall_time_s']:.0f} s), "
+          f"{m['trials_complete']:.0f} complete / {m['trials_pruned']:.0f} pruned / {m['trials_failed']:.0f} failed, "
+          f"best val_accuracy {m['best_val_accuracy']:.4f}, mean trial overhead {m.get('mean_trial_overhead_s', float('nan')):.2f} s "
+          f"(incl. val/test evaluation), load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("overhead", "study"))
+    parser.add_argument("--trials", type=int, default=None)
+    args = parser.parse_args()
+    if args.what == "overhead":
+        overhead(args.trials or 10)
+    else:
+        study(args.trials or 30)
