@@ -16,6 +16,10 @@ load changes on a shared machine hit both sides alike.
   system-metrics logging on. The one-off middle-epoch t-SNE map falls in one of these intervals;
   the median keeps it out, the mean (also reported) does not.
 
+Both are timed in wall seconds and in process CPU seconds; on a shared machine the CPU-time ratio
+with ``--threads 1`` is the steadier one, and the paired ratio (each cnnbench epoch over the
+hand-written epoch run right after it) cancels slow drifts in load.
+
 The first hand-written epoch (cold) and the last cnnbench epoch (it ends with the test pass) are not
 counted; ``--epochs N`` timed epochs each need N + 1 training epochs. End-of-run artifacts are timed
 per builder (``artifacts_time_s``) and in total with the tracker's upload and model logging, on the
@@ -77,23 +81,27 @@ class HandLoop:
 
 
 class Interleave(Callback):
-    """Runs one hand-written epoch at every cnnbench epoch start and times both sides."""
+    """Runs one hand-written epoch at every cnnbench epoch start and times both sides, in wall
+    seconds and in process CPU seconds (all threads: MLflow's logging and system-metrics threads
+    count against cnnbench; with ``--threads 1`` CPU time hardly depends on other processes' load)."""
 
     def __init__(self, data, batch_size: int, lr: float) -> None:
         self.data, self.batch_size, self.lr = data, batch_size, lr
         self.hand: HandLoop | None = None
-        self.hand_s: list[float] = []
-        self.cnnbench_s: list[float] = []
-        self.mark: float | None = None
+        self.hand_s: list[tuple[float, float]] = []  # (wall, cpu) per epoch
+        self.cnnbench_s: list[tuple[float, float]] = []
+        self.mark: tuple[float, float] | None = None
 
     def on_epoch_start(self, run, epoch: int) -> None:
-        now = time.perf_counter()
+        now = (time.perf_counter(), time.process_time())
         if self.mark is not None:
-            self.cnnbench_s.append(now - self.mark)
+            self.cnnbench_s.append((now[0] - self.mark[0], now[1] - self.mark[1]))
         if self.hand is None:  # same initial weights as the cnnbench model
             self.hand = HandLoop(copy.deepcopy(run.model), self.data, self.batch_size, self.lr, run.device)
-        self.hand_s.append(self.hand.epoch())
-        self.mark = time.perf_counter()
+        cpu = time.process_time()
+        wall = self.hand.epoch()
+        self.hand_s.append((wall, time.process_time() - cpu))
+        self.mark = (time.perf_counter(), time.process_time())
 
 
 class EvalStart(Callback):
@@ -114,13 +122,13 @@ def measure(config: TrainConfig, timed_epochs: int) -> dict:
     interleave = Interleave(data, config.optim.batch_size, config.optim.lr)
     result = api.train(config, [start, *builders, interleave], data=data)
     end_of_run_s = time.perf_counter() - start.at
-    hand, ours = interleave.hand_s[1:], interleave.cnnbench_s
+    hand, ours = interleave.hand_s[1:], interleave.cnnbench_s  # hand epoch i + 1 runs right after interval i
     per_builder = {}
     for cb in builders:
         if isinstance(cb, ArtifactCallback):
             for phase, seconds in cb.seconds.items():
                 per_builder[phase] = round(seconds, 3)
-    return {
+    report = {
         "model": config.model.name,
         "dataset": config.data.name,
         "train_images": len(data.train),
@@ -128,12 +136,16 @@ def measure(config: TrainConfig, timed_epochs: int) -> dict:
         "batch_size": config.optim.batch_size,
         "device": str(api.resolve_device(config.run.device)),
         "torch_threads": torch.get_num_threads(),
-        "hand_epoch_s": [round(s, 4) for s in hand],
-        "cnnbench_epoch_s": [round(s, 4) for s in ours],
-        "hand_median_s": round(statistics.median(hand), 4),
-        "cnnbench_median_s": round(statistics.median(ours), 4),
-        "ratio_median": round(statistics.median(ours) / statistics.median(hand), 4),
-        "ratio_mean": round(statistics.mean(ours) / statistics.mean(hand), 4),
+    }
+    for k, clock in enumerate(("wall", "cpu")):
+        h, o = [x[k] for x in hand], [x[k] for x in ours]
+        report[f"hand_epoch_{clock}_s"] = [round(s, 3) for s in h]
+        report[f"cnnbench_epoch_{clock}_s"] = [round(s, 3) for s in o]
+        report[f"ratio_{clock}_median"] = round(statistics.median(o) / statistics.median(h), 4)
+        report[f"ratio_{clock}_paired_median"] = round(statistics.median(a / b for a, b in zip(o, h)), 4)
+        report[f"ratio_{clock}_mean"] = round(statistics.mean(o) / statistics.mean(h), 4)
+    return {
+        **report,
         "test_accuracy": round(result.metrics["test_accuracy"], 4),
         "artifacts_time_s": round(result.metrics.get("artifacts_time_s", 0.0), 3),
         "end_of_run_total_s": round(end_of_run_s, 3),
