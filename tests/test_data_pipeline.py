@@ -152,3 +152,18 @@ def test_device_loader_batches_shuffles_normalises_and_is_seeded():
         assert torch.allclose(centre.amax(dim=(1, 2)), y.float() * 20 / 255, atol=1e-6)
     x_cl, _ = next(iter(make(channels_last=True)))
     assert x_cl.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_training_loader_skips_a_final_single_image_batch():
+    """A BatchNorm model with a 1x1 final map cannot train on a batch of one image."""
+    import torch
+
+    from cnnbench.data.bundle import Split
+    from cnnbench.data.loader import DeviceLoader
+
+    split = Split(torch.zeros(9, 1, 4, 4, dtype=torch.uint8), torch.arange(9) % 2)
+    common = dict(batch_size=4, device=torch.device("cpu"), mean=(0.0,), std=(1.0,))
+    train = DeviceLoader(split, shuffle=True, **common)
+    assert [len(y) for _, y in train] == [4, 4] and len(train) == 2
+    evaluation = DeviceLoader(split, shuffle=False, **common)  # evaluation still sees every image
+    assert [len(y) for _, y in evaluation] == [4, 4, 1] and len(evaluation) == 3

@@ -49,7 +49,14 @@ class DeviceLoader:
         self.epoch = 0
 
     def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+        return (self._used() + self.batch_size - 1) // self.batch_size
+
+    def _used(self) -> int:
+        """Images iterated per epoch. A shuffled (training) loader skips a final batch of exactly one
+        image: BatchNorm cannot train on a single image whose feature map is 1x1, and the shuffle
+        changes which image sits out each epoch."""
+        n = len(self.labels)
+        return n - 1 if self.shuffle and n > 1 and n % self.batch_size == 1 else n
 
     @property
     def num_images(self) -> int:
@@ -66,8 +73,8 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed * 1_000_003 + self.epoch)
-        n = len(self.labels)
-        order = torch.randperm(n, device=self.device, generator=gen) if self.shuffle else None
+        order = torch.randperm(len(self.labels), device=self.device, generator=gen) if self.shuffle else None
+        n = self._used()
         for start in range(0, n, self.batch_size):
             idx = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
             x = self.images[idx]
