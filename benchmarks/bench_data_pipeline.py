@@ -1,6 +1,6 @@
 """Training images/s on CIFAR-10 with flip-crop: cnnbench's DeviceLoader vs the tutorial pipeline.
 
-    python benchmarks/bench_data_pipeline.py [--cifar-dir DIR] [--batches 60] [--repeats 3]
+    python benchmarks/bench_data_pipeline.py [--cifar-dir DIR] [--batches 60] [--repeats 3] [--threads N]
 
 DIR holds ``cifar-10-batches-py/``; without it CIFAR-10 is materialised once from ../shared with
 ``prepare_cifar10.py`` into ~/.cache/cnnbench-bench/cifar10. Both sides train the same model
@@ -120,8 +120,12 @@ def main() -> None:
     parser.add_argument("--cifar-dir")
     parser.add_argument("--batches", type=int, default=60, help="timed training steps per measurement")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, = cores); "
+                        "1 gives steadier numbers on a shared machine")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from torchvision import transforms
 
