@@ -67,6 +67,16 @@ def test_cifar_offline_download_fails_with_one_clear_error(tmp_path, monkeypatch
         cifar.CIFAR10.load(data_dir=tmp_path, seed=0, download=True)
 
 
+def test_cifar_corrupt_downloaded_archive_is_one_clear_error(tmp_path, monkeypatch):
+    def truncated_download(url, root, filename=None, md5=None, **kwargs):
+        Path(root, filename).write_bytes(b"\x1f\x8b not really a tarball")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", truncated_download)
+    with pytest.raises(DataError, match=r"CIFAR-10 not found: .*download failed \((ReadError|BadGzipFile|EOFError)"):
+        cifar.CIFAR10.load(data_dir=tmp_path, seed=0, download=True)
+    assert not (tmp_path / "cifar-10-python.tar.gz").exists()  # no half file left to be trusted later
+
+
 def test_cifar_missing_single_batch_is_named(tmp_path):
     write_cifar(tmp_path)
     (tmp_path / cifar.FOLDER / "data_batch_3").unlink()

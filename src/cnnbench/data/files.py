@@ -8,7 +8,6 @@ import contextlib
 import gzip
 import os
 import socket
-import urllib.error
 import zlib
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -56,7 +55,7 @@ def fetch(fetchers: Sequence[Callable[[], None]], *, what: str, expected: str, h
                 with _socket_timeout(DOWNLOAD_TIMEOUT_S):
                     attempt()
                 return
-            except (urllib.error.URLError, OSError, RuntimeError, ValueError) as err:
+            except Exception as err:  # network, HTTP, a truncated archive (tarfile/zipfile errors), ...
                 reasons.append(f"{type(err).__name__}: {getattr(err, 'reason', err)}")
     tried = f"download failed ({'; '.join(dict.fromkeys(reasons))})" if reasons else "download is disabled"
     raise DataError(f"{what} not found: expected {expected}; {tried}. {how_to}")
