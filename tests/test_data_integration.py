@@ -83,16 +83,9 @@ def _imagefolder(root: Path, classes=("circle", "square"), per_class=12):
                 Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
-IMAGEFOLDER_SHAPE_UNKNOWN = pytest.mark.xfail(
-    reason="api.resolve calls imagefolder's describe() without data_dir, so the model is built before the "
-           "folder's class count and channels are known; passing data_dir for needs_data_dir plugins fixes it",
-    strict=False,
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["cifar10", "mnist-gz", "fashion_mnist-raw",
-                                 pytest.param("imagefolder", marks=IMAGEFOLDER_SHAPE_UNKNOWN)])
+                                 "imagefolder"])
 def test_cli_trains_one_epoch_on_each_fake_format(fmt, tmp_path, cli, tracking_uri, experiment, runs_in, fast_flags):
     if fmt == "cifar10":
         write_cifar(tmp_path, per_batch=20)

@@ -49,7 +49,9 @@ def resolve(config: TrainConfig) -> Resolved:
     _, model_opts = resolve_model_options(config.model.name, config.model.options, config.model.kernel_size)
     if data_plugin.needs_data_dir and not config.data.data_dir:
         raise ConfigError(f"dataset {config.data.name!r} needs --data-dir pointing at its files")
-    info = data_plugin.describe(**data_opts)
+    # A plugin whose shape depends on its files (imagefolder) reads their headers here, no pixels.
+    where = {"data_dir": Path(config.data.data_dir).expanduser()} if data_plugin.needs_data_dir else {}
+    info = data_plugin.describe(**data_opts, **where)
     if config.data.image_size is not None:
         info = dataclasses.replace(info, height=config.data.image_size, width=config.data.image_size)
     kernel = model_opts.get("kernel_size")

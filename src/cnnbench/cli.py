@@ -103,6 +103,8 @@ def list_(kind: str | None) -> None:
 
 
 def _dataset_summary(plugin) -> str:
+    if plugin.needs_data_dir:
+        return " (shape and classes from the files in --data-dir)"
     try:
         info = plugin.describe(**{o.name: o.default for o in plugin.options})
     except Exception as err:  # describe() of a third-party plugin may be broken

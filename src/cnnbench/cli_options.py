@@ -32,7 +32,7 @@ class KernelSize(click.ParamType):
 FIELD_MAP: dict[str, tuple[str, str]] = {
     "model": ("model", "name"), "kernel_size": ("model", "kernel_size"),
     "dataset": ("data", "name"), "data_dir": ("data", "data_dir"), "val_split": ("data", "val_split"),
-    "train_size": ("data", "train_size"), "image_size": ("data", "image_size"), "augment": ("data", "augment"),
+    "train_size": ("data", "train_size"), "image_size": ("data", "image_size"), "download": ("data", "download"), "augment": ("data", "augment"),
     "optimizer": ("optim", "optimizer"), "lr": ("optim", "lr"), "batch_size": ("optim", "batch_size"),
     "momentum": ("optim", "momentum"), "weight_decay": ("optim", "weight_decay"), "l1": ("optim", "l1"),
     "l2": ("optim", "l2"), "penalty_on": ("optim", "penalty_on"), "scheduler": ("optim", "scheduler"),
@@ -70,6 +70,7 @@ TRAIN_OPTIONS: list[Callable] = [
     click.option("--kernel-size", type=KernelSize(), default=None, help="convolution kernel size (default: the model's)"),
     click.option("--seed", type=int, default=_D.run.seed, show_default=True),
     click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="dataset folder (default: $CNNBENCH_DATA or ~/.cache/cnnbench/data)"),
+    click.option("--download/--no-download", default=True, help="download missing dataset files (when the network allows)"),
     click.option("--val-split", type=float, default=_D.data.val_split, show_default=True, help="fraction of train held out for validation"),
     click.option("--train-size", type=int, default=None, help="train on a stratified subset of N images"),
     click.option("--image-size", type=int, default=None, help="resize images to S x S"),
