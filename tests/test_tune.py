@@ -198,6 +198,36 @@ def test_resuming_with_another_direction_is_refused(tmp_path, tracking_uri):
         prepare(_request(tmp_path, tracking_uri, direction="minimize"))
 
 
+def test_resuming_another_model_is_refused_and_other_fixed_changes_are_noted(tmp_path, tracking_uri):
+    prepare(_request(tmp_path, tracking_uri))
+    changed = TrainConfig().replace(run={"tracking_uri": tracking_uri, "epochs": 2})
+    plan = prepare(_request(tmp_path, tracking_uri, config=changed))
+    assert any("different fixed settings (epochs 1 -> 2" in w for w in plan.warnings)
+    other = changed.replace(model={"name": "three_conv"})
+    with pytest.raises(ConfigError, match="tunes --model lenet5, not three_conv"):
+        prepare(_request(tmp_path, tracking_uri, config=other))
+
+
+def test_grid_space_enumerates_choices_and_int_ranges():
+    space = parse_space(("batch_size=int(16,64,16)", "optimizer=choice(sgd,adam)"), LENET)
+    assert space.grid() == {"batch_size": [16, 32, 48, 64], "optimizer": ["sgd", "adam"]}
+
+
+def test_objective_reloads_data_only_when_a_searched_value_changes_it(monkeypatch):
+    from cnnbench import api
+    from cnnbench.tune.objective import Objective, StudyContext
+
+    loads = []
+    monkeypatch.setattr(api, "load_data", lambda config: loads.append(config.data) or object())
+    space = parse_space(("lr=loguniform(1e-4,1e-2)",), LENET)
+    objective = Objective(LENET, space, StudyContext("s", "p", "e", "uri", "0"))
+    first = objective.data_for(apply(LENET, {"lr": 0.01}))
+    assert objective.data_for(apply(LENET, {"lr": 0.001, "batch_size": 32})) is first
+    objective.data_for(apply(LENET, {"data.size": 32}))
+    objective.data_for(apply(LENET, {"val_split": 0.2}))
+    assert len(loads) == 3
+
+
 def test_sqlite_with_several_processes_is_allowed_with_a_note(tmp_path, tracking_uri):
     plan = prepare(_request(tmp_path, tracking_uri, n_jobs=2))
     assert any("--n-jobs 2 on SQLite" in w and "PostgreSQL or MySQL" in w for w in plan.warnings)

@@ -87,6 +87,11 @@ def check_resume(study: optuna.Study, *, direction: str, space: SearchSpace, met
         return  # another worker created it a moment ago and is about to store the same attrs
     if ATTR_SPACE not in attrs:
         raise ConfigError(f"study {study.study_name!r} exists but was not created by cnnbench tune (no stored search space); pick another --study-name")
+    stored = attrs.get(ATTR_BASE, {})
+    for key in ("model", "dataset"):
+        if key in stored and key in base_params and stored[key] != str(base_params[key]):
+            raise ConfigError(f"study {study.study_name!r} tunes --{key} {stored[key]}, not {base_params[key]}; "
+                              f"use --{key} {stored[key]} or start a new --study-name")
     differences = diff(attrs[ATTR_SPACE], space.texts())
     if differences:
         stored_flags = " ".join(f"--search '{t}'" for t in attrs[ATTR_SPACE].values())
@@ -102,7 +107,6 @@ def check_resume(study: optuna.Study, *, direction: str, space: SearchSpace, met
             f"study {study.study_name!r} {stored_direction}s {attrs.get(ATTR_METRIC)}; this command asks to "
             f"{direction} {metric}. Use the study's objective or start a new --study-name"
         )
-    stored = attrs.get(ATTR_BASE, {})
     changed = sorted(k for k, v in base_params.items() if k in stored and stored[k] != str(v))
     if changed:
         shown = ", ".join(f"{k} {stored[k]} -> {base_params[k]}" for k in changed)
