@@ -64,6 +64,9 @@ class Recorder(Callback):
     def on_epoch_end(self, run, epoch, metrics):
         self.events.append(("epoch_end", epoch))
 
+    def on_checkpoint(self, run, path):
+        self.events.append(("checkpoint", torch.load(path, weights_only=False)["epoch"]))
+
     def on_run_end(self, run, summary):
         self.notes = list(run.notes)
 
@@ -119,6 +122,8 @@ def test_interrupt_then_resume_matches_uninterrupted(data, tmp_path):
     resumed_rec = Recorder()
     resumed = train(config, data, [resumed_rec], resume_state=state)
     assert resumed_rec.events[0] == ("epoch_start", 2)  # continues at the next epoch
+    # short epochs: last.pt is written once, after the last one (and on the interrupt above)
+    assert [e for e in resumed_rec.events if e[0] == "checkpoint"] == [("checkpoint", 3)]
     assert _metrics(resumed) == _metrics(straight)
     assert resumed.metrics["test_loss"] == straight.metrics["test_loss"]
     assert resumed.metrics["test_accuracy"] == straight.metrics["test_accuracy"]

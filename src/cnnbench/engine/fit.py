@@ -2,9 +2,12 @@
 
 Pure: it reads a :class:`~cnnbench.events.RunState`, trains ``run.model`` in place and reports
 everything through callbacks; it never imports MLflow. Checkpoints go to
-``run.artifacts_dir/checkpoints``: ``last.pt`` at the start and after every epoch (what
-``--resume`` continues from, see :mod:`cnnbench.engine.checkpoint`) and ``best.pt`` (the weights
-of the best validation accuracy) when early stopping is on.
+``run.artifacts_dir/checkpoints``: ``last.pt`` (what ``--resume`` continues from, see
+:mod:`cnnbench.engine.checkpoint`) and, when early stopping is on, ``best.pt`` (the weights of the
+best validation accuracy). The state at every epoch end is kept in memory (a CPU copy: cheap) and
+written as ``last.pt`` at most every ``CHECKPOINT_EVERY_S`` seconds, after the last epoch, and when
+the run is interrupted or fails, so a tracker uploading the staging folder then always finds it,
+without a disk write per epoch slowing short epochs down.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 NAN_CHECK_EVERY = 16  # off CPU, checking the loss every step would stall the device queue
 BAR_UPDATE_EVERY = 10  # batches between progress-bar postfix updates (each one syncs the device)
+CHECKPOINT_EVERY_S = 60.0  # seconds between last.pt writes during training (see the module docstring)
 
 
 @dataclass
@@ -93,6 +97,8 @@ class Trainer:
         self.ckpt_dir = run.artifacts_dir / "checkpoints"
         self.best: dict = {"val_accuracy": -1.0, "epoch": 0}
         self.best_state: dict | None = None
+        self.latest: dict | None = None  # CPU copy of the state at the last epoch end
+        self.written_at = time.perf_counter()
         self.train_time_s = 0.0
         self.train_images = 0
         # on_step_end needs the loss as a float (a device sync): only pay for it when someone listens
@@ -137,16 +143,23 @@ class Trainer:
         if "rng" in state:
             checkpoint.set_rng_state(state["rng"], run.device)
 
-    def save_last(self) -> Path:
-        return checkpoint.save(self.ckpt_dir / checkpoint.LAST, self.state())
+    def snapshot(self) -> None:
+        """Keep a CPU copy of the current state (what the next ``last.pt`` will hold)."""
+        self.latest = _cpu_copy(self.state())
+
+    def save_last(self) -> Path | None:
+        """Write the last snapshot as ``last.pt``; None when there is none yet."""
+        if self.latest is None:
+            return None
+        self.written_at = time.perf_counter()
+        return checkpoint.save(self.ckpt_dir / checkpoint.LAST, self.latest)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, resume_state: dict | None) -> FitResult:
         run, cfg = self.run, self.cfg
         if resume_state is not None:
             self.restore(resume_state)
-        else:
-            self.save_last()  # an interrupt in the first epoch still leaves something to resume
+        self.snapshot()  # an interrupt in the first epoch still leaves something to resume
         dispatch(self.callbacks, "on_run_start", run)
         for epoch in range(run.epoch + 1, cfg.run.epochs + 1):
             dispatch(self.callbacks, "on_epoch_start", run, epoch)
@@ -154,16 +167,21 @@ class Trainer:
             run.epoch = epoch
             run.history.append({"epoch": epoch, **metrics})
             self.track_best(epoch, metrics["val_accuracy"])
-            last = self.save_last()
+            stop = bool(cfg.run.patience) and epoch - self.best["epoch"] >= cfg.run.patience
+            self.snapshot()
+            due = stop or epoch == cfg.run.epochs or time.perf_counter() - self.written_at >= CHECKPOINT_EVERY_S
+            last = self.save_last() if due else None
             dispatch(self.callbacks, "on_epoch_end", run, epoch, metrics)
-            dispatch(self.callbacks, "on_checkpoint", run, last)
-            if cfg.run.patience and epoch - self.best["epoch"] >= cfg.run.patience:
+            if last is not None:
+                dispatch(self.callbacks, "on_checkpoint", run, last)
+            if stop:
                 note = (f"early stopping after epoch {epoch}: val_accuracy has not improved for {cfg.run.patience} "
                         f"epochs; testing the best epoch ({self.best['epoch']})")
                 run.notes.append(note)
                 log.info(note)
                 break
         if cfg.run.patience and self.best_state is not None:
+            checkpoint.save(self.ckpt_dir / checkpoint.BEST, self.best_state)  # kept as an artifact
             self.model.load_state_dict(self.best_state)
         test = evaluate(self.model, self.loaders["test"], "test", self.prec)
         dispatch(self.callbacks, "on_eval_end", run, test)
@@ -204,7 +222,6 @@ class Trainer:
         self.best = {"val_accuracy": val_accuracy, "epoch": epoch}
         if self.cfg.run.patience:
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-            checkpoint.save(self.ckpt_dir / checkpoint.BEST, self.best_state)
 
     def train_epoch(self, epoch: int) -> tuple[float, float, int]:
         """One pass over the training set; returns (mean loss, accuracy, images seen).
@@ -255,7 +272,7 @@ class Trainer:
             if bar is not None:
                 if (i + 1) % BAR_UPDATE_EVERY == 0 or i + 1 == num_batches:
                     bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", acc=f"{float(correct) / n:.4f}",
-                                    img_s=f"{n / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+                                    img_s=f"{n / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=i + 1 == num_batches)
                 bar.update(1)
         if bar is not None:
             bar.close()
@@ -284,13 +301,38 @@ def fit(run: RunState, callbacks: list[Callback], *, resume_state: dict | None =
     continues a run at the epoch after the one it saved. Any exception is reported to the
     callbacks' ``on_failure`` (``KILLED`` for Ctrl-C / SIGTERM, else ``FAILED``) and re-raised.
     """
+    trainer: Trainer | None = None
     try:
         trainer = Trainer(run, callbacks)
         return trainer.fit(resume_state)
     except KeyboardInterrupt as err:
+        _save_for_resume(trainer)
         run.notes.append(f"interrupted during epoch {run.epoch + 1}; checkpoints/last.pt holds epoch {run.epoch}")
         dispatch(callbacks, "on_failure", run, err, "KILLED")
         raise
     except BaseException as err:
+        _save_for_resume(trainer)
         dispatch(callbacks, "on_failure", run, err, "FAILED")
         raise
+
+
+def _cpu_copy(obj):
+    """Tensors copied to CPU inside nested dicts / lists / tuples; other values as they are."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def _save_for_resume(trainer: Trainer | None) -> None:
+    """Write the last epoch-end snapshot before the callbacks hear of the failure (the tracker
+    uploads it then); a failure to write must not hide the original error."""
+    if trainer is None:
+        return
+    try:
+        trainer.save_last()
+    except Exception as err:
+        log.warning("could not write the resume checkpoint: %s", err)
