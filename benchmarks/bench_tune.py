@@ -94,7 +94,7 @@ def study(trials: int) -> None:
     m = parent.data.metrics
     print(f"`{' '.join(cmd[2:])}`: wall {wall:.0f} s (study {m['tune_wall_time_s']:.0f} s), "
           f"{m['trials_complete']:.0f} complete / {m['trials_pruned']:.0f} pruned / {m['trials_failed']:.0f} failed, "
-          f"best val_accuracy {m['best_val_accuracy']:.4f}, mean trial overhead {m.get('mean_trial_overhead_s', float('nan')):.2f} s "
+          f"best val_accuracy {m['best_val_accuracy']:.4f}, mean time per complete trial outside the training epochs {m.get('mean_trial_outside_fit_s', float('nan')):.2f} s "
           f"(incl. val/test evaluation), load average {os.getloadavg()[0]:.1f}")
 
 

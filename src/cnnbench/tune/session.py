@@ -176,11 +176,12 @@ def finish(plan: Plan, parent: ParentRun, before: set[int], wall_time_s: float, 
     mine = [t for t in study.trials if t.number not in before]
     counts = {s: sum(t.state.name == s for t in mine) for s in ("COMPLETE", "PRUNED", "FAIL")}
     results = [t.user_attrs["result"] for t in mine if t.state.name == "COMPLETE" and "fit_time_s" in t.user_attrs.get("result", {})]
+    # outside the training epochs: evaluation, model build, data load (first trial), tracking, Optuna
     overheads = [r["trial_seconds"] - r["fit_time_s"] for r in results]
     metrics = {"trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"], "trials_failed": counts["FAIL"],
                "study_trials_total": len(study.trials), "tune_wall_time_s": wall_time_s}
     if overheads:
-        metrics["mean_trial_overhead_s"] = sum(overheads) / len(overheads)
+        metrics["mean_trial_outside_fit_s"] = sum(overheads) / len(overheads)
     parent.log_metrics(metrics)
     with tempfile.TemporaryDirectory(prefix="cnnbench-study-") as folder:
         notes = write_report(study, Path(folder), req.metric)
