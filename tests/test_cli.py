@@ -48,6 +48,10 @@ def test_list_models_and_datasets(cli):
         (["--dataset-option", "size=4"], "option 'size' must be >= 8"),
         (["--model", "lenet5", "--dataset-option", "size=8"], "needs inputs of at least 28x28 pixels"),
         (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+        (["--patience", "-2"], "--patience must be >= 0"),
+        (["--retrieval-k", "0"], "--retrieval-k must be positive; got 0"),
+        (["--gamma", "0"], "--gamma must be positive"),
+        (["--train-size", "0"], "--train-size must be positive; got 0"),
     ],
 )
 def test_bad_input_exits_2_and_creates_no_run(cli, tracking_uri, experiment, runs_in, args, fragment):

@@ -121,6 +121,13 @@ class TrainConfig:
                             ("--label-smoothing", o.label_smoothing)):
             if value < 0:
                 raise ConfigError(f"{flag} must be >= 0; got {value}")
+        _positive("--step-size", o.step_size)
+        _positive("--gamma", o.gamma)
+        a = self.artifacts
+        for flag, value in (("--tsne-samples", a.tsne_samples), ("--retrieval-k", a.retrieval_k), ("--memory-every", a.memory_every)):
+            _positive(flag, value)
+        if a.kernel_every < 0:
+            raise ConfigError(f"--kernel-every must be >= 0; got {a.kernel_every}")
         if o.label_smoothing >= 1:
             raise ConfigError(f"--label-smoothing must be below 1; got {o.label_smoothing}")
         from cnnbench.data.augment import check_augmentation

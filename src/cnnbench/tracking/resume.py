@@ -7,12 +7,12 @@ import json
 import tempfile
 from pathlib import Path
 
+from cnnbench.engine import checkpoint
 from cnnbench.errors import ConfigError
 
 
 def fetch_resume(tracking_uri: str, run_id: str) -> tuple[dict, dict]:
     import mlflow
-    import torch
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -34,5 +34,5 @@ def fetch_resume(tracking_uri: str, run_id: str) -> tuple[dict, dict]:
             f"--resume: run {run_id} has no checkpoint (checkpoints/last.pt) to resume from; it ended before its first epoch"
         ) from None
     config = json.loads(Path(config_path).read_text())
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = checkpoint.load(ckpt_path)  # a clear ConfigError for a file that is not a cnnbench checkpoint
     return config, state
