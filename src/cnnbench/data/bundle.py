@@ -30,8 +30,22 @@ class Split:
         return Split(self.images[index], self.labels[index])
 
 
+class TrainShape:
+    """Image shape of a collection of splits, read off its ``train`` split."""
+
+    train: Split
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+
+
 @dataclass
-class DatasetBundle:
+class DatasetBundle(TrainShape):
     """What a dataset plugin's ``load`` returns.
 
     ``val`` is set only by plugins whose validation set differs in kind from the training set (e.g.
@@ -56,11 +70,3 @@ class DatasetBundle:
             lo, hi = int(split.labels.min()), int(split.labels.max())
             if lo < 0 or hi >= k:
                 raise DataError(f"{name} labels must lie in [0, {k - 1}] for {k} classes; found [{lo}, {hi}]")
-
-    @property
-    def channels(self) -> int:
-        return int(self.train.images.shape[1])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return int(self.train.images.shape[2]), int(self.train.images.shape[3])

@@ -11,26 +11,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnbench.data.bundle import DatasetBundle, Split
+from cnnbench.data.bundle import TrainShape, DatasetBundle, Split
 from cnnbench.errors import ConfigError
 
 
 @dataclass
-class PreparedData:
+class PreparedData(TrainShape):
     train: Split
     val: Split
     test: Split
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-
-    @property
-    def channels(self) -> int:
-        return int(self.train.images.shape[1])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
 
 
 def stratified_indices(labels: torch.Tensor, fraction: float | None, seed: int, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
