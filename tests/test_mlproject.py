@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 def test_mlflow_run_logs_into_the_run_it_created(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     bin_dir = str(Path(sys.executable).parent)  # `mlflow run` takes python and cnnbench from PATH
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "MLFLOW_TRACKING_URI": uri}
+    # MLflow's fluent API exports MLFLOW_EXPERIMENT_ID (and friends) into os.environ when earlier
+    # in-process tests pick an experiment; a user's shell has none of them.
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
+    env = {**inherited, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "MLFLOW_TRACKING_URI": uri}
     mlflow_cli = shutil.which("mlflow", path=env["PATH"])
     out = subprocess.run(
         [mlflow_cli, "run", str(REPO), "--env-manager", "local", "--experiment-name", "mlproject",
