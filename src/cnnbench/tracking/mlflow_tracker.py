@@ -79,6 +79,10 @@ class MlflowTracker(Callback):
             mlflow.set_tags(run.tags)
         if run.notes:
             mlflow.set_tag("cnnbench.notes", "\n".join(run.notes)[:FAILURE_REASON_MAX_CHARS])
+        # A finished run cannot be resumed: its last.pt (weights + optimizer state, ~4x the model for
+        # Adam, hundreds of MB for a ResNet-152) would be dead weight; best.pt, when early stopping
+        # wrote one, stays.
+        (Path(run.artifacts_dir) / "checkpoints" / "last.pt").unlink(missing_ok=True)
         self._upload(run)
         if self.log_model_enabled:
             self.model_uri = self._log_model(run)
