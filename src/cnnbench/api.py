@@ -36,6 +36,7 @@ class Resolved:
 
     config: TrainConfig
     info: DatasetInfo
+    model: Any  # the model built and checked on the input shape (in eval mode); train() trains it
 
 
 def resolve(config: TrainConfig) -> Resolved:
@@ -56,8 +57,8 @@ def resolve(config: TrainConfig) -> Resolved:
         info = dataclasses.replace(info, height=config.data.image_size, width=config.data.image_size)
     kernel = model_opts.get("kernel_size")
     resolved = config.replace(model={"options": model_opts, "kernel_size": kernel}, data={"options": data_opts})
-    check_model_input(resolved, info)
-    return Resolved(resolved, info)
+    model = check_model_input(resolved, info)
+    return Resolved(resolved, info, model)
 
 
 def build_model(config: TrainConfig, info: DatasetInfo):
@@ -70,8 +71,9 @@ def build_model(config: TrainConfig, info: DatasetInfo):
     )
 
 
-def check_model_input(config: TrainConfig, info: DatasetInfo) -> None:
-    """Build the model and run one tiny forward pass, so an unusable input fails before any run."""
+def check_model_input(config: TrainConfig, info: DatasetInfo):
+    """Build the model and run one tiny forward pass (eval mode, so no state changes), so an
+    unusable input fails before any run; return the model."""
     import torch
 
     model = build_model(config, info)
@@ -84,6 +86,7 @@ def check_model_input(config: TrainConfig, info: DatasetInfo) -> None:
             f"model {config.model.name!r} cannot take {info.channels}x{info.height}x{info.width} inputs "
             f"with these options: {str(err).splitlines()[0]}"
         ) from None
+    return model
 
 
 def resolve_device(name: str):
@@ -116,28 +119,17 @@ def load_data(config: TrainConfig):
 
 
 def _default_data_dir() -> Path:
-    try:
-        from cnnbench.data.files import default_data_dir
-    except ImportError:  # pragma: no cover - until the datasets module provides it
-        import os
+    from cnnbench.data.files import default_data_dir
 
-        return Path(os.environ.get("CNNBENCH_DATA", Path.home() / ".cache" / "cnnbench" / "data"))
     return default_data_dir()
 
 
 def default_callbacks(config: TrainConfig) -> list[Callback]:
     """Artifact builders and console progress for a run (the tracker is added by ``train``)."""
-    callbacks: list[Callback] = []
-    try:
-        from cnnbench.artifacts.callbacks import default_callbacks as artifact_callbacks
-    except ImportError:
-        artifact_callbacks = None
-    if artifact_callbacks is not None:
-        callbacks.extend(artifact_callbacks(config))
+    from cnnbench.artifacts.callbacks import default_callbacks as artifact_callbacks
     from cnnbench.tracking.progress import ConsoleProgress
 
-    callbacks.append(ConsoleProgress(quiet=config.run.quiet))
-    return callbacks
+    return [*artifact_callbacks(config), ConsoleProgress(quiet=config.run.quiet)]
 
 
 def train(
@@ -159,6 +151,8 @@ def train(
     from cnnbench.engine.fit import fit
     from cnnbench.events import RunState
 
+    # Seeded before resolve: the model resolve builds (and checks on the input) is the one trained.
+    torch.manual_seed(config.run.seed)
     resolved = resolve(config)
     config = resolved.config
     device = resolve_device(config.run.device)
@@ -177,8 +171,7 @@ def train(
         )
     if data is None:
         data = load_data(config)
-    torch.manual_seed(config.run.seed)
-    model = build_model(config, resolved.info)
+    model = resolved.model.train()
     cbs = list(default_callbacks(config) if callbacks is None else callbacks)
     if tracker is not None:
         cbs.append(tracker)

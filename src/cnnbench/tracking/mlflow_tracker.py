@@ -8,6 +8,7 @@ FINISHED, FAILED (with ``failure_reason``) or KILLED.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -176,6 +177,7 @@ def _same(a: str, b: str) -> bool:
         return a.lower() in ("", "none", "auto") and b.lower() in ("", "none", "auto")
 
 
+@functools.lru_cache(maxsize=None)  # platform.processor() may spawn `uname -p`
 def device_name(device) -> str:
     import torch
 
@@ -186,6 +188,7 @@ def device_name(device) -> str:
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
+@functools.lru_cache(maxsize=1)  # a subprocess: once per process, not once per run (tune trials)
 def git_commit() -> str | None:
     """The commit of the cnnbench source tree when it is a git checkout (editable installs)."""
     src = Path(cnnbench.__file__).resolve().parent

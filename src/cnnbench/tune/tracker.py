@@ -50,7 +50,7 @@ class TrialTracker(MlflowTracker):
         self.experiment_id = experiment_id
 
     def on_run_start(self, run: RunState) -> None:
-        tags = {**_static_tags(self, run), "mlflow.parentRunId": self.parent_run_id, TAG_STUDY: self.study_name,
+        tags = {**self._tags(run), "mlflow.parentRunId": self.parent_run_id, TAG_STUDY: self.study_name,
                 TAG_ROLE: "trial", "trial_number": str(self.trial.number), "trial_state": "RUNNING", **run.tags}
         self.run_id = run.run_id = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags).info.run_id
         self._ended = False
@@ -94,18 +94,6 @@ class TrialTracker(MlflowTracker):
     def _end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
         self._ended = True
-
-
-_TAGS_CACHE: dict[tuple, dict[str, str]] = {}
-
-
-def _static_tags(tracker: MlflowTracker, run: RunState) -> dict[str, str]:
-    """The train tracker's tags (version, device, model, dataset, git commit), computed once per
-    worker: ``git rev-parse`` per trial is a subprocess per trial."""
-    key = (str(run.device), run.config.model.name, run.config.data.name)
-    if key not in _TAGS_CACHE:
-        _TAGS_CACHE[key] = tracker._tags(run)
-    return _TAGS_CACHE[key]
 
 
 def record_failed_trial(client: MlflowClient, experiment_id: str, parent_run_id: str, trial: optuna.Trial,
