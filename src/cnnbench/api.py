@@ -107,21 +107,16 @@ def resolve_device(name: str):
 
 def load_data(config: TrainConfig):
     """Load the dataset plugin's bundle and prepare splits (validation hold-out, subset, resize)."""
+    from cnnbench.data.files import resolve_data_dir
     from cnnbench.data.pipeline import prepare
 
     plugin = DATASETS.get(config.data.name)
-    data_dir = Path(config.data.data_dir).expanduser() if config.data.data_dir else _default_data_dir()
+    data_dir = resolve_data_dir(config.data.data_dir or None)
     bundle = plugin.load(data_dir=data_dir, seed=config.run.seed, download=config.data.download, **config.data.options)
     return prepare(
         bundle, val_split=config.data.val_split, seed=config.run.seed,
         train_size=config.data.train_size, image_size=config.data.image_size,
     )
-
-
-def _default_data_dir() -> Path:
-    from cnnbench.data.files import default_data_dir
-
-    return default_data_dir()
 
 
 def default_callbacks(config: TrainConfig) -> list[Callback]:
