@@ -36,3 +36,14 @@ def test_engine_does_not_import_tracking_or_tune():
     for path in (SRC / "engine").rglob("*.py"):
         text = path.read_text()
         assert "cnnbench.tracking" not in text and "cnnbench.tune" not in text, path
+
+
+def test_light_copies_of_choice_lists_match_their_sources():
+    """cli_options and tune/command keep copies of a few choice lists so `--help` imports neither
+    torch nor optuna; the copies must not drift from the lists the code actually accepts."""
+    from cnnbench import cli_options
+    from cnnbench.data import augment
+    from cnnbench.tune import command, study
+
+    assert cli_options.AUGMENTATIONS == augment.AUGMENTATIONS
+    assert (command.SAMPLERS, command.PRUNERS) == (study.SAMPLERS, study.PRUNERS)
