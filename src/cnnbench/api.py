@@ -12,7 +12,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from cnnbench.config import TrainConfig
 from cnnbench.errors import ConfigError, ModelInputError
@@ -47,7 +47,7 @@ def resolve(config: TrainConfig) -> Resolved:
 
     data_plugin = DATASETS.get(config.data.name)
     data_opts = resolve_options(data_plugin.options, config.data.options, owner=f"dataset {config.data.name!r}")
-    _, model_opts = resolve_model_options(config.model.name, config.model.options, config.model.kernel_size)
+    _, model_opts = resolve_model_options(config.model.name, config.model.options)
     if data_plugin.needs_data_dir and not config.data.data_dir:
         raise ConfigError(f"dataset {config.data.name!r} needs --data-dir pointing at its files")
     # A plugin whose shape depends on its files (imagefolder) reads their headers here, no pixels.
@@ -55,8 +55,7 @@ def resolve(config: TrainConfig) -> Resolved:
     info = data_plugin.describe(**data_opts, **where)
     if config.data.image_size is not None:
         info = dataclasses.replace(info, height=config.data.image_size, width=config.data.image_size)
-    kernel = model_opts.get("kernel_size")
-    resolved = config.replace(model={"options": model_opts, "kernel_size": kernel}, data={"options": data_opts})
+    resolved = config.replace(model={"options": model_opts}, data={"options": data_opts})
     model = check_model_input(resolved, info)
     return Resolved(resolved, info, model)
 
@@ -119,67 +118,56 @@ def load_data(config: TrainConfig):
     )
 
 
-def default_callbacks(config: TrainConfig) -> list[Callback]:
-    """Artifact builders and console progress for a run (the tracker is added by ``train``)."""
-    from cnnbench.artifacts.callbacks import default_callbacks as artifact_callbacks
+def run_callbacks(config: TrainConfig, *, tracker: bool = True, run_id: str | None = None,
+                  **tracker_options: Any) -> list[Callback]:
+    """What ``cnnbench train`` records: the artifact builders ``config.artifacts`` switches on, the
+    console progress, and (last, so it uploads what the others wrote) the MLflow tracker, whose
+    store is checked now, before any data is loaded. ``run_id`` attaches the tracker to that run."""
+    from cnnbench.artifacts import artifact_callbacks
     from cnnbench.tracking.progress import ConsoleProgress
 
-    return [*artifact_callbacks(config), ConsoleProgress(quiet=config.run.quiet)]
+    callbacks: list[Callback] = [*artifact_callbacks(config), ConsoleProgress(quiet=config.run.quiet)]
+    if tracker:
+        from cnnbench.tracking.mlflow_tracker import MlflowTracker
+
+        callbacks.append(MlflowTracker.for_config(config, run_id=run_id, **tracker_options))
+    return callbacks
 
 
 def train(
     config: TrainConfig,
-    callbacks: list[Callback] | None = None,
+    callbacks: Sequence[Callback] = (),
     *,
-    track: bool = True,
-    tracker_options: dict[str, Any] | None = None,
     data=None,
     resume_state: dict | None = None,
 ) -> TrainResult:
-    """Validate, load, build, and fit one run; record it in MLflow when ``track`` is true.
-
-    ``callbacks`` default to :func:`default_callbacks`; the MLflow tracker always goes last.
-    ``data`` lets tune reuse one loaded :class:`PreparedData` across trials.
+    """Validate, load, build, and fit one run, reporting to ``callbacks`` (the caller chooses them:
+    :func:`run_callbacks` is what ``cnnbench train`` records; tests pass none or their own).
+    ``data`` lets tune and studies reuse one loaded :class:`PreparedData` across runs;
+    ``resume_state`` (a checkpoint) continues a run at the epoch after the one it saved.
     """
     import torch
 
     from cnnbench.engine.fit import fit
     from cnnbench.events import RunState
+    from cnnbench.models.base import count_parameters
 
     # Seeded before resolve: the model resolve builds (and checks on the input) is the one trained.
     torch.manual_seed(config.run.seed)
     resolved = resolve(config)
     config = resolved.config
     device = resolve_device(config.run.device)
-    tracker = None
-    tracking_uri = None
-    if track:
-        from cnnbench.tracking.mlflow_tracker import MlflowTracker
-        from cnnbench.tracking.store import check_reachable, resolve_uri
-
-        tracking_uri = resolve_uri(config.run.tracking_uri)
-        check_reachable(tracking_uri)
-        tracker = MlflowTracker(
-            tracking_uri=tracking_uri, experiment=config.run.experiment, run_name=config.run.run_name,
-            run_id=config.run.resume, log_model=config.artifacts.model,
-            system_metrics=config.artifacts.memory, **(tracker_options or {}),
-        )
     if data is None:
         data = load_data(config)
     model = resolved.model.train()
-    cbs = list(default_callbacks(config) if callbacks is None else callbacks)
-    if tracker is not None:
-        cbs.append(tracker)
     with tempfile.TemporaryDirectory(prefix="cnnbench-run-") as staging, _sigterm_as_interrupt():
         run = RunState(config=config, model=model, data=data, device=device, artifacts_dir=Path(staging))
-        from cnnbench.models.base import count_parameters
-
         run.params["param_count"] = count_parameters(model)
         run.params["device"] = str(device)  # resolved: "auto" is logged as what it chose
-        result = fit(run, cbs, resume_state=resume_state)
+        result = fit(run, list(callbacks), resume_state=resume_state)
     return TrainResult(
         run_id=run.run_id, metrics={**result.summary, **run.summary_metrics}, history=result.history,
-        model=model, model_uri=tracker.model_uri if tracker else None, tracking_uri=tracking_uri,
+        model=model, model_uri=run.model_uri, tracking_uri=run.tracking_uri,
     )
 
 
@@ -210,7 +198,7 @@ def resume(run_id: str, *, tracking_uri: str | None = None, quiet: bool = False)
     check_reachable(uri)
     raw, state = fetch_resume(uri, run_id)
     config = TrainConfig.from_dict(raw, source=f"config.json of run {run_id}")
-    config = config.replace(run={"resume": run_id, "tracking_uri": uri, "quiet": quiet})
+    config = config.replace(run={"tracking_uri": uri, "quiet": quiet})
     if int(state["epoch"]) >= config.run.epochs:
         raise ConfigError(f"--resume: run {run_id} already completed its {config.run.epochs} epochs")
-    return train(config, resume_state=state)
+    return train(config, run_callbacks(config, run_id=run_id), resume_state=state)

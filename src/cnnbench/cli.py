@@ -11,7 +11,8 @@ import sys
 import click
 
 from cnnbench import __version__
-from cnnbench.cli_options import config_from_params, train_options
+from cnnbench.cli_options import GroupedCommand, config_from_params, given_on_command_line, train_options
+from cnnbench.config import OPTIONS
 from cnnbench.errors import CnnbenchError
 
 LAZY_COMMANDS = {
@@ -58,19 +59,29 @@ def main() -> None:
     """Train, tune and compare convolutional image classifiers; every run lands in MLflow."""
 
 
-@main.command()
+RESUME_COMPATIBLE = {"tracking_uri", "quiet"}  # the only flags --resume takes: where the run is, how loud
+
+
+@main.command(cls=GroupedCommand)
 @train_options
-@click.option("--resume", default=None, metavar="RUN_ID", help="continue an interrupted cnnbench run")
+@click.option("--resume", default=None, metavar="RUN_ID",
+              help="continue an interrupted cnnbench run in place (with --tracking-uri/--quiet only)")
 @click.pass_context
 def train(ctx: click.Context, resume: str | None, **params) -> None:
     """Train one model on one dataset as one MLflow run."""
     from cnnbench import api
 
     if resume:
+        others = sorted(OPTIONS[n].flag for n in given_on_command_line(ctx) - RESUME_COMPATIBLE)
+        others += [f"--{p.replace('_', '-')}" for p in ("config_file", "model_options", "dataset_options", "kernel_size")
+                   if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+        if others:
+            raise click.UsageError(f"--resume continues a run with the settings it was started with; drop "
+                                   f"{', '.join(others)} (only --tracking-uri and --quiet go with --resume)")
         result = api.resume(resume, tracking_uri=params.get("tracking_uri"), quiet=params.get("quiet", False))
     else:
         config = config_from_params(ctx, params)
-        result = api.train(config)
+        result = api.train(config, api.run_callbacks(config))
     _report(result)
 
 

@@ -1,5 +1,6 @@
-"""The ``train`` options, declared once and shared by ``cnnbench train`` and ``cnnbench tune``,
-and their translation into a :class:`~cnnbench.config.TrainConfig`."""
+"""The ``train`` options as Click options, made from the declarations in :mod:`cnnbench.config`,
+shared by ``cnnbench train``, ``cnnbench tune`` and ``cnnbench study``; and their translation into a
+:class:`~cnnbench.config.TrainConfig`. ``--help`` lists them in groups (model, data, ...)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from typing import Any, Callable
 
 import click
 
-from cnnbench.config import DEVICES, OPTIMIZERS, PENALTY_TARGETS, SCHEDULERS, TrainConfig
+from cnnbench.config import GROUPS, OPTIONS, TrainConfig, TrainOption
 
-AUGMENTATIONS = ("none", "flip-crop", "strong")  # mirrors cnnbench.data.augment (kept light to import)
+# Parameters of the command line that are not config fields: where they are listed in --help.
+CLI_ONLY_GROUPS = {"config_file": "run", "model_options": "model", "dataset_options": "data", "kernel_size": "model"}
+_CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
 
 
 class KernelSize(click.ParamType):
-    """An odd or even positive int, or ``auto`` (the model's own default)."""
+    """A positive int, or ``auto`` (the model's own default)."""
 
     name = "INT|auto"
 
@@ -28,85 +31,72 @@ class KernelSize(click.ParamType):
             self.fail(f"{value!r} is not an integer kernel size or 'auto'", param, ctx)
 
 
-# (cli name, config section, config field); a field of None means the cli name
-FIELD_MAP: dict[str, tuple[str, str]] = {
-    "model": ("model", "name"), "kernel_size": ("model", "kernel_size"),
-    "dataset": ("data", "name"), "data_dir": ("data", "data_dir"), "val_split": ("data", "val_split"),
-    "train_size": ("data", "train_size"), "image_size": ("data", "image_size"), "download": ("data", "download"), "augment": ("data", "augment"),
-    "optimizer": ("optim", "optimizer"), "lr": ("optim", "lr"), "batch_size": ("optim", "batch_size"),
-    "momentum": ("optim", "momentum"), "weight_decay": ("optim", "weight_decay"), "l1": ("optim", "l1"),
-    "l2": ("optim", "l2"), "penalty_on": ("optim", "penalty_on"), "scheduler": ("optim", "scheduler"),
-    "label_smoothing": ("optim", "label_smoothing"),
-    "step_size": ("optim", "step_size"), "gamma": ("optim", "gamma"), "grad_accum": ("optim", "grad_accum"),
-    "epochs": ("run", "epochs"), "patience": ("run", "patience"), "seed": ("run", "seed"),
-    "device": ("run", "device"), "amp": ("run", "amp"), "channels_last": ("run", "channels_last"),
-    "experiment": ("run", "experiment"), "run_name": ("run", "run_name"), "tracking_uri": ("run", "tracking_uri"),
-    "quiet": ("run", "quiet"),
-    "kernels": ("artifacts", "kernels"), "kernel_every": ("artifacts", "kernel_every"), "tsne": ("artifacts", "tsne"),
-    "tsne_samples": ("artifacts", "tsne_samples"), "retrieval": ("artifacts", "retrieval"),
-    "retrieval_k": ("artifacts", "retrieval_k"), "confusion": ("artifacts", "confusion"), "curves": ("artifacts", "curves"),
-    "summary": ("artifacts", "summary"), "memory_every": ("artifacts", "memory_every"),
-    "predictions": ("artifacts", "predictions"), "log_model": ("artifacts", "model"), "memory": ("artifacts", "memory"),
-}
+def click_option(o: TrainOption) -> click.Option:
+    """The Click option of one declared train option (checks stay in the declaration)."""
+    if o.type == "bool":
+        decls = [f"{o.flag}/--no-{o.flag[2:]}"]
+        kind: Any = click.BOOL
+    else:
+        decls = [o.flag]
+        kind = click.Choice(o.choices) if o.choices else _CLICK_TYPES[o.type]
+    option = click.Option([*decls, o.name], type=kind, default=o.default, help=o.help, metavar=o.metavar,
+                          show_default=o.default is not None and o.type != "bool" or (o.type == "bool" and o.default))
+    option.cnnbench_group = o.group  # type: ignore[attr-defined]
+    return option
 
-_D = TrainConfig()
 
-TRAIN_OPTIONS: list[Callable] = [
-    click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON config (a run's config.json); flags given here override it"),
-    click.option("--model", default=_D.model.name, show_default=True, help="model name (cnnbench list models)"),
-    click.option("--dataset", default=_D.data.name, show_default=True, help="dataset name (cnnbench list datasets)"),
-    click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="model option (repeatable; cnnbench info MODEL lists them)"),
-    click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE", help="dataset option (repeatable)"),
-    click.option("--epochs", type=int, default=_D.run.epochs, show_default=True, help="maximum number of epochs"),
-    click.option("--batch-size", type=int, default=_D.optim.batch_size, show_default=True),
-    click.option("--lr", type=float, default=_D.optim.lr, show_default=True, help="learning rate"),
-    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_D.optim.optimizer, show_default=True),
-    click.option("--momentum", type=float, default=_D.optim.momentum, show_default=True, help="momentum of momentum/nesterov"),
-    click.option("--weight-decay", type=float, default=_D.optim.weight_decay, show_default=True),
-    click.option("--l1", type=float, default=_D.optim.l1, show_default=True, help="L1 penalty weight"),
-    click.option("--l2", type=float, default=_D.optim.l2, show_default=True, help="L2 penalty weight"),
-    click.option("--penalty-on", type=click.Choice(PENALTY_TARGETS), default=_D.optim.penalty_on, show_default=True, help="head: the parameters the model marks; all: every weight"),
-    click.option("--scheduler", type=click.Choice(SCHEDULERS), default=_D.optim.scheduler, show_default=True),
-    click.option("--step-size", type=int, default=_D.optim.step_size, show_default=True, help="epochs between decays of --scheduler step"),
-    click.option("--gamma", type=float, default=_D.optim.gamma, show_default=True, help="decay factor of --scheduler step"),
-    click.option("--label-smoothing", type=float, default=_D.optim.label_smoothing, show_default=True),
-    click.option("--grad-accum", type=int, default=_D.optim.grad_accum, show_default=True, help="optimizer step every N batches"),
-    click.option("--patience", type=int, default=_D.run.patience, show_default=True, help="early stopping on val_accuracy (0: off)"),
-    click.option("--kernel-size", type=KernelSize(), default=None, help="convolution kernel size (default: the model's)"),
-    click.option("--seed", type=int, default=_D.run.seed, show_default=True),
-    click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="dataset folder (default: $CNNBENCH_DATA or ~/.cache/cnnbench/data)"),
-    click.option("--download/--no-download", default=True, help="download missing dataset files (when the network allows)"),
-    click.option("--val-split", type=float, default=_D.data.val_split, show_default=True, help="fraction of train held out for validation"),
-    click.option("--train-size", type=int, default=None, help="train on a stratified subset of N images"),
-    click.option("--image-size", type=int, default=None, help="resize images to S x S"),
-    click.option("--augment", type=click.Choice(AUGMENTATIONS), default=_D.data.augment, show_default=True),
-    click.option("--device", type=click.Choice(DEVICES), default=_D.run.device, show_default=True),
-    click.option("--amp/--no-amp", default=False, help="mixed precision (CUDA only)"),
-    click.option("--channels-last/--no-channels-last", default=False, help="channels-last memory format (CUDA only)"),
-    click.option("--experiment", default=_D.run.experiment, show_default=True, help="MLflow experiment name"),
-    click.option("--run-name", default=None, help="MLflow run name"),
-    click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default)"),
-    click.option("--kernels/--no-kernels", default=True, help="log first-layer kernel images"),
-    click.option("--kernel-every", type=int, default=0, help="also log kernels every N epochs"),
-    click.option("--tsne/--no-tsne", default=True, help="log t-SNE of the latent space"),
-    click.option("--tsne-samples", type=int, default=_D.artifacts.tsne_samples, show_default=True),
-    click.option("--retrieval/--no-retrieval", default=True, help="log nearest-neighbour retrieval"),
-    click.option("--retrieval-k", type=int, default=_D.artifacts.retrieval_k, show_default=True, help="neighbours per retrieval query"),
-    click.option("--confusion/--no-confusion", default=True, help="log the confusion matrix and classification report"),
-    click.option("--curves/--no-curves", default=True, help="log learning curves and history.csv"),
-    click.option("--summary/--no-summary", default=True, help="log model/summary.txt"),
-    click.option("--memory-every", type=int, default=_D.artifacts.memory_every, show_default=True, help="steps between memory samples"),
-    click.option("--predictions/--no-predictions", default=True, help="log the predictions grid"),
-    click.option("--memory/--no-memory", default=True, help="log memory use and MLflow system metrics"),
-    click.option("--log-model/--no-log-model", default=True, help="log the trained model"),
-    click.option("--quiet", is_flag=True, help="no progress output"),
-]
+def _extra(decls: list[str], dest: str, **kwargs: Any) -> click.Option:
+    option = click.Option([*decls, dest] if dest not in decls else decls, **kwargs)
+    option.cnnbench_group = CLI_ONLY_GROUPS[dest]  # type: ignore[attr-defined]
+    return option
+
+
+def train_parameters(*, exclude: tuple[str, ...] = ()) -> list[click.Parameter]:
+    """Every train option (declared order, grouped) plus the command line's own helpers."""
+    params: list[click.Parameter] = [click_option(o) for name, o in OPTIONS.items() if name not in exclude]
+    params += [
+        _extra(["--config"], "config_file", type=click.Path(dir_okay=False),
+               help="JSON config (a run's config.json); flags given here override it"),
+        _extra(["--model-option"], "model_options", multiple=True, metavar="KEY=VALUE",
+               help="model option (repeatable; cnnbench info MODEL lists them), logged as model.KEY"),
+        _extra(["--dataset-option"], "dataset_options", multiple=True, metavar="KEY=VALUE",
+               help="dataset option (repeatable; cnnbench list datasets), logged as data.KEY"),
+        _extra(["--kernel-size"], "kernel_size", type=KernelSize(), default=None,
+               help="shorthand for --model-option kernel_size=N (auto: the model's default)"),
+    ]
+    return params
 
 
 def train_options(func: Callable) -> Callable:
-    for option in reversed(TRAIN_OPTIONS):
-        func = option(func)
+    """Decorate a Click command function with every train option."""
+    params = getattr(func, "__click_params__", None)
+    if params is None:
+        params = func.__click_params__ = []  # type: ignore[attr-defined]
+    params.extend(reversed(train_parameters()))  # Click reverses the decorator-collected list
     return func
+
+
+class GroupedCommand(click.Command):
+    """A command whose ``--help`` lists the train options under their groups."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {"command": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            sections.setdefault(getattr(param, "cnnbench_group", "command"), []).append(record)
+        titles = {"command": "Options", "model": "Model", "data": "Data", "optimisation": "Optimisation",
+                  "run": "Run and tracking", "artifacts": "Artifacts"}
+        for group in ("command", *GROUPS):
+            if sections.get(group):
+                with formatter.section(titles[group]):
+                    formatter.write_dl(sections[group])
+
+
+def given_on_command_line(ctx: click.Context) -> set[str]:
+    """Names of the declared options the user typed (not defaults)."""
+    return {name for name in OPTIONS if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
 
 
 def config_from_params(ctx: click.Context, params: dict[str, Any]) -> TrainConfig:
@@ -119,17 +109,22 @@ def config_from_params(ctx: click.Context, params: dict[str, Any]) -> TrainConfi
     )
     use_all = not params.get("config_file")
     sections: dict[str, dict[str, Any]] = {}
-    for name, (section, field) in FIELD_MAP.items():
+    for name, o in OPTIONS.items():
         if name in params and (use_all or explicit(name)):
-            sections.setdefault(section, {})[field] = params[name]
-    if params.get("model_options") or use_all:
-        opts = dict(base.model.options) if not use_all else {}
-        opts.update(parse_key_values(params.get("model_options", ()), flag="--model-option"))
-        sections.setdefault("model", {})["options"] = opts
-    if params.get("dataset_options") or use_all:
-        opts = dict(base.data.options) if not use_all else {}
-        opts.update(parse_key_values(params.get("dataset_options", ()), flag="--dataset-option"))
-        sections.setdefault("data", {})["options"] = opts
-    if sections.get("data", {}).get("data_dir") == "":
-        sections["data"]["data_dir"] = None  # the MLproject passes "" for "not given"
+            value = params[name]
+            if o.nullable and value == "":
+                value = None  # the MLproject passes "" for "not given"
+            sections.setdefault(o.section, {})[o.field] = o.validate(value)
+    model_options = parse_key_values(params.get("model_options", ()), flag="--model-option")
+    kernel = params.get("kernel_size")
+    if kernel is not None:
+        if "kernel_size" in model_options and str(model_options["kernel_size"]) != str(kernel):
+            raise click.UsageError(f"--kernel-size {kernel} contradicts --model-option kernel_size={model_options['kernel_size']}")
+        model_options["kernel_size"] = kernel
+    for section, given in (("model", model_options),
+                           ("data", parse_key_values(params.get("dataset_options", ()), flag="--dataset-option"))):
+        if given or use_all:
+            opts = {} if use_all else dict(getattr(base, section).options)
+            opts.update(given)
+            sections.setdefault(section, {})["options"] = opts
     return base.replace(**sections)

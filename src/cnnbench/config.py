@@ -1,92 +1,332 @@
-"""The run configuration: frozen nested dataclasses, validated before any run is created.
+"""The run configuration: frozen nested dataclasses whose fields declare every train option once.
 
-``TrainConfig.flat_params()`` is what MLflow logs: every setting under its snake_case CLI name,
-plugin options as ``model.<key>`` / ``data.<key>``. ``to_dict``/``from_dict`` round-trip the
-``config.json`` artifact so ``cnnbench train --config config.json`` reproduces a run.
+Each field's metadata (written with :func:`option`) is the one declaration of that option: its flag,
+help, type, default, check, help group, whether studies and ``tune`` may vary it, and whether (and
+when) MLflow logs it. From it come the Click options of ``train``/``tune``/``study``
+(``cnnbench.cli_options``), :data:`OPTIONS` (name -> :class:`TrainOption`), ``validate()`` and its
+messages, :func:`apply_values` (the one path from ``name=value`` text or typed values to a config,
+shared by ``tune``, ``study`` and the MLproject), ``flat_params()`` and the README's option table
+(``python -m cnnbench.docs``). Nothing here imports torch.
+
+Adding a train option = one field with :func:`option` metadata here, plus its use in the engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from cnnbench.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer, declared once: the ``torch.optim`` class, fixed keyword arguments, whether it
+    takes ``--momentum``, and how many copies of the trainable weights it keeps as state."""
+
+    torch_class: str
+    help: str
+    momentum: bool = False
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    state_copies: int = 0
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "sgd": OptimizerSpec("SGD", "plain SGD"),
+    "momentum": OptimizerSpec("SGD", "SGD with --momentum", momentum=True, state_copies=1),
+    "nesterov": OptimizerSpec("SGD", "SGD with Nesterov --momentum", momentum=True, kwargs=(("nesterov", True),), state_copies=1),
+    "rmsprop": OptimizerSpec("RMSprop", "RMSprop (no momentum)", state_copies=1),
+    "adam": OptimizerSpec("Adam", "Adam", state_copies=2),
+    "adamw": OptimizerSpec("AdamW", "Adam with decoupled weight decay", state_copies=2),
+}
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PENALTY_TARGETS = ("head", "all")
+AUGMENTATIONS = ("none", "flip-crop", "strong")
+GROUPS = ("model", "data", "optimisation", "run", "artifacts")  # the sections of `train --help`
+OPTION_KINDS = ("int", "float", "bool", "str")
+MAX_EXPERIMENT_NAME = 500  # MLflow refuses longer experiment names
+ALIASES = {"kernel_size": "model.kernel_size"}  # shorthand accepted wherever names are given as text
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """One train option: what the CLI, tune, study, validation, MLflow and the README know of it."""
+
+    name: str  # the config / MLflow param name (snake_case of the flag)
+    section: str  # TrainConfig section: model | data | optim | run | artifacts
+    field: str  # the dataclass field in that section
+    type: str  # int | float | bool | str
+    default: Any
+    help: str
+    group: str  # where `train --help` lists it
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is refused
+    high_open: bool = False
+    nullable: bool = False  # None is accepted ("not set": the meaning is in the help)
+    vary: bool = True  # studies and tune may vary / search it
+    param: bool = True  # logged as an MLflow param
+    applies: Callable[["TrainConfig"], bool] | None = None  # logged only when this holds
+    check: Callable[[Any], str | None] | None = None  # extra check: the reason a value is refused
+    metavar: str | None = None
+    artifact: str | None = None  # for an artifact switch: the builder it turns on ("module:Class")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def describe(self) -> str:
+        """What the option accepts, for error messages."""
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}[self.type]
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {_show(self.low)}")
+        if self.high is not None:
+            bounds.append(f"{'<' if self.high_open else '<='} {_show(self.high)}")
+        return kind + (" " + " and ".join(bounds) if bounds else "")
+
+    def parse(self, raw: Any, *, where: str = "", text: bool = True) -> Any:
+        """``raw`` (text when ``text``, else an already-typed value from JSON/TOML) as this option's
+        type, checked; a ConfigError saying what was given and what is accepted otherwise."""
+        prefix = f"{where}: " if where else ""
+        if raw is None or (text and isinstance(raw, str) and raw.strip().lower() in ("", "none") and self.nullable):
+            if self.nullable:
+                return None
+            raise ConfigError(f"{prefix}{self.flag} needs a value ({self.describe()}); got null")
+        try:
+            value = self._convert(raw, text)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{prefix}{self.flag} expects {self.describe()}; got {raw!r}") from None
+        return self.validate(value, where=where)
+
+    def validate(self, value: Any, *, where: str = "") -> Any:
+        prefix = f"{where}: " if where else ""
+        if value is None and self.nullable:
+            return value
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{prefix}unknown {self.flag} value {value!r}; accepted: {', '.join(map(str, self.choices))}")
+        if self.type in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{prefix}{self.flag} expects {self.describe()}; got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{prefix}{self.flag} must be a finite number; got {value}")
+            if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+                raise ConfigError(f"{prefix}{self.flag} must be {self._bound_text()}; got {_show(value)}")
+            if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+                raise ConfigError(f"{prefix}{self.flag} must be {self._bound_text()}; got {_show(value)}")
+        if self.check is not None:
+            reason = self.check(value)
+            if reason:
+                raise ConfigError(f"{prefix}{self.flag} {reason}; got {_show(value)[:80]!r}")
+        return value
+
+    def _bound_text(self) -> str:
+        if self.low == 0 and self.low_open and self.high is None:
+            return "positive"
+        if self.low == 1 and not self.low_open and self.high is None and self.type == "int":
+            return "positive"
+        if self.low is not None and self.high is not None:
+            lo = "strictly between" if self.low_open and self.high_open else "between"
+            if self.low_open != self.high_open:
+                return f"{'>' if self.low_open else '>='} {_show(self.low)} and {'<' if self.high_open else '<='} {_show(self.high)}"
+            return f"{lo} {_show(self.low)} and {_show(self.high)}"
+        return self.describe().split(" ", 2)[-1] if self.low is not None or self.high is not None else self.describe()
+
+    def _convert(self, raw: Any, text: bool) -> Any:
+        if isinstance(raw, str) and not text:
+            raise TypeError(raw)  # JSON/TOML carry types: "5" for an int is a mistake, not a 5
+        if self.type == "bool":
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower() if isinstance(raw, str) else None
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if self.type == "int":
+            if isinstance(raw, bool):
+                raise TypeError(raw)
+            if isinstance(raw, float):
+                if not raw.is_integer():
+                    raise ValueError(raw)
+                return int(raw)
+            if isinstance(raw, str):
+                return int(raw.strip())
+            if isinstance(raw, int):
+                return raw
+            raise TypeError(raw)
+        if self.type == "float":
+            if isinstance(raw, bool):
+                raise TypeError(raw)
+            if isinstance(raw, (int, float)):
+                return float(raw)
+            if isinstance(raw, str):
+                return float(raw.strip())
+            raise TypeError(raw)
+        if not isinstance(raw, str):
+            raise TypeError(raw)
+        return raw.strip() if self.choices else raw
+
+
+def option(default: Any, help: str, *, type: str, group: str, **declared: Any) -> Any:
+    """A dataclass field that declares a train option (see :class:`TrainOption` for the keywords)."""
+    if type not in OPTION_KINDS:
+        raise ValueError(f"option type must be one of {OPTION_KINDS}; got {type!r}")
+    if group not in GROUPS:
+        raise ValueError(f"option group must be one of {GROUPS}; got {group!r}")
+    return field(default=default, metadata={"option": {"type": type, "group": group, "help": help, **declared}})
+
+
+def _uses_momentum(c: "TrainConfig") -> bool:
+    return OPTIMIZERS[c.optim.optimizer].momentum
+
+
+def _experiment_name(value: str) -> str | None:
+    if not value.strip():
+        return "must name an experiment (it is empty)"
+    if len(value) > MAX_EXPERIMENT_NAME:
+        return f"must be at most {MAX_EXPERIMENT_NAME} characters (MLflow's limit); it has {len(value)}"
+    return None
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "lenet5"
-    options: dict[str, Any] = field(default_factory=dict)  # resolved against the plugin's declaration
-    kernel_size: int | None = None  # None: the model's own default (or it takes none)
+    name: str = option("lenet5", "model name (cnnbench list models)", type="str", group="model", metavar="NAME")
+    # The plugin's own options (kernel_size included), resolved against its declaration by api.resolve.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"
+    name: str = option("digits", "dataset name (cnnbench list datasets)", type="str", group="data", metavar="NAME")
     options: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None  # None: $CNNBENCH_DATA or the per-user cache folder
-    val_split: float = 0.1  # fraction of train held out for validation (stratified, by seed)
-    train_size: int | None = None  # stratified subset of the remaining train images
-    image_size: int | None = None  # resize every split to S x S
-    augment: str = "none"  # none | flip-crop | strong
-    download: bool = True
+    data_dir: str | None = option(None, "dataset folder (default: $CNNBENCH_DATA or ~/.cache/cnnbench/data)",
+                                  type="str", group="data", nullable=True, vary=False, metavar="DIR")
+    val_split: float = option(0.1, "fraction of train held out for validation (stratified by seed)",
+                              type="float", group="data", low=0, high=1, low_open=True, high_open=True)
+    train_size: int | None = option(None, "train on a stratified subset of N images (default: all)", type="int",
+                                    group="data", low=1, nullable=True, metavar="N")
+    image_size: int | None = option(None, "resize every split to S x S (default: native size)", type="int",
+                                    group="data", low=1, nullable=True, metavar="S")
+    augment: str = option("none", "batched augmentation of training images: flip-crop (flip + 4-px padded crop), "
+                          "strong (+ rotation, shear, scale)", type="str", group="data", choices=AUGMENTATIONS)
+    download: bool = option(True, "download missing dataset files (when the network allows)", type="bool",
+                            group="data", vary=False, param=False)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    batch_size: int = 64
-    momentum: float = 0.9  # sgd-family momentum (momentum/nesterov), rmsprop momentum is 0 unless set
-    weight_decay: float = 0.0
-    l1: float = 0.0  # L1 penalty weight added to the loss
-    l2: float = 0.0  # L2 penalty weight (sum of squares) added to the loss
-    penalty_on: str = "head"  # head: the parameters the model marks; all: every weight
-    scheduler: str = "none"
-    step_size: int = 10  # epochs between StepLR decays
-    gamma: float = 0.1  # StepLR decay factor
-    label_smoothing: float = 0.0
-    grad_accum: int = 1  # optimizer step every N batches: effective batch = batch_size * N
+    optimizer: str = option("adam", "optimizer: " + ", ".join(f"{k} ({v.help})" for k, v in OPTIMIZERS.items()),
+                            type="str", group="optimisation", choices=tuple(OPTIMIZERS))
+    lr: float = option(1e-3, "learning rate", type="float", group="optimisation", low=0, low_open=True)
+    batch_size: int = option(64, "images per training batch", type="int", group="optimisation", low=1, metavar="N")
+    momentum: float = option(0.9, "momentum of the momentum and nesterov optimizers (others ignore it)", type="float",
+                             group="optimisation", low=0, applies=_uses_momentum)
+    weight_decay: float = option(0.0, "weight decay of the optimizer (decoupled for adamw, in the gradient otherwise)",
+                                 type="float", group="optimisation", low=0)
+    l1: float = option(0.0, "L1 penalty weight added to the loss (sum |w| over --penalty-on)", type="float",
+                       group="optimisation", low=0)
+    l2: float = option(0.0, "L2 penalty weight added to the loss (sum w^2 over --penalty-on)", type="float",
+                       group="optimisation", low=0)
+    penalty_on: str = option("head", "weights --l1/--l2 penalise: head (the ones the model marks, its classifier) "
+                             "or all (every weight matrix and kernel)", type="str", group="optimisation",
+                             choices=PENALTY_TARGETS, applies=lambda c: c.optim.l1 > 0 or c.optim.l2 > 0)
+    scheduler: str = option("none", "learning-rate schedule: step (x --gamma every --step-size epochs), cosine, "
+                            "onecycle", type="str", group="optimisation", choices=SCHEDULERS)
+    step_size: int = option(10, "epochs between decays of --scheduler step", type="int", group="optimisation",
+                            low=1, applies=lambda c: c.optim.scheduler == "step")
+    gamma: float = option(0.1, "decay factor of --scheduler step", type="float", group="optimisation",
+                          low=0, low_open=True, applies=lambda c: c.optim.scheduler == "step")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss", type="float",
+                                    group="optimisation", low=0, high=1, high_open=True)
+    grad_accum: int = option(1, "optimizer step every N batches (effective batch = batch size x N)", type="int",
+                             group="optimisation", low=1, metavar="N")
+
+
+def _recorded(default: Any, help: str, *, type: str = "bool", **declared: Any) -> Any:
+    """An artifact option: it changes what is recorded, not what is trained (no param, not varied)."""
+    return option(default, help, type=type, group="artifacts", vary=False, param=False, **declared)
+
+
+_BUILDERS = "cnnbench.artifacts.callbacks:"
 
 
 @dataclass(frozen=True)
 class ArtifactConfig:
-    kernels: bool = True
-    kernel_every: int = 0  # also every N epochs (0: start and end only)
-    tsne: bool = True
-    tsne_samples: int = 2000
-    retrieval: bool = True
-    retrieval_k: int = 10
-    predictions: bool = True
-    confusion: bool = True
-    curves: bool = True
-    memory: bool = True
-    memory_every: int = 50  # steps between memory samples
-    summary: bool = True
-    model: bool = True  # log the trained model with mlflow.pytorch.log_model
+    # A switch with ``artifact=`` turns that builder on (the registry in cnnbench.artifacts).
+    kernels: bool = _recorded(True, "log first-layer kernel images", artifact=_BUILDERS + "KernelSnapshots")
+    kernel_every: int = _recorded(0, "also log kernels every N epochs (0: start and end only)", type="int", low=0, metavar="N")
+    tsne: bool = _recorded(True, "log t-SNE maps of the latent space (start, middle, end)", artifact=_BUILDERS + "LatentMaps")
+    tsne_samples: int = _recorded(2000, "test images in each t-SNE map", type="int", low=1, metavar="N")
+    retrieval: bool = _recorded(True, "log nearest-neighbour retrieval from the intermediate layer",
+                                artifact=_BUILDERS + "Retrieval")
+    retrieval_k: int = _recorded(10, "neighbours per retrieval query", type="int", low=1, metavar="N")
+    predictions: bool = _recorded(True, "log a grid of test predictions")
+    confusion: bool = _recorded(True, "log the confusion matrix and classification report")
+    curves: bool = _recorded(True, "log learning curves and history.csv", artifact=_BUILDERS + "LearningCurves")
+    memory: bool = _recorded(True, "log memory use and MLflow system metrics", artifact=_BUILDERS + "MemoryMonitor")
+    memory_every: int = _recorded(50, "steps between memory samples", type="int", low=1, metavar="N")
+    summary: bool = _recorded(True, "log model/summary.txt")
+    model: bool = _recorded(True, "log the trained model", name="log_model")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    epochs: int = 8  # the maximum number of epochs (early stopping may end sooner)
-    patience: int = 0  # early stopping on val_accuracy; 0 disables
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False  # CUDA only; a logged no-op elsewhere
-    channels_last: bool = False  # CUDA only; a logged no-op elsewhere
-    experiment: str = "cnnbench"
-    run_name: str | None = None
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else MLflow's default
-    quiet: bool = False
-    resume: str | None = None  # run id to continue
+    epochs: int = option(8, "maximum number of epochs (early stopping may end sooner)", type="int",
+                         group="optimisation", low=1, metavar="N")
+    patience: int = option(0, "early stopping after N epochs without a better val_accuracy; the best "
+                           "checkpoint is restored before testing (0: off)", type="int", group="optimisation",
+                           low=0, metavar="N")
+    seed: int = option(0, "random seed of weights, splits, shuffling and augmentation (same seed + CPU = "
+                       "identical metrics)", type="int", group="run", low=0)
+    device: str = option("auto", "device to train on (auto: cuda, else mps, else cpu)", type="str", group="run",
+                         choices=DEVICES, vary=False)
+    amp: bool = option(False, "mixed precision (CUDA only; a logged no-op elsewhere)", type="bool", group="run")
+    channels_last: bool = option(False, "channels-last memory format (CUDA only; a logged no-op elsewhere)",
+                                 type="bool", group="run")
+    experiment: str = option("cnnbench", "MLflow experiment name", type="str", group="run", vary=False,
+                             param=False, check=_experiment_name)
+    run_name: str | None = option(None, "MLflow run name", type="str", group="run", nullable=True, vary=False, param=False)
+    tracking_uri: str | None = option(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                      "sqlite:///mlflow.db)", type="str", group="run", nullable=True, vary=False,
+                                      param=False, metavar="URI")
+    quiet: bool = option(False, "no progress output", type="bool", group="run", vary=False, param=False)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig,
+                             "artifacts": ArtifactConfig}
+
+
+def _declarations() -> dict[str, TrainOption]:
+    options: dict[str, TrainOption] = {}
+    for section, klass in SECTIONS.items():
+        for f in dataclasses.fields(klass):
+            meta = dict(f.metadata.get("option", {}))
+            if not meta:
+                continue
+            name = meta.pop("name", None) or {"model.name": "model", "data.name": "dataset"}.get(f"{section}.{f.name}", f.name)
+            if name in options:
+                raise ValueError(f"train option {name!r} is declared twice")
+            options[name] = TrainOption(name=name, section=section, field=f.name, default=f.default, **meta)
+    return options
+
+
+OPTIONS: dict[str, TrainOption] = _declarations()
+"""Every train option by its config / MLflow name, in declaration order."""
+
+
+def variable_names() -> list[str]:
+    """Options studies and tune may vary (plugin options ``model.<key>``/``data.<key>`` always may)."""
+    return [name for name, o in OPTIONS.items() if o.vary]
 
 
 @dataclass(frozen=True)
@@ -97,86 +337,78 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     artifacts: ArtifactConfig = field(default_factory=ArtifactConfig)
 
-    def validate(self) -> "TrainConfig":
-        """Check every plugin-independent value; raise ConfigError naming what is accepted."""
-        o, r, d = self.optim, self.run, self.data
-        _positive("--epochs", r.epochs)
-        _positive("--batch-size", o.batch_size)
-        _positive("--lr", o.lr)
-        _positive("--grad-accum", o.grad_accum)
-        if not 0.0 < d.val_split < 1.0:
-            raise ConfigError(f"--val-split must lie strictly between 0 and 1; got {d.val_split}")
-        if d.train_size is not None:
-            _positive("--train-size", d.train_size)
-        if d.image_size is not None:
-            _positive("--image-size", d.image_size)
-        if self.model.kernel_size is not None:
-            _positive("--kernel-size", self.model.kernel_size)
-        _choice("--optimizer", o.optimizer, OPTIMIZERS)
-        _choice("--scheduler", o.scheduler, SCHEDULERS)
-        _choice("--device", r.device, DEVICES)
-        _choice("--penalty-on", o.penalty_on, PENALTY_TARGETS)
-        for flag, value in (("--weight-decay", o.weight_decay), ("--l1", o.l1), ("--l2", o.l2),
-                            ("--momentum", o.momentum), ("--patience", r.patience),
-                            ("--label-smoothing", o.label_smoothing)):
-            if value < 0:
-                raise ConfigError(f"{flag} must be >= 0; got {value}")
-        _positive("--step-size", o.step_size)
-        _positive("--gamma", o.gamma)
-        a = self.artifacts
-        for flag, value in (("--tsne-samples", a.tsne_samples), ("--retrieval-k", a.retrieval_k), ("--memory-every", a.memory_every)):
-            _positive(flag, value)
-        if a.kernel_every < 0:
-            raise ConfigError(f"--kernel-every must be >= 0; got {a.kernel_every}")
-        if o.label_smoothing >= 1:
-            raise ConfigError(f"--label-smoothing must be below 1; got {o.label_smoothing}")
-        from cnnbench.data.augment import check_augmentation
+    def value(self, name: str) -> Any:
+        o = OPTIONS[name]
+        return getattr(getattr(self, o.section), o.field)
 
-        check_augmentation(d.augment)
+    def validate(self) -> "TrainConfig":
+        """Check every declared option's value (type, range, choices, finiteness); raise a
+        ConfigError naming the flag and what is accepted. Plugin options are checked by api.resolve."""
+        for name, o in OPTIONS.items():
+            o.validate(self.value(name))
+        for section in ("model", "data"):
+            if not isinstance(getattr(self, section).options, dict):
+                raise ConfigError(f"{section}.options must be a mapping of option names to values")
         return self
 
     def flat_params(self) -> dict[str, Any]:
-        """Every resolved setting under its snake_case CLI name (what MLflow logs as params)."""
-        m, d, o, r = self.model, self.data, self.optim, self.run
-        params: dict[str, Any] = {"model": m.name, "dataset": d.name, "kernel_size": m.kernel_size}
-        params.update({k: v for k, v in dataclasses.asdict(d).items() if k not in ("name", "options")})
-        params.update(dataclasses.asdict(o))
-        params.update({k: v for k, v in dataclasses.asdict(r).items() if k not in ("tracking_uri", "quiet", "resume", "run_name", "experiment")})
-        params["max_epochs"] = params.pop("epochs")
-        params["epochs"] = r.epochs
-        params["effective_batch_size"] = o.batch_size * o.grad_accum
-        params.update({f"model.{k}": _fmt(v) for k, v in m.options.items() if k != "kernel_size"})
-        params.update({f"data.{k}": _fmt(v) for k, v in d.options.items()})
+        """What MLflow logs: every declared option that is a param (and applies to this run) under
+        its name, plugin options as ``model.<key>`` / ``data.<key>``, and ``effective_batch_size``
+        when gradient accumulation makes it differ from the batch size."""
+        params: dict[str, Any] = {}
+        for name, o in OPTIONS.items():
+            if o.param and (o.applies is None or o.applies(self)):
+                params[name] = self.value(name)
+        if self.optim.grad_accum > 1:
+            params["effective_batch_size"] = self.optim.batch_size * self.optim.grad_accum
+        params.update({f"model.{k}": v for k, v in self.model.options.items()})
+        params.update({f"data.{k}": v for k, v in self.data.options.items()})
         return {k: _fmt(v) for k, v in params.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> "TrainConfig":
-        """Build from a nested dict (as written to config.json); unknown keys are listed."""
-        sections = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig, "artifacts": ArtifactConfig}
-        unknown = sorted(set(raw) - set(sections))
+    def from_dict(cls, raw: Any, *, source: str = "config") -> "TrainConfig":
+        """Build from a nested dict (as written to config.json), every value type-checked: unknown
+        sections/keys are listed, a wrong type names the key and what it accepts."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a JSON object with sections {', '.join(SECTIONS)}; got {type(raw).__name__}")
+        unknown = sorted(map(str, set(raw) - set(SECTIONS)))
         if unknown:
-            raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; valid: {', '.join(sections)}")
-        built = {}
-        for name, klass in sections.items():
-            values = raw.get(name, {}) or {}
-            if not isinstance(values, dict):
-                raise ConfigError(f"{source}: section {name!r} must be a mapping")
+            raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
+        by_field = {(o.section, o.field): o for o in OPTIONS.values()}
+        built: dict[str, Any] = {}
+        for section, klass in SECTIONS.items():
+            values = dict(raw.get(section) or {}) if isinstance(raw.get(section) or {}, dict) else None
+            if values is None:
+                raise ConfigError(f"{source}: section {section!r} must be a mapping")
+            _legacy(section, values, source)
             valid = {f.name for f in dataclasses.fields(klass)}
-            bad = sorted(set(values) - valid)
+            bad = sorted(map(str, set(values) - valid))
             if bad:
-                raise ConfigError(f"{source}: unknown key(s) in {name}: {', '.join(bad)}; valid keys: {', '.join(sorted(valid))}")
-            built[name] = klass(**values)
+                raise ConfigError(f"{source}: unknown key(s) in {section}: {', '.join(bad)}; valid keys: {', '.join(sorted(valid))}")
+            typed = {}
+            for key, value in values.items():
+                if key == "options":
+                    if not isinstance(value, dict):
+                        raise ConfigError(f"{source}: {section}.options must be a mapping of option names to values; got {value!r}")
+                    typed[key] = dict(value)
+                else:
+                    typed[key] = by_field[(section, key)].parse(value, where=f"{source}: {section}.{key}", text=False)
+            built[section] = klass(**typed)
         return cls(**built)
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
         try:
-            raw = json.loads(Path(path).read_text())
+            raw = json.loads(Path(path).read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"--config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"--config {path} is a folder; give a run's config.json") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config file {path} is not text (expected a run's config.json)") from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"--config file {path} is not valid JSON: {err}") from None
         return cls.from_dict(raw, source=str(path))
@@ -187,17 +419,56 @@ class TrainConfig:
         return dataclasses.replace(self, **changed)
 
 
+def _legacy(section: str, values: dict[str, Any], source: str) -> None:
+    """config.json files written by cnnbench 0.1 held ``model.kernel_size`` and ``run.resume``."""
+    if section == "model" and "kernel_size" in values:
+        kernel = values.pop("kernel_size")
+        if kernel is not None:
+            options = values.setdefault("options", {})
+            if isinstance(options, dict):
+                options.setdefault("kernel_size", kernel)
+    if section == "run" and "resume" in values:
+        if values.pop("resume") is not None:
+            raise ConfigError(f"{source}: run.resume is not a setting a config can carry (it would train into an "
+                              f"existing run); resume a run with cnnbench train --resume RUN_ID")
+
+
+def apply_values(config: TrainConfig, values: Mapping[str, Any], *, where: str = "", text: bool = True,
+                 varying: bool = False) -> TrainConfig:
+    """``config`` with ``values`` set: keys are option names (:data:`OPTIONS`, or an alias such as
+    ``kernel_size``) or plugin options ``model.<key>`` / ``data.<key>``; values are text (``text``)
+    or typed (TOML/JSON). With ``varying``, only options studies/tune may vary are accepted.
+    Plugin options are checked against their declaration later, by ``api.resolve``."""
+    sections: dict[str, dict[str, Any]] = {}
+    prefix = f"{where}: " if where else ""
+    keyed = {ALIASES.get(k, k): (k, v) for k, v in values.items()}
+    for plugin, name_key in (("model", "model"), ("data", "dataset")):
+        # A plugin chosen here starts from its own defaults: another plugin's options do not carry over.
+        if name_key in keyed and keyed[name_key][1] != getattr(config, plugin).name:
+            sections[plugin] = {"options": {}}
+    for key, (raw_key, value) in keyed.items():
+        plugin, dot, sub = key.partition(".")
+        if dot and plugin in ("model", "data") and sub:
+            section = sections.setdefault(plugin, {})
+            section.setdefault("options", dict(getattr(config, plugin).options))[sub] = value
+            continue
+        o = OPTIONS.get(key)
+        if o is None or (varying and not o.vary):
+            accepted = variable_names() if varying else list(OPTIONS)
+            what = "unknown option" if o is None else "an option that cannot be varied:"
+            raise ConfigError(f"{prefix}{what} {raw_key!r}; accepted: {', '.join(accepted)}, "
+                              f"or a plugin option model.<key> / data.<key>")
+        sections.setdefault(o.section, {})[o.field] = o.parse(value, where=f"{where} {raw_key}".strip(), text=text)
+    return config.replace(**sections)
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v)) if not isinstance(v, bool) else str(v)
+    return str(v)
+
+
 def _fmt(v: Any) -> Any:
     if isinstance(v, (tuple, list)):
         return ",".join(str(x) for x in v)
     return v
-
-
-def _positive(flag: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{flag} must be positive; got {value}")
-
-
-def _choice(flag: str, value: str, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise ConfigError(f"unknown {flag} value {value!r}; accepted: {', '.join(accepted)}")

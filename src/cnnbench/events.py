@@ -58,7 +58,10 @@ class RunState:
     tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # extra params callbacks want logged
     run_id: str | None = None  # set by the tracker
+    tracking_uri: str | None = None  # where the tracker records the run (set by it)
+    model_uri: str | None = None  # the logged model (set by the tracker)
     notes: list[str] = field(default_factory=list)  # e.g. "amp is a no-op on cpu"
+    steps_per_epoch: int = 0  # optimizer steps per epoch (set by the engine)
 
 
 class Callback:
@@ -69,7 +72,9 @@ class Callback:
 
     def on_epoch_start(self, run: RunState, epoch: int) -> None: ...
 
-    def on_step_end(self, run: RunState, step: int, loss: float) -> None: ...
+    def on_step_end(self, run: RunState, step: int, loss: "torch.Tensor") -> None:
+        """After each optimizer step; ``loss`` is the detached batch loss on the training device
+        (``float(loss)`` syncs the device: do it only as often as needed)."""
 
     def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None: ...
 

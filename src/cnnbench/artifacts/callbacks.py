@@ -1,8 +1,7 @@
 """The artifact builders as engine callbacks: each writes its files under ``run.artifacts_dir``
 (uploaded by the tracker at the end) and puts its numbers into ``run.summary_metrics``.
 
-``default_callbacks(config)`` is what ``api.train`` adds before the tracker. Each kind is switched
-by ``config.artifacts``. Seconds spent in end-of-run work are added to the ``artifacts_time_s``
+Which of them a run gets is declared in :mod:`cnnbench.artifacts` (the registry). Seconds spent in end-of-run work are added to the ``artifacts_time_s``
 summary metric (and kept per builder in ``.seconds`` for benchmarks).
 """
 
@@ -62,13 +61,14 @@ class RunRecord(ArtifactCallback):
         super().__init__()
         self.summary = summary
 
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "RunRecord":
+        return cls(summary=config.artifacts.summary)
+
     def on_run_start(self, run: RunState) -> None:
         path = run.artifacts_dir / "config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        # without ``resume``: ``cnnbench train --config config.json`` must start a new run, even
-        # when this file comes from a resumed one
-        reproducible = run.config.replace(run={"resume": None})
-        path.write_text(json.dumps(reproducible.to_dict(), indent=2, default=str))
+        path.write_text(json.dumps(run.config.to_dict(), indent=2, default=str))
         if self.summary:
             target = run.artifacts_dir / "model" / "summary.txt"
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +93,10 @@ def model_summary_text(run: RunState) -> str:
 class LearningCurves(ArtifactCallback):
     """``metrics/history.csv`` and ``plots/learning_curves.png`` from the run's epoch history."""
 
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "LearningCurves":
+        return cls()
+
     def on_run_end(self, run: RunState, summary: dict[str, float]) -> None:
         with self.timed(run, "curves"):
             self.salvage(run)
@@ -110,6 +114,10 @@ class TestEvaluation(ArtifactCallback):
         super().__init__()
         self.confusion = confusion
         self.predictions = predictions
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "TestEvaluation":
+        return cls(confusion=config.artifacts.confusion, predictions=config.artifacts.predictions)
 
     def on_eval_end(self, run: RunState, result: EvalResult) -> None:
         if result.split != "test":
@@ -133,6 +141,10 @@ class KernelSnapshots(ArtifactCallback):
     def __init__(self, every: int = 0) -> None:
         super().__init__()
         self.every = every
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "KernelSnapshots":
+        return cls(every=config.artifacts.kernel_every)
 
     def _write(self, run: RunState, name: str) -> None:
         weight = first_conv_weight(run.model)
@@ -160,6 +172,10 @@ class LatentMaps(ArtifactCallback):
         super().__init__()
         self.samples = samples
         self.indices: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "LatentMaps":
+        return cls(samples=config.artifacts.tsne_samples)
 
     @staticmethod
     def middle_epoch(epochs: int) -> int:
@@ -200,6 +216,10 @@ class Retrieval(ArtifactCallback):
         super().__init__()
         self.k = k
 
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "Retrieval":
+        return cls(k=config.artifacts.retrieval_k)
+
     def on_eval_end(self, run: RunState, result: EvalResult) -> None:
         if result.split != "test" or len(result.labels) < 2:
             return
@@ -223,6 +243,10 @@ class MemoryMonitor(ArtifactCallback):
         self.log: memory.MemoryLog | None = None
         self.started = 0.0
 
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> "MemoryMonitor":
+        return cls(every=config.artifacts.memory_every)
+
     def sample(self, run: RunState) -> None:
         if self.log is None:
             self.log = memory.MemoryLog(cuda=memory.cuda_bytes(run.device) is not None)
@@ -233,7 +257,7 @@ class MemoryMonitor(ArtifactCallback):
     def on_run_start(self, run: RunState) -> None:
         self.sample(run)
 
-    def on_step_end(self, run: RunState, step: int, loss: float) -> None:
+    def on_step_end(self, run: RunState, step: int, loss) -> None:
         if step % self.every == 0:
             self.sample(run)
 
@@ -246,21 +270,3 @@ class MemoryMonitor(ArtifactCallback):
         assert self.log is not None
         self.log.write(run.artifacts_dir / "memory" / "memory.csv")
         run.summary_metrics.update(self.log.peaks())
-
-
-def default_callbacks(config: TrainConfig) -> list[Callback]:
-    """The artifact builders ``config.artifacts`` switches on, in the order they should run."""
-    a = config.artifacts
-    built: list[Callback] = [RunRecord(summary=a.summary)]
-    if a.memory:
-        built.append(MemoryMonitor(every=a.memory_every))
-    if a.curves:
-        built.append(LearningCurves())
-    built.append(TestEvaluation(confusion=a.confusion, predictions=a.predictions))
-    if a.kernels:
-        built.append(KernelSnapshots(every=a.kernel_every))
-    if a.tsne:
-        built.append(LatentMaps(samples=a.tsne_samples))
-    if a.retrieval:
-        built.append(Retrieval(k=a.retrieval_k))
-    return built

@@ -79,7 +79,9 @@ def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], i
     if image_size is not None:
         shape, origin = (shape[0], image_size, image_size), f"{origin}, resized by --image-size"
     given = parse_key_values(model_options, flag="--model-option")
-    plugin, resolved = resolve_model_options(model, given, kernel_size)
+    if kernel_size is not None:
+        given["kernel_size"] = kernel_size  # --kernel-size is shorthand for the model option
+    plugin, resolved = resolve_model_options(model, given)
     net = build_model(model, num_classes=classes, in_channels=shape[0], image_size=shape[1:], options=resolved)
     info = model_info(net, shape, batch_size)
     if as_json:

@@ -9,6 +9,7 @@ loader seeds each epoch by ``(seed, epoch)``.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,17 @@ def load(path: str | Path) -> dict[str, Any]:
     ``checkpoints/last.pt`` artifact and pass ``load(path)`` as ``fit(..., resume_state=...)``.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many kinds (unpickling, zip, EOF) for a bad file
+        # weights_only: a checkpoint comes from a tracking store other people may write to, and a
+        # full unpickle would run whatever code a crafted file names. Everything save() writes
+        # (state dicts, RNG byte tensors, plain numbers, lists and dicts) loads this way.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"--resume: refusing checkpoint {path}: it holds objects other than tensors and plain values, "
+            f"which a cnnbench checkpoint never does ({first})"
+        ) from None
+    except Exception as err:  # torch raises many kinds (zip, EOF, ...) for a bad file
         raise ConfigError(f"--resume: cannot read checkpoint {path}: {err}") from None
     check_resumable(state, str(path))
     return state

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from cnnbench.events import Callback, EvalResult, RunState, dispatch
 log = logging.getLogger(__name__)
 
 NAN_CHECK_EVERY = 16  # off CPU, checking the loss every step would stall the device queue
-BAR_UPDATE_EVERY = 10  # batches between progress-bar postfix updates (each one syncs the device)
 CHECKPOINT_EVERY_S = 60.0  # seconds between last.pt writes during training (see the module docstring)
 
 
@@ -101,9 +99,9 @@ class Trainer:
         self.written_at = time.perf_counter()
         self.train_time_s = 0.0
         self.train_images = 0
-        # on_step_end needs the loss as a float (a device sync): only pay for it when someone listens
+        # on_step_end gets the loss tensor (no device sync unless a listener asks for a float)
         self.step_listeners = [cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end]
-        self.show_bar = not cfg.run.quiet and sys.stderr.isatty()
+        run.steps_per_epoch = steps
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict:
@@ -240,8 +238,6 @@ class Trainer:
         correct = torch.zeros((), device=run.device, dtype=torch.int64)
         nonfinite = torch.zeros((), device=run.device, dtype=torch.bool)
         n = 0
-        bar = self._bar(epoch, num_batches)
-        t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for i, (x, y) in enumerate(loader):
             group_start = (i // accum) * accum
@@ -263,19 +259,12 @@ class Trainer:
                     self.scheduler.step()
                 run.global_step += 1
                 if self.step_listeners:
-                    value = float(loss.detach())
+                    detached = loss.detach()
                     for cb in self.step_listeners:
-                        cb.on_step_end(run, run.global_step, value)
+                        cb.on_step_end(run, run.global_step, detached)
             loss_sum += loss.detach().float() * len(y)
             correct += (out.detach().argmax(1) == y).sum()
             n += len(y)
-            if bar is not None:
-                if (i + 1) % BAR_UPDATE_EVERY == 0 or i + 1 == num_batches:
-                    bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", acc=f"{float(correct) / n:.4f}",
-                                    img_s=f"{n / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=i + 1 == num_batches)
-                bar.update(1)
-        if bar is not None:
-            bar.close()
         return float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n
 
     def _check_finite(self, nonfinite: torch.Tensor, total: torch.Tensor, epoch: int, i: int) -> None:
@@ -284,14 +273,6 @@ class Trainer:
                 f"non-finite loss ({float(total.detach())}) at epoch {epoch}, batch {i + 1}: training diverged; "
                 f"try a lower --lr (now {self.cfg.optim.lr}), a different --optimizer or --amp off"
             )
-
-    def _bar(self, epoch: int, total: int):
-        if not self.show_bar:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=f"epoch {epoch}/{self.cfg.run.epochs}", unit="batch", leave=False,
-                    dynamic_ncols=True, file=sys.stderr)
 
 
 def fit(run: RunState, callbacks: list[Callback], *, resume_state: dict | None = None) -> FitResult:

@@ -64,29 +64,21 @@ def first_conv_weight(model: nn.Module) -> torch.Tensor | None:
     return None if name is None else dict(model.named_modules())[name].weight
 
 
-def require_min_size(model_name: str, image_size: tuple[int, int], minimum: int, why: str = "") -> None:
-    """Raise a ModelInputError naming the smallest input the model accepts."""
+def require_min_size(image_size: tuple[int, int], minimum: int, why: str = "") -> None:
+    """Raise a ModelInputError naming the smallest input the model accepts (the registry adds the
+    model's name to the message)."""
     h, w = image_size
     if h < minimum or w < minimum:
         extra = f" ({why})" if why else ""
         raise ModelInputError(
-            f"model {model_name!r} needs inputs of at least {minimum}x{minimum} pixels{extra}; got {h}x{w}. "
+            f"needs inputs of at least {minimum}x{minimum} pixels{extra}; got {h}x{w}. "
             f"Use a larger dataset image size (e.g. --image-size {minimum})"
         )
 
 
-def require_odd_kernel(model_name: str, kernel_size: int) -> None:
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ModelInputError(
-            f"model {model_name!r} uses 'same' padding and accepts odd kernel sizes (1, 3, 5, 7, ...); got {kernel_size}"
-        )
-
-
-def require_choice(model_name: str, option: str, value: object, accepted: tuple) -> None:
-    """Raise a ModelInputError when a structural option (``blocks``, ``modules``) is outside its set."""
-    if value not in accepted:
-        listed = ", ".join(str(a) for a in accepted)
-        raise ModelInputError(f"model {model_name!r}: {option} must be one of {listed}; got {value!r}")
+def require_odd_kernel(kernel_size: int) -> None:
+    if kernel_size % 2 == 0:
+        raise ModelInputError(f"uses 'same' padding and accepts odd kernel sizes (1, 3, 5, 7, ...); got {kernel_size}")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -13,7 +13,7 @@ from math import prod
 
 from torch import nn
 
-from cnnbench.models.base import conv_block, mark, output_shape, require_choice, require_min_size, require_odd_kernel
+from cnnbench.models.base import conv_block, mark, output_shape, require_min_size, require_odd_kernel
 from cnnbench.registry import ModelPlugin, Option
 
 BLOCK_CHANNELS = ((32, 64), (128, 128), (256, 256))
@@ -39,11 +39,10 @@ def _head(flat: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], blocks: int = 2,
-          kernel_size: int = 3, batch_norm: bool = False, dropout: float = 0.0) -> nn.Module:
-    require_choice("block_cnn", "blocks", blocks, BLOCKS)
-    require_odd_kernel("block_cnn", kernel_size)
-    require_min_size("block_cnn", image_size, 2 ** blocks, f"{blocks} max-pools of 2x2")
+def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], blocks: int,
+          kernel_size: int, batch_norm: bool, dropout: float) -> nn.Module:
+    require_odd_kernel(kernel_size)
+    require_min_size(image_size, 2 ** blocks, f"{blocks} max-pools of 2x2")
     stages = []
     cin = in_channels
     for widths in BLOCK_CHANNELS[:blocks]:

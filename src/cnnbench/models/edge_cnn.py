@@ -81,13 +81,9 @@ def _init_edge(convs: list[nn.Conv2d]) -> None:
                     conv.weight[j, j] = bank[j % 3]  # "copies them per channel"
 
 
-def build_cnn(*, num_classes: int, in_channels: int, image_size: tuple[int, int], num_filters: int = 3,
-              kernel_size: int = 7, init: str = "default", num_convs: int = 2, name: str = "simple_cnn") -> nn.Module:
-    if init not in INITS:
-        raise ModelInputError(f"model {name!r}: init must be one of {', '.join(INITS)}; got {init!r}")
-    if kernel_size < 1:
-        raise ModelInputError(f"model {name!r}: kernel size must be at least 1; got {kernel_size}")
-    require_min_size(name, image_size, 2, "one max-pool of 2x2")
+def build_cnn(*, num_classes: int, in_channels: int, image_size: tuple[int, int], num_filters: int,
+              kernel_size: int, init: str, num_convs: int) -> nn.Module:
+    require_min_size(image_size, 2, "one max-pool of 2x2")
     convs = [SameConv2d(in_channels if i == 0 else num_filters, num_filters, kernel_size) for i in range(num_convs)]
     layers: list[nn.Module] = [convs[0], nn.ReLU(), nn.MaxPool2d(2)]
     for conv in convs[1:]:
@@ -101,21 +97,21 @@ def build_cnn(*, num_classes: int, in_channels: int, image_size: tuple[int, int]
     return mark(model, classifier="classifier", intermediate="features", first_conv="features.0")
 
 
-def _cnn_plugin(description: str, num_filters: int, num_convs: int, name: str) -> ModelPlugin:
+def _cnn_plugin(description: str, num_filters: int, num_convs: int) -> ModelPlugin:
     return ModelPlugin(
-        build=partial(build_cnn, num_convs=num_convs, name=name),
+        build=partial(build_cnn, num_convs=num_convs),
         description=description,
         options=(
-            Option("num_filters", "int", num_filters, "filters in every conv", low=1),
+            Option("num_filters", "int", num_filters, "filters in every conv", low=1, high=4096),
             Option("kernel_size", "int", 7, "convolution kernel size ('same' padding; 2 gives the 2x2 edge pair)", low=1),
             Option("init", "str", "default", "edge: start the convs as horizontal/vertical/zero edge detectors", choices=INITS),
         ),
     )
 
 
-SIMPLE_CNN = _cnn_plugin("edges homework: conv(3 filters, 7x7), pool, conv, global average pool, linear", 3, 2, "simple_cnn")
-WIDER_CNN = _cnn_plugin("edges homework: simple_cnn with 6 filters", 6, 2, "wider_cnn")
-DEEPER_CNN = _cnn_plugin("edges homework: simple_cnn with 4 convs", 3, 4, "deeper_cnn")
+SIMPLE_CNN = _cnn_plugin("edges homework: conv(3 filters, 7x7), pool, conv, global average pool, linear", 3, 2)
+WIDER_CNN = _cnn_plugin("edges homework: simple_cnn with 6 filters", 6, 2)
+DEEPER_CNN = _cnn_plugin("edges homework: simple_cnn with 4 convs", 3, 4)
 MATCHABLE = {"simple_cnn": SIMPLE_CNN, "wider_cnn": WIDER_CNN, "deeper_cnn": DEEPER_CNN}
 
 
@@ -127,14 +123,14 @@ def matched_hidden(in_features: int, num_classes: int, target_params: int) -> in
     return min(candidates, key=lambda h: (abs(h * per_unit + num_classes - target_params), h))
 
 
-def build_mlp(*, num_classes: int, in_channels: int, image_size: tuple[int, int], match_params_of: str = "simple_cnn",
-              kernel_size: int = 7, hidden: int = 0) -> nn.Module:
+def build_mlp(*, num_classes: int, in_channels: int, image_size: tuple[int, int], match_params_of: str,
+              kernel_size: int, hidden: int) -> nn.Module:
     h, w = image_size
     in_features = in_channels * h * w
     if hidden <= 0:
         if match_params_of not in MATCHABLE:
             raise ModelInputError(
-                f"model 'edge_mlp': give hidden=N or match_params_of one of {', '.join(MATCHABLE)}; got {match_params_of!r}"
+                f"give hidden=N or match_params_of one of {', '.join(MATCHABLE)}; got {match_params_of!r}"
             )
         plugin = MATCHABLE[match_params_of]
         defaults = {o.name: o.default for o in plugin.options} | {"kernel_size": kernel_size}
@@ -151,6 +147,6 @@ EDGE_MLP = ModelPlugin(
         Option("match_params_of", "str", "simple_cnn", "the CNN whose parameter count the MLP matches",
                choices=(*MATCHABLE, "none")),
         Option("kernel_size", "int", 7, "kernel size of the matched CNN (so both runs can share --kernel-size)", low=1),
-        Option("hidden", "int", 0, "hidden units; 0 = sized to match match_params_of", low=0),
+        Option("hidden", "int", 0, "hidden units; 0 = sized to match match_params_of", low=0, high=65536),
     ),
 )

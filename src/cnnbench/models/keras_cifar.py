@@ -18,7 +18,7 @@ from math import prod
 
 from torch import nn
 
-from cnnbench.models.base import conv_block, mark, output_shape, require_choice, require_min_size, require_odd_kernel
+from cnnbench.models.base import conv_block, mark, output_shape, require_min_size, require_odd_kernel
 from cnnbench.registry import ModelPlugin, Option
 
 EXTRA_WIDTH = 8
@@ -56,20 +56,19 @@ def _assemble(layers: list[nn.Module], in_channels: int, image_size: tuple[int, 
                 penalty=("classifier.weight",))
 
 
-def build_strided(*, num_classes: int, in_channels: int, image_size: tuple[int, int], kernel_size: int = 3,
-                  extra_layers: bool = False, dropout: float = 0.5) -> nn.Module:
+def build_strided(*, num_classes: int, in_channels: int, image_size: tuple[int, int], kernel_size: int,
+                  extra_layers: bool, dropout: float) -> nn.Module:
     # stride-2 'same' convs give ceil(n / 2) pixels, never 0: any input size works
-    require_odd_kernel("strided_cnn", kernel_size)
+    require_odd_kernel(kernel_size)
     layers = _strided_layers(in_channels, kernel_size, extra_layers)
     return _assemble(layers, in_channels, image_size, num_classes, dropout)
 
 
-def build_maxpool(*, num_classes: int, in_channels: int, image_size: tuple[int, int], kernel_size: int = 3,
-                  modules: int = 2, extra_layers: bool = False, dropout: float = 0.5) -> nn.Module:
-    require_choice("maxpool_cnn", "modules", modules, MODULES)
-    require_odd_kernel("maxpool_cnn", kernel_size)
+def build_maxpool(*, num_classes: int, in_channels: int, image_size: tuple[int, int], kernel_size: int,
+                  modules: int, extra_layers: bool, dropout: float) -> nn.Module:
+    require_odd_kernel(kernel_size)
     pools = modules + int(extra_layers)
-    require_min_size("maxpool_cnn", image_size, 2 ** pools, f"{pools} max-pools of 2x2")
+    require_min_size(image_size, 2 ** pools, f"{pools} max-pools of 2x2")
     layers = _pooled_layers(in_channels, kernel_size, extra_layers, modules)
     return _assemble(layers, in_channels, image_size, num_classes, dropout)
 

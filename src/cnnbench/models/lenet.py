@@ -22,9 +22,9 @@ def min_input(kernel_size: int) -> int:
     return 2 * (2 * k + k - 1)
 
 
-def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], kernel_size: int = 5, dropout: float = 0.0, batch_norm: bool = False) -> nn.Module:
-    require_odd_kernel("lenet5", kernel_size)
-    require_min_size("lenet5", image_size, min_input(kernel_size), f"kernel size {kernel_size}")
+def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], kernel_size: int, dropout: float, batch_norm: bool) -> nn.Module:
+    require_odd_kernel(kernel_size)
+    require_min_size(image_size, min_input(kernel_size), f"kernel size {kernel_size}")
     k = kernel_size
 
     def drop() -> list[nn.Module]:  # a fresh module each time: a shared one would fire every hook thrice

@@ -26,7 +26,7 @@ class MLPClassifier(nn.Module):
         return self.classifier(self.hidden(self.flatten(x)))
 
 
-def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], hidden: tuple[int, ...] = (128, 64), dropout: float = 0.0) -> nn.Module:
+def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], hidden: tuple[int, ...], dropout: float) -> nn.Module:
     h, w = image_size
     model = MLPClassifier(in_channels * h * w, tuple(hidden), num_classes, dropout)
     intermediate = "hidden.0" if hidden else "flatten"
@@ -37,7 +37,7 @@ MLP = ModelPlugin(
     build=build,
     description="multi-layer perceptron: flatten, hidden Linear+ReLU layers, output",
     options=(
-        Option("hidden", "ints", (128, 64), "hidden layer sizes, comma-separated"),
+        Option("hidden", "ints", (128, 64), "hidden layer sizes, comma-separated (each 1 to 65536)", low=1, high=65536),
         Option("dropout", "float", 0.0, "dropout probability after each hidden layer", low=0.0, high=0.99),
     ),
 )

@@ -19,11 +19,11 @@ from cnnbench.registry import ModelPlugin, Option
 MIN_SIZE = {"imagenet": 16, "cifar": 4}
 
 
-def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], depth: int, stem: str = "imagenet") -> nn.Module:
+def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], depth: int, stem: str) -> nn.Module:
     import torchvision.models as tvm
 
     name = f"resnet{depth}"
-    require_min_size(name, image_size, MIN_SIZE[stem], f"stem={stem}")
+    require_min_size(image_size, MIN_SIZE[stem], f"stem={stem}")
     model = getattr(tvm, name)(weights=None, num_classes=num_classes)
     if stem == "cifar":
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)

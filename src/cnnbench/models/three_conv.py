@@ -64,11 +64,11 @@ def _head(flat: int, hidden: tuple[int, ...], batch_norm: bool, dropout: float) 
     return nn.Sequential(*layers)
 
 
-def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], kernel_size: int = 3,
-          batch_norm: bool = False, dropout: float = 0.0, dense: bool = False) -> nn.Module:
-    require_odd_kernel("three_conv", kernel_size)
+def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], kernel_size: int,
+          batch_norm: bool, dropout: float, dense: bool) -> nn.Module:
+    require_odd_kernel(kernel_size)
     pools = 1 if dense else len(PLAIN["channels"])
-    require_min_size("three_conv", image_size, 2 ** pools, f"{pools} max-pool(s) of 2x2")
+    require_min_size(image_size, 2 ** pools, f"{pools} max-pool(s) of 2x2")
     features = _features(in_channels, kernel_size, batch_norm, dense)
     flat = prod(output_shape(features, in_channels, image_size))
     hidden = (DENSE if dense else PLAIN)["hidden"]

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 import cnnbench
 from cnnbench.events import Callback, RunState
+from cnnbench.tracking import describe
 
 FAILURE_REASON_MAX_CHARS = 4000
 
@@ -37,19 +38,37 @@ class MlflowTracker(Callback):
         log_model: bool = True,
         system_metrics: bool = False,
         extra_tags: dict[str, str] | None = None,
+        register_model: str | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_name = run_name
-        self.run_id = run_id or os.environ.get("MLFLOW_RUN_ID")  # `mlflow run` passes its run here
+        self.run_id = run_id  # attach to this run (resume, `mlflow run`); None: create one
         self.nested = nested
         self.parent_run_id = parent_run_id
         self.log_model_enabled = log_model
         self.system_metrics = system_metrics
         self.extra_tags = extra_tags or {}
+        self.register_model = register_model  # a Model Registry name for the logged model
         self.client = MlflowClient(tracking_uri)
         self.model_uri: str | None = None
         self._ended = False
+
+    @classmethod
+    def for_config(cls, config, *, run_id: str | None = None, adopt_mlflow_run: bool = True,
+                   **options: Any) -> "MlflowTracker":
+        """The tracker of a ``cnnbench train`` run: its store resolved and checked reachable now
+        (before any data is loaded); attached to ``run_id``, or (``adopt_mlflow_run``) to the run
+        ``mlflow run`` created (``MLFLOW_RUN_ID``), else a new run in ``config.run.experiment``."""
+        from cnnbench.tracking.store import check_reachable, resolve_uri
+
+        uri = resolve_uri(config.run.tracking_uri)
+        check_reachable(uri)
+        return cls(
+            tracking_uri=uri, experiment=config.run.experiment, run_name=config.run.run_name,
+            run_id=run_id or (os.environ.get("MLFLOW_RUN_ID") if adopt_mlflow_run else None), log_model=config.artifacts.model,
+            system_metrics=config.artifacts.memory, **options,
+        )
 
     # -- events -----------------------------------------------------------------------------
     def on_run_start(self, run: RunState) -> None:
@@ -57,16 +76,20 @@ class MlflowTracker(Callback):
         if self.run_id is None:
             exp = mlflow.set_experiment(self.experiment)
             tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
-            created = self.client.create_run(exp.experiment_id, run_name=self.run_name, tags=tags)
+            created = self.client.create_run(exp.experiment_id, run_name=self.run_name or describe.run_name(run.config),
+                                             tags=describe.standard_tags(tags))
             self.run_id = created.info.run_id
         active = mlflow.start_run(run_id=self.run_id, nested=self.nested or mlflow.active_run() is not None, log_system_metrics=self.system_metrics or None)
         run.run_id = active.info.run_id
+        run.tracking_uri = self.tracking_uri
         self._ended = False
         self._log_params(run)
         mlflow.set_tags({**self._tags(run), **self.extra_tags, **run.tags})
-        # Logged now so even a run that dies early can be resumed or reproduced; without run.resume,
-        # so the file always starts a new run (the artifact callback stages the same content).
-        mlflow.log_dict(run.config.replace(run={"resume": None}).to_dict(), "config.json")
+        if run.start_epoch == 0:  # a resumed run has its description and inputs already
+            describe.log_run_description(self.client, run.run_id, run)
+        # Logged now so even a run that dies early can be resumed or reproduced (the artifact callback
+        # stages the same content).
+        mlflow.log_dict(run.config.to_dict(), "config.json")
 
     def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
         # Asynchronous: a synchronous SQLite write per epoch cost 40-70 ms wall, enough to put a small
@@ -75,7 +98,9 @@ class MlflowTracker(Callback):
 
     def on_run_end(self, run: RunState, summary: dict[str, float]) -> None:
         metrics = {**summary, **run.summary_metrics}
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=run.epoch)
+        # the test metrics are logged with the model (linked to it), once
+        model_metrics = {k: v for k, v in metrics.items() if k.startswith("test_")} if self.log_model_enabled else {}
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k not in model_metrics}, step=run.epoch)
         if run.tags:
             mlflow.set_tags(run.tags)
         if run.notes:
@@ -86,7 +111,7 @@ class MlflowTracker(Callback):
         (Path(run.artifacts_dir) / "checkpoints" / "last.pt").unlink(missing_ok=True)
         self._upload(run)
         if self.log_model_enabled:
-            self.model_uri = self._log_model(run)
+            self.model_uri = run.model_uri = self._log_model(run, model_metrics)
         mlflow.end_run("FINISHED")
         self._ended = True
 
@@ -139,34 +164,15 @@ class MlflowTracker(Callback):
 
     def _upload(self, run: RunState) -> None:
         folder = Path(run.artifacts_dir)
+        if folder.exists():
+            describe.prune_empty_dirs(folder)  # e.g. checkpoints/ once last.pt is gone
         if folder.exists() and any(folder.iterdir()):
             mlflow.log_artifacts(str(folder))
 
-    def _log_model(self, run: RunState) -> str:
-        import torch
+    def _log_model(self, run: RunState, metrics: dict[str, float]) -> str | None:
+        from cnnbench.tracking import model_export
 
-        images = run.data.test.images[:1] if len(run.data.test) else run.data.train.images[:1]
-        mean = torch.tensor(run.data.mean).view(1, -1, 1, 1)
-        std = torch.tensor(run.data.std).view(1, -1, 1, 1)
-        x = ((images.float() / 255.0 - mean) / std).numpy()
-        model = run.model
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        model.to("cpu")
-        try:
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                input_example=x,
-                serialization_format="pickle",  # a plain nn.Module: any batch size, no torch.export
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"cnnbench=={cnnbench.__version__}"],
-            )
-        finally:
-            model.to(device)
-            model.train(was_training)
-        return info.model_uri
-
+        return model_export.log_model_with_metrics(run, metrics, step=run.epoch, register_model=self.register_model)
 
 def _same(a: str, b: str) -> bool:
     if a == b:

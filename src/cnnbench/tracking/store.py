@@ -1,66 +1,262 @@
-"""Resolving and checking the MLflow tracking URI before any run is created."""
+"""Resolving and checking the MLflow tracking URI before any run is created.
+
+Everything here answers in seconds: a store that cannot be used fails with one line before data is
+loaded or a run exists. Credentials never reach a message, tag or param: :func:`mask_uri` hides
+the password of any URL, and ``http://USER:PASSWORD@HOST`` is turned into MLflow's own
+``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (the form MLflow's client reads) plus
+a URI without them.
+"""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
+import re
+import sqlite3
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Iterator
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from cnnbench.errors import TrackingError
+from cnnbench.errors import ConfigError, TrackingError
 
-REACH_TIMEOUT_S = 3.0
+REACH_TIMEOUT_S = 3.0  # /health
+API_TIMEOUT_S = 8.0  # one real API call: a server that answers /health but hangs on the API fails here
+HTTP_REQUEST_TIMEOUT_S = "10"  # MLflow's per-request timeout for the rest of the process
+HTTP_REQUEST_MAX_RETRIES = "2"
+SQLITE_TIMEOUT_S = 10.0
+INIT_LOCK_TIMEOUT_S = 300.0  # first use of a new SQLite store: MLflow's migrations take seconds
+_SECRET_KEYS = {"password", "passwd", "pwd", "token", "secret", "access_token", "api_key", "apikey"}
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/@:?#]*):(?P<pw>[^/?#]*)@")
+_initialised: set[str] = set()
+
+
+def mask_uri(uri: object) -> str:
+    """``uri`` with every password replaced by ``***`` (``user:***@host``, ``?password=***``); other
+    text unchanged. Use it wherever a URI is printed, logged, tagged or stored as a param."""
+    text = "" if uri is None else str(uri)
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    if "?" in text and "=" in text:
+        try:
+            parts = urlsplit(text)
+            pairs = parse_qsl(parts.query, keep_blank_values=True)
+        except ValueError:
+            return text
+        if any(k.lower() in _SECRET_KEYS for k, _ in pairs):
+            query = urlencode([(k, "***" if k.lower() in _SECRET_KEYS else v) for k, v in pairs], safe="*")
+            text = urlunsplit(parts._replace(query=query))
+    return text
 
 
 def resolve_uri(uri: str | None) -> str:
-    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default store."""
-    if uri:
-        return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    import mlflow
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default store.
 
-    return mlflow.get_tracking_uri()
+    An HTTP URI carrying ``USER:PASSWORD@`` is returned without them; they are exported as
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (unless those are set already),
+    which MLflow's client sends as basic auth, and which tune's worker processes inherit.
+    """
+    if not uri:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+    if not uri:
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+    return _take_http_credentials(uri)
+
+
+def _take_http_credentials(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    from urllib.parse import unquote
+
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+    if password:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+    clean = urlunsplit(parts._replace(netloc=hostport))
+    if os.environ.get("MLFLOW_TRACKING_URI") == uri:
+        os.environ["MLFLOW_TRACKING_URI"] = clean  # child processes must not see the password either
+    return clean
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URI (None for an in-memory one)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else urlsplit(uri).path
+    path = path.split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path).expanduser().resolve()
 
 
 def check_reachable(uri: str) -> None:
-    """Fail fast (seconds, not the client's minutes of retries) on a store that cannot be used."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        # Keep the client's own retry loop short too, for the rest of this process.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=REACH_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            return  # the server answered: reachable (older servers have no /health)
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
-            raise TrackingError(
-                f"cannot reach the MLflow tracking server at {uri} ({reason}). Start it (e.g. "
-                f"`mlflow server --host 127.0.0.1 --port 5000`), or pass another --tracking-uri / MLFLOW_TRACKING_URI"
-            ) from None
-    elif parsed.scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else parsed.path
-        if path and path != ":memory:":
-            parent = Path(path).expanduser().resolve().parent
-            try:
-                parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise TrackingError(f"cannot create the folder of the MLflow store {uri}: {err}") from None
-            if not os.access(parent, os.W_OK):
-                raise TrackingError(f"the MLflow store {uri} is in a folder this user cannot write ({parent})")
-    elif parsed.scheme in ("", "file"):
-        return
-    elif parsed.scheme not in ("postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc") and "+" not in parsed.scheme:
-        raise TrackingError(
-            f"unsupported tracking URI {uri!r}: use http(s)://HOST:PORT, sqlite:///PATH, a database URL or a folder"
+    """Fail fast (seconds, not the client's minutes of retries) on a store that cannot be used;
+    on a new SQLite store, create MLflow's schema once, under a file lock (concurrent first runs)."""
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        _check_http(uri)
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme in ("", "file") or re.match(r"^[A-Za-z]:[\\/]", uri):
+        folder = uri[len("file://"):] if scheme == "file" else uri
+        suggestion = Path(folder or "mlruns").expanduser().resolve().with_suffix(".db")
+        raise ConfigError(
+            f"tracking URI {mask_uri(uri)!r} is a local path (MLflow's file store), which MLflow 3 no longer "
+            f"supports for new runs; use a SQLite file instead, e.g. --tracking-uri sqlite:///{suggestion}, or an MLflow server http://HOST:PORT"
         )
+    elif scheme.split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
+        _check_database(uri, scheme.split("+", 1)[0])
+    elif scheme not in ("databricks", "databricks-uc", "uc"):
+        raise ConfigError(
+            f"unsupported tracking URI {mask_uri(uri)!r}: use http(s)://HOST:PORT, sqlite:///PATH or a database URL "
+            f"(postgresql://, mysql://)"
+        )
+
+
+def _auth_header() -> dict[str, str]:
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
+    if user:
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    return {}
+
+
+def _check_http(uri: str) -> None:
+    # Keep the client's own retry loop short too, for the rest of this process: a server that
+    # stops answering mid-run must end the run in about a minute, not hang it for many.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_REQUEST_MAX_RETRIES)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_REQUEST_TIMEOUT_S)
+    shown = mask_uri(uri)
+    base = _take_http_credentials(uri).rstrip("/")
+    headers = _auth_header()
+    hint = "Start it (e.g. `mlflow server --host 127.0.0.1 --port 5000`), or pass another --tracking-uri / MLFLOW_TRACKING_URI"
+    try:
+        urllib.request.urlopen(urllib.request.Request(base + "/health", headers=headers), timeout=REACH_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        pass  # the server answered (older servers have no /health, an auth proxy may refuse it)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = mask_uri(getattr(err, "reason", err))
+        raise TrackingError(f"cannot reach the MLflow tracking server at {shown} ({reason}). {hint}") from None
+    probe = base + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        urllib.request.urlopen(urllib.request.Request(probe, headers=headers), timeout=API_TIMEOUT_S).close()
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise TrackingError(
+                f"the MLflow tracking server at {shown} refused the credentials (HTTP {err.code}); set "
+                f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), or put them in the URI"
+            ) from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = mask_uri(getattr(err, "reason", err))
+        raise TrackingError(
+            f"the MLflow tracking server at {shown} answers /health but not its API within {API_TIMEOUT_S:.0f} s "
+            f"({reason}); check the server (its database or artifact store may be down). {hint}"
+        ) from None
+
+
+def _check_sqlite(uri: str) -> None:
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrackingError(f"cannot create the folder of the MLflow store {mask_uri(uri)}: {err}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise TrackingError(f"the MLflow store {mask_uri(uri)} is in a folder this user cannot write ({path.parent})")
+    if path.is_dir():
+        raise TrackingError(f"the MLflow store {mask_uri(uri)} names a folder, not a database file")
+    try:  # one round trip with sqlite itself: seconds, where MLflow retries for minutes
+        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as conn:
+            conn.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.Error as err:
+        raise TrackingError(f"cannot use the MLflow store {mask_uri(uri)}: {err} (is it a SQLite database this user can write?)") from None
+    init_store(uri)
+
+
+def init_store(uri: str) -> None:
+    """Open MLflow's store once per process, and, for SQLite, under an exclusive lock on
+    ``<db>.lock``: MLflow creates and migrates the schema on first use, and N processes doing that
+    at once on a new file crash each other (``duplicate column name``, ``alembic_version already
+    exists``). The first one creates the schema; the others wait and find it done."""
+    if uri in _initialised:
+        return
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    path = sqlite_path(uri)
+    try:
+        if path is None:
+            _get_store(uri)
+        else:
+            with file_lock(path.with_name(path.name + ".lock"), timeout=INIT_LOCK_TIMEOUT_S):
+                _get_store(uri)
+    except TimeoutError as err:
+        raise TrackingError(f"the MLflow store {mask_uri(uri)}: {err}") from None
+    except Exception as err:  # SQLAlchemy / MLflow errors: one line, never the traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingError(f"cannot open the MLflow store {mask_uri(uri)}: {mask_uri(first)}") from None
+    _initialised.add(uri)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout: float) -> Iterator[None]:
+    """An exclusive ``fcntl`` lock on ``path`` (created if missing), waited for up to ``timeout`` s.
+    Released by the kernel if the holder dies, so a killed process never leaves it held."""
+    import fcntl
+    import time
+
+    deadline = time.monotonic() + timeout
+    with open(path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another process has held {path} for more than {timeout:.0f} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_database(uri: str, dialect: str) -> None:
+    """One connection with a short timeout (MLflow's own engine retries for minutes), a clear line
+    for a missing driver; then the schema, once."""
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError
+
+    packages = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
+    connect_args = {"connect_timeout": 5} if dialect in ("postgresql", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
+    except ImportError as err:
+        raise ConfigError(f"tracking URI {mask_uri(uri)}: the database driver is not installed ({err}); "
+                          f"pip install {packages.get(err.name, err.name or 'the driver')}") from None
+    except (ArgumentError, ValueError) as err:
+        raise ConfigError(f"tracking URI {mask_uri(uri)} is not a usable database URL ({mask_uri(err)})") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as err:  # the driver's own errors: one line, password masked
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingError(f"cannot connect to the tracking database {mask_uri(uri)}: {mask_uri(first)}") from None
+    finally:
+        engine.dispose()
+    init_store(uri)
 
 
 def ui_hint(uri: str) -> str:
     """How to open the MLflow UI on this store."""
+    uri = mask_uri(uri)
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
     return f"mlflow ui --backend-store-uri {uri}"

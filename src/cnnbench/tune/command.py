@@ -8,27 +8,16 @@ from __future__ import annotations
 
 import click
 
-from cnnbench.cli_options import FIELD_MAP, config_from_params, train_options
+from cnnbench.cli_options import GroupedCommand, config_from_params, given_on_command_line, train_parameters
+from cnnbench.tune import OBJECTIVES, PRUNERS, SAMPLERS
 
 TRIAL_EPOCHS = 3  # per trial: enough on the small data sets for epoch-1 pruning to separate settings
-SAMPLERS = ("tpe", "random", "grid")  # mirrors cnnbench.tune.study (kept light to import)
-PRUNERS = ("median", "hyperband", "none")
-OBJECTIVES = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
 SEARCH_HELP = (
     "search expression NAME=loguniform(LOW,HIGH) | uniform(LOW,HIGH) | int(LOW,HIGH[,STEP]) | choice(V1,...), "
     "NAME a train option or model.<key>/data.<key> (repeatable; replaces the default space "
-    "lr=loguniform(1e-5,1e-1) batch_size=choice(32,64,128,256) kernel_size=choice(3,5,7), from which the "
+    "lr=loguniform(1e-5,1e-1) batch_size=choice(32,64,128,256) model.kernel_size=choice(3,5,7), from which the "
     "options given on the command line are left out)"
 )
-
-
-def _train_parameters() -> list[click.Parameter]:
-    """The ``train`` options (in their declared order), with ``--epochs`` replaced by the per-trial one."""
-
-    def holder() -> None: ...
-
-    declared = list(reversed(train_options(holder).__click_params__))
-    return [p for p in declared if p.name != "epochs"]
 
 
 TUNE_PARAMETERS: list[click.Parameter] = [
@@ -61,7 +50,7 @@ def tune(**params) -> None:
 
     ctx = click.get_current_context()
     config = config_from_params(ctx, params)
-    given = {name for name in FIELD_MAP if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    given = given_on_command_line(ctx) | {f"model.{k}" for k in config.model.options}
     request = TuneRequest(
         config=config, search=tuple(params["search"]), fixed=frozenset(given), trials=params["trials"],
         timeout=params["timeout"], sampler=params["sampler"], pruner=params["pruner"], storage=params["storage"],
@@ -89,10 +78,10 @@ def _report(outcome, request) -> None:
     click.echo(f"add trials: cnnbench tune ... --study-name {outcome.study_name} --storage {redact(outcome.storage_url)}")
 
 
-command = click.Command(
+command = GroupedCommand(
     name="tune",
     callback=tune,
-    params=[*TUNE_PARAMETERS, *_train_parameters()],
+    params=[*TUNE_PARAMETERS, *train_parameters(exclude=("epochs",))],
     help=tune.__doc__,
     short_help="Search hyper-parameters with Optuna (one parent MLflow run, nested trials).",
     context_settings={"max_content_width": 110},

@@ -58,6 +58,7 @@ class Objective:
         self._data: tuple[tuple, Any] | None = None
 
     def data_for(self, config: TrainConfig):
+        config = api.resolve(config).config  # typed dataset options (text "false" is not truthy)
         key = data_key(config)
         if self._data is None or self._data[0] != key:
             self._data = (key, api.load_data(config))
@@ -75,7 +76,7 @@ class Objective:
         try:
             data = self.data_for(config)
             # the tracker before the reporter: an epoch's metrics are logged before it may be pruned
-            result = api.train(config, [tracker, reporter], track=False, data=data)
+            result = api.train(config, [tracker, reporter], data=data)
         except optuna.TrialPruned:
             trial.set_user_attr("result", {"trial_seconds": time.perf_counter() - started})
             raise

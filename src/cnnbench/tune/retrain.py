@@ -11,7 +11,6 @@ run is tagged ``cnnbench.train_on=train+val`` to say so. The test split is untou
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import torch
@@ -41,9 +40,5 @@ def retrain_best(base: TrainConfig, best_params: dict[str, Any], *, epochs: int,
     tags = {TAG_STUDY: study_name, TAG_PARENT: parent_run_id, TAG_ROLE: "retrain_best",
             "cnnbench.train_on": "train+val", "best_trial_number": str(best_trial_number)}
     data = merged_train_val(config)
-    adopted = os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run` that is the parent, not this run
-    try:
-        return api.train(config, data=data, tracker_options={"extra_tags": tags})
-    finally:
-        if adopted is not None:
-            os.environ["MLFLOW_RUN_ID"] = adopted
+    # a run of its own: under `mlflow run`, MLFLOW_RUN_ID is the tune parent, not this run
+    return api.train(config, api.run_callbacks(config, adopt_mlflow_run=False, extra_tags=tags), data=data)

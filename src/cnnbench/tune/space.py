@@ -13,25 +13,17 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cnnbench.cli_options import AUGMENTATIONS, FIELD_MAP
-from cnnbench.config import OPTIMIZERS, PENALTY_TARGETS, SCHEDULERS, TrainConfig
+from cnnbench.config import ALIASES, OPTIONS, TrainConfig, apply_values, variable_names
 from cnnbench.errors import ConfigError, ModelInputError
 
 GRAMMAR = (
     "NAME=loguniform(LOW,HIGH) | NAME=uniform(LOW,HIGH) | NAME=int(LOW,HIGH[,STEP]) | NAME=choice(V1,V2,...); "
-    "NAME is a train option (lr, batch_size, kernel_size, optimizer, momentum, weight_decay, ...) or "
+    "NAME is a train option (lr, batch_size, optimizer, momentum, weight_decay, model, epochs, ...) or "
     "model.<key> / data.<key>; e.g. lr=loguniform(1e-5,1e-1), batch_size=choice(32,64,128,256), "
     "model.dropout=uniform(0,0.5)"
 )
-DEFAULT_SPACE = ("lr=loguniform(1e-5,1e-1)", "batch_size=choice(32,64,128,256)", "kernel_size=choice(3,5,7)")
+DEFAULT_SPACE = ("lr=loguniform(1e-5,1e-1)", "batch_size=choice(32,64,128,256)", "model.kernel_size=choice(3,5,7)")
 KINDS = ("loguniform", "uniform", "int", "choice")
-# Not searchable: what is compared (model, dataset), the per-trial budget, where things go, and
-# what is recorded rather than trained.
-NOT_SEARCHABLE = {
-    "model", "dataset", "data_dir", "epochs", "experiment", "run_name", "tracking_uri", "quiet", "device",
-    "kernels", "kernel_every", "tsne", "tsne_samples", "retrieval", "predictions", "log_model", "memory",
-}
-ACCEPTED = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "penalty_on": PENALTY_TARGETS, "augment": AUGMENTATIONS}
 MAX_CHECKED_VALUES = 64  # an int range up to this size is checked value by value
 _EXPR = re.compile(r"^\s*(?P<name>[A-Za-z_][\w.\-]*)\s*=\s*(?P<kind>[A-Za-z_]\w*)\s*\((?P<args>.*)\)\s*$", re.S)
 
@@ -119,17 +111,8 @@ def _show(value: Any) -> str:
 
 
 def apply(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
-    """``config`` with the searched ``values`` set (``model.<key>``/``data.<key>`` go to plugin options)."""
-    sections: dict[str, dict[str, Any]] = {}
-    for name, value in values.items():
-        prefix, _, key = name.partition(".")
-        if key and prefix in ("model", "data"):
-            section = sections.setdefault(prefix, {})
-            section.setdefault("options", dict(getattr(config, prefix).options))[key] = value
-        else:
-            section_name, field_name = FIELD_MAP[name]
-            sections.setdefault(section_name, {})[field_name] = value
-    return config.replace(**sections)
+    """``config`` with the searched (typed) ``values`` set: the same path as studies and the CLI."""
+    return apply_values(config, values, where="--search", text=False, varying=True)
 
 
 def target_for(name: str, config: TrainConfig) -> Target:
@@ -141,22 +124,19 @@ def target_for(name: str, config: TrainConfig) -> Target:
         plugin = MODELS.get(config.model.name) if prefix == "model" else DATASETS.get(config.data.name)
         owner = f"model {config.model.name!r}" if prefix == "model" else f"dataset {config.data.name!r}"
         option = plugin.option(key)
+        if option is None and prefix == "model" and key == "kernel_size":
+            raise ConfigError(f"--search {name}: {owner} takes no kernel size, so it cannot be searched")
         if option is None:
             valid = ", ".join(f"{prefix}.{o.name}" for o in plugin.options) or "(none)"
             raise ConfigError(f"--search {name}: {owner} has no option {key!r}; its options: {valid}")
         return Target(name, option.type, tuple(option.choices))
-    if name not in FIELD_MAP or name in NOT_SEARCHABLE:
-        searchable = ", ".join(sorted(set(FIELD_MAP) - NOT_SEARCHABLE))
+    option = OPTIONS.get(name)
+    if option is None or not option.vary:
         raise ConfigError(
-            f"--search: unknown or unsearchable parameter {name!r}; searchable: {searchable}, "
+            f"--search: unknown or unsearchable parameter {name!r}; searchable: {', '.join(variable_names())}, "
             f"or a plugin option model.<key> / data.<key> (cnnbench info MODEL lists them)"
         )
-    if name == "kernel_size" and MODELS.get(config.model.name).option("kernel_size") is None:
-        raise ConfigError(f"--search kernel_size: model {config.model.name!r} takes no kernel size, so it cannot be searched")
-    section, field_name = FIELD_MAP[name]
-    default = getattr(getattr(TrainConfig(), section), field_name)
-    kind = "bool" if isinstance(default, bool) else "float" if isinstance(default, float) else "str" if isinstance(default, str) else "int"
-    return Target(name, kind, tuple(ACCEPTED.get(name, ())))
+    return Target(name, option.type, tuple(option.choices))
 
 
 def parse_expression(text: str, config: TrainConfig) -> Param:
@@ -167,8 +147,7 @@ def parse_expression(text: str, config: TrainConfig) -> Param:
     name, kind = match["name"], match["kind"].lower()
     if "." not in name:
         name = name.replace("-", "_")
-    if name == "model.kernel_size":
-        name = "kernel_size"
+    name = ALIASES.get(name, name)
     if kind not in KINDS:
         raise ConfigError(f"--search {text!r}: unknown distribution {kind!r}; accepted: {GRAMMAR}")
     target = target_for(name, config)
@@ -271,16 +250,17 @@ def parse_space(expressions: tuple[str, ...] | list[str], config: TrainConfig, *
             raise ConfigError(f"--search names {', '.join(twice)} more than once; give one expression per parameter")
         both = sorted(set(names) & set(fixed))
         if both:
-            flags = ", ".join(f"--{n.replace('_', '-')}" for n in both)
+            flags = ", ".join(f"--model-option {n[6:]}" if n.startswith("model.") else f"--{n.replace('_', '-')}" for n in both)
             raise ConfigError(f"{', '.join(both)} is both fixed ({flags}) and searched (--search); drop one of them")
         return SearchSpace(tuple(params))
     params = []
     for expression in DEFAULT_SPACE:
         name = expression.partition("=")[0]
         if name in fixed:
-            notes.append(f"{name} is fixed by --{name.replace('_', '-')}, so it is not searched")
-        elif name == "kernel_size" and MODELS.get(config.model.name).option("kernel_size") is None:
-            notes.append(f"model {config.model.name!r} takes no kernel size, so kernel_size is not searched")
+            flag = f"--model-option {name[6:]}" if name.startswith("model.") else f"--{name.replace('_', '-')}"
+            notes.append(f"{name} is fixed by {flag}, so it is not searched")
+        elif name == "model.kernel_size" and MODELS.get(config.model.name).option("kernel_size") is None:
+            notes.append(f"model {config.model.name!r} takes no kernel size, so model.kernel_size is not searched")
         else:
             params.append(parse_expression(expression, config))
     if not params:

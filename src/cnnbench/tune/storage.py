@@ -40,12 +40,9 @@ def default_storage(tracking_uri: str) -> str:
 
 def redact(url: str) -> str:
     """The URL without its password (for tags and messages)."""
-    try:
-        from sqlalchemy.engine import make_url
+    from cnnbench.tracking.store import mask_uri
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
+    return mask_uri(url)
 
 
 def is_sqlite(url: str) -> bool:
@@ -61,8 +58,9 @@ def check_url(url: str) -> str:
         raise ConfigError(f"--storage {redact(url)}: the scheme is spelled postgresql://, not postgres://")
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"--storage {url!r} is not a database URL; accepted: {ACCEPTED}") from None
+        parsed.port  # noqa: B018 -- parsed lazily: 'HOST:notaport' raises ValueError here
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"--storage {redact(url)!r} is not a database URL; accepted: {ACCEPTED}") from None
     dialect = parsed.get_backend_name()
     if dialect == "sqlite":
         if not parsed.database or parsed.database == ":memory:":

@@ -25,10 +25,9 @@ import optuna
 
 from cnnbench.config import TrainConfig
 from cnnbench.errors import ConfigError
+from cnnbench.tune import PRUNERS, SAMPLERS
 from cnnbench.tune.space import SearchSpace, diff, parse_expression
 
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
 ATTR_SPACE = "cnnbench.search_space"
 ATTR_METRIC = "cnnbench.objective"
 ATTR_BASE = "cnnbench.base_params"

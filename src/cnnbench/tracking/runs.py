@@ -1,0 +1,197 @@
+"""Small MLflow run helpers shared by the train tracker, tune's trackers and ``cnnbench runs``.
+
+- batching of params / tags to MLflow's limits (100 params and 1000 tags per batch, tag values
+  cut to 8000 characters, params to 6000);
+- the owner and heartbeat tags that say which process is writing a RUNNING run, and whether that
+  process is still alive (:func:`liveness`), so a run left RUNNING by a killed process can be
+  listed (``cnnbench runs --stale``), closed, or taken over by ``--resume``;
+- the check that ``$MLFLOW_RUN_ID`` names a run ``mlflow run`` just created for this command.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from cnnbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TAG_OWNER = "cnnbench.owner"  # HOST:PID:NONCE of the process writing the run
+TAG_HEARTBEAT = "cnnbench.heartbeat"  # unix time of its last beat
+PARAM_BATCH = 100
+TAG_BATCH = 1000
+PARAM_VALUE_MAX = 6000
+TAG_VALUE_MAX = 8000
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def heartbeat_interval() -> float:
+    """Seconds between beats (``CNNBENCH_HEARTBEAT_S``, default 30); a run is stale after 3 missed."""
+    try:
+        return max(0.2, float(os.environ.get("CNNBENCH_HEARTBEAT_S", "30")))
+    except ValueError:
+        return 30.0
+
+
+def owner() -> str:
+    """This process's owner id (recomputed after a fork: the pid changes)."""
+    global OWNER
+    if OWNER.split(":")[1] != str(os.getpid()):
+        OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return OWNER
+
+
+def text(value: Any, limit: int = TAG_VALUE_MAX) -> str:
+    """A param / tag value as MLflow stores it: ``None`` spelled out, cut to ``limit`` characters."""
+    shown = "None" if value is None else str(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def log_params(client, run_id: str, params: dict[str, Any], *, skip: Iterable[str] = ()) -> None:
+    """Log ``params`` in batches, leaving out keys in ``skip`` (MLflow refuses a second value)."""
+    from mlflow.entities import Param
+
+    skipped = set(skip)
+    items = [Param(k, text(v, PARAM_VALUE_MAX)) for k, v in params.items() if k not in skipped]
+    for start in range(0, len(items), PARAM_BATCH):
+        client.log_batch(run_id, params=items[start : start + PARAM_BATCH])
+
+
+def set_tags(client, run_id: str, tags: dict[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(k, text(v)) for k, v in tags.items()]
+    for start in range(0, len(items), TAG_BATCH):
+        client.log_batch(run_id, tags=items[start : start + TAG_BATCH])
+
+
+def owner_tags() -> dict[str, str]:
+    return {TAG_OWNER: owner(), TAG_HEARTBEAT: f"{time.time():.1f}"}
+
+
+class Heartbeat:
+    """A daemon thread that writes :data:`TAG_HEARTBEAT` every interval while a run is open.
+
+    A failed beat is remembered (``error``) rather than raised: the training thread checks it at
+    the next epoch end and stops with a clear message when the store has stopped answering.
+    """
+
+    def __init__(self, client, run_id: str, interval: float | None = None) -> None:
+        self.client, self.run_id = client, run_id
+        self.interval = interval or heartbeat_interval()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"cnnbench-heartbeat-{run_id[:8]}", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.client.set_tag(self.run_id, TAG_HEARTBEAT, f"{time.time():.1f}")
+                self.error = None
+            except Exception as err:  # the store is down or slow: reported by the training thread
+                self.error = err
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass(frozen=True)
+class Liveness:
+    alive: bool
+    why: str  # for messages: "process host:123 is running", "no heartbeat for 412 s", ...
+
+
+def liveness(run, *, now: float | None = None) -> Liveness:
+    """Whether the process writing a RUNNING run still exists.
+
+    On this host the owner's pid is checked directly (a killed process is seen at once; a stopped
+    one, ``SIGSTOP``, still counts as alive). Elsewhere the heartbeat decides: stale after three
+    missed beats. A run without heartbeat tags (older cnnbench, or another tool) is judged by its
+    start time with the same limit.
+    """
+    now = time.time() if now is None else now
+    tags = run.data.tags
+    limit = 3 * heartbeat_interval()
+    owner_id = tags.get(TAG_OWNER, "")
+    host, _, rest = owner_id.partition(":")
+    pid = rest.partition(":")[0]
+    try:
+        beat = float(tags[TAG_HEARTBEAT])
+    except (KeyError, ValueError):
+        beat = (run.info.start_time or 0) / 1000.0
+    age = now - beat
+    if host == socket.gethostname() and pid.isdigit():
+        if _process_exists(int(pid)):
+            return Liveness(True, f"process {host}:{pid} is still running (last heartbeat {age:.0f} s ago)")
+        return Liveness(False, f"its process {host}:{pid} is gone (last heartbeat {age:.0f} s ago)")
+    if age <= limit:
+        return Liveness(True, f"{'process ' + owner_id.rsplit(':', 1)[0] if owner_id else 'its process'} "
+                              f"sent a heartbeat {age:.0f} s ago")
+    return Liveness(False, f"no heartbeat for {age:.0f} s (limit {limit:.0f} s)")
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a recycled pid: alive, but not a Python process
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read()
+        if cmdline and b"python" not in cmdline and b"cnnbench" not in cmdline:
+            return False
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            if handle.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                return False  # a zombie (killed, not yet reaped by its parent)
+    except (OSError, IndexError):
+        pass
+    return True
+
+
+def check_mlflow_run_id(client, run_id: str) -> None:
+    """``$MLFLOW_RUN_ID`` is how ``mlflow run`` hands its run to the command; attach only to such a
+    run: RUNNING, no metrics yet, never written by cnnbench. A leftover variable naming any other
+    run (a FINISHED one, one that trained already) is refused instead of being trained into."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"MLFLOW_RUN_ID={run_id} names no run in this tracking store; unset MLFLOW_RUN_ID "
+                          f"(it is meant for `mlflow run`) to start a new run") from None
+    problem = None
+    if run.info.status != "RUNNING":
+        problem = f"is {run.info.status}"
+    elif "cnnbench.version" in run.data.tags or run.data.metrics:
+        problem = "already holds a cnnbench training"
+    if problem:
+        raise ConfigError(
+            f"MLFLOW_RUN_ID={run_id} names a run that {problem}; cnnbench attaches only to the new RUNNING run "
+            f"`mlflow run` creates for it. Unset MLFLOW_RUN_ID to start a new run (or use --resume RUN_ID to continue one)"
+        )
+
+
+def delete_artifact(client, run_id: str, path: str) -> None:
+    """Remove one artifact of a run where the artifact store allows it (best effort)."""
+    try:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+        repo.delete_artifacts(path)
+    except Exception as err:  # not every store can delete; the file is then only dead weight
+        log.debug("could not delete artifact %s of run %s: %s", path, run_id, err)
