@@ -50,10 +50,11 @@ def cifar_dir(given: str | None) -> Path:
 
 
 def make_model() -> tuple[str, nn.Module]:
+    from cnnbench.models import build_model
     from cnnbench.registry import MODELS
 
     if "strided_cnn" in MODELS.names():
-        return "strided_cnn", MODELS.get("strided_cnn").build(num_classes=10, in_channels=3, image_size=(32, 32))
+        return "strided_cnn", build_model("strided_cnn", num_classes=10, in_channels=3, image_size=(32, 32))
     stand_in = nn.Sequential(nn.Conv2d(3, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 10))
     return "lenet-sized stand-in", stand_in

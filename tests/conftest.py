@@ -11,7 +11,29 @@ from click.testing import CliRunner
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
-FAST_FLAGS = ["--no-tsne", "--no-retrieval", "--no-kernels", "--no-predictions", "--no-memory", "--no-log-model", "--quiet"]
+
+def _artifact_switches():
+    from cnnbench.config import OPTIONS
+
+    return [o for o in OPTIONS.values() if o.section == "artifacts" and o.type == "bool"]
+
+
+# Every artifact switch off, from the declarations (a new artifact is off here the day it is declared).
+ARTIFACTS_OFF = {o.field: False for o in _artifact_switches()}
+# The CLI spelling of the slower artifacts off (confusion, curves and summary stay: they are cheap).
+FAST_FLAGS = [f"--no-{o.flag[2:]}" for o in _artifact_switches() if o.field not in ("confusion", "curves", "summary")] + ["--quiet"]
+
+
+def tiny_config(**sections):
+    """The shrunken config tests compose: lenet5 on 200 digits images, 3 epochs on the CPU, quiet,
+    every artifact off; ``tiny_config(optim={"lr": 0.01})`` changes sections on top."""
+    from cnnbench.config import TrainConfig
+
+    base = TrainConfig().replace(
+        data={"train_size": 200}, optim={"batch_size": 64}, run={"epochs": 3, "quiet": True, "device": "cpu"},
+        artifacts=ARTIFACTS_OFF,
+    )
+    return base.replace(**sections) if sections else base
 
 
 @pytest.fixture

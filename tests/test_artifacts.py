@@ -14,23 +14,25 @@ import torch
 from matplotlib.image import imread
 
 from cnnbench.artifacts import callbacks as cb
-from cnnbench.artifacts import kernels, latent, memory, retrieval
+from cnnbench.artifacts import artifact_callbacks, kernels, latent, memory, retrieval
 from cnnbench.artifacts.evaluation import confusion_tables, majority_baseline
 from cnnbench.config import TrainConfig
 from cnnbench.data.pipeline import prepare
 from cnnbench.engine.probes import collect_features
 from cnnbench.events import EvalResult, RunState, dispatch
+from cnnbench.models import build_model
 from cnnbench.registry import DATASETS, MODELS
+from conftest import ARTIFACTS_OFF
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return prepare(DATASETS.get("digits").load(), val_split=0.1, seed=0)
+    return prepare(DATASETS.get("digits").load(**DATASETS.get("digits").defaults()), val_split=0.1, seed=0)
 
 
 def lenet(data):
     torch.manual_seed(0)
-    return MODELS.get("lenet5").build(num_classes=len(data.classes), in_channels=data.channels, image_size=data.image_size)
+    return build_model("lenet5", num_classes=len(data.classes), in_channels=data.channels, image_size=data.image_size)
 
 
 def simulate_run(run: RunState, callbacks, epochs: int = 2, steps_per_epoch: int = 5) -> EvalResult:
@@ -48,7 +50,7 @@ def simulate_run(run: RunState, callbacks, epochs: int = 2, steps_per_epoch: int
             loss.backward()
             opt.step()
             run.global_step += 1
-            dispatch(callbacks, "on_step_end", run, run.global_step, float(loss.detach()))
+            dispatch(callbacks, "on_step_end", run, run.global_step, loss.detach())
         metrics = {"train_loss": 2.0 / epoch, "train_accuracy": 0.3 * epoch, "val_loss": 2.1 / epoch, "val_accuracy": 0.25 * epoch}
         run.epoch = epoch
         run.history.append({"epoch": epoch, **metrics})
@@ -66,7 +68,7 @@ def finished_run(digits, tmp_path_factory):
     config = TrainConfig().replace(run={"epochs": 2}, artifacts={"tsne_samples": 150, "kernel_every": 1, "memory_every": 2})
     run = RunState(config=config, model=lenet(digits), data=digits, device=torch.device("cpu"),
                    artifacts_dir=tmp_path_factory.mktemp("artifacts"))
-    callbacks = cb.default_callbacks(config)
+    callbacks = artifact_callbacks(config)
     result = simulate_run(run, callbacks)
     return run, result, callbacks
 
@@ -90,11 +92,9 @@ def test_config_json_round_trips(finished_run, tmp_path):
     run, _, _ = finished_run
     raw = json.loads((run.artifacts_dir / "config.json").read_text())
     assert TrainConfig.from_dict(raw) == run.config
-    # a resumed run's config.json still starts a fresh run when reused with --config
-    resumed = RunState(config=run.config.replace(run={"resume": "abc123"}), model=run.model, data=run.data,
-                       device=torch.device("cpu"), artifacts_dir=tmp_path)
-    cb.RunRecord(summary=False).on_run_start(resumed)
-    assert TrainConfig.load(tmp_path / "config.json") == run.config
+    # config.json files of cnnbench 0.1 (model.kernel_size, run.resume: null) still load
+    raw["model"]["kernel_size"], raw["run"]["resume"] = 5, None
+    assert TrainConfig.from_dict(raw).model.options["kernel_size"] == run.config.model.options.get("kernel_size", 5)
 
 
 def test_model_summary_names_layers_and_parameter_count(finished_run):
@@ -275,11 +275,9 @@ def test_predictions_grid_and_end_of_run_timing(finished_run):
 
 
 def test_switches_turn_kinds_off(digits, tmp_path):
-    config = TrainConfig().replace(run={"epochs": 1}, artifacts={
-        "kernels": False, "tsne": False, "retrieval": False, "predictions": False, "confusion": False,
-        "curves": False, "memory": False, "summary": False})
+    config = TrainConfig().replace(run={"epochs": 1}, artifacts=ARTIFACTS_OFF)
     run = RunState(config=config, model=lenet(digits), data=digits, device=torch.device("cpu"), artifacts_dir=tmp_path)
-    simulate_run(run, cb.default_callbacks(config), epochs=1, steps_per_epoch=1)
+    simulate_run(run, artifact_callbacks(config), epochs=1, steps_per_epoch=1)
     written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
     assert written == {"config.json"}
     assert "baseline_accuracy" in run.summary_metrics  # a number, not a file: always there
@@ -289,7 +287,7 @@ def test_failure_salvages_curves_without_raising(digits, tmp_path):
     config = TrainConfig()
     run = RunState(config=config, model=lenet(digits), data=digits, device=torch.device("cpu"), artifacts_dir=tmp_path)
     run.history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "train_accuracy": 0.5, "val_accuracy": 0.4}]
-    dispatch(cb.default_callbacks(config), "on_failure", run, RuntimeError("boom"), "FAILED")
+    dispatch(artifact_callbacks(config), "on_failure", run, RuntimeError("boom"), "FAILED")
     assert (tmp_path / "metrics" / "history.csv").exists()
     assert (tmp_path / "memory" / "memory.csv").exists()
 

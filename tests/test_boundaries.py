@@ -38,12 +38,43 @@ def test_engine_does_not_import_tracking_or_tune():
         assert "cnnbench.tracking" not in text and "cnnbench.tune" not in text, path
 
 
-def test_light_copies_of_choice_lists_match_their_sources():
-    """cli_options and tune/command keep copies of a few choice lists so `--help` imports neither
-    torch nor optuna; the copies must not drift from the lists the code actually accepts."""
-    from cnnbench import cli_options
-    from cnnbench.data import augment
-    from cnnbench.tune import command, study
+def _modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, fully named (``cnnbench.cli_options``, ``tqdm``, ...)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
 
-    assert cli_options.AUGMENTATIONS == augment.AUGMENTATIONS
-    assert (command.SAMPLERS, command.PRUNERS) == (study.SAMPLERS, study.PRUNERS)
+
+def test_engine_imports_no_console_or_cli_library():
+    for path in (SRC / "engine").rglob("*.py"):
+        assert not {m.split(".")[0] for m in _modules(path)} & {"tqdm", "click", "mlflow", "optuna"}, path
+
+
+CLI_MODULES = {"click", "cnnbench.cli", "cnnbench.cli_options"}
+
+
+def test_config_and_tune_logic_import_no_cli_module():
+    """The declarations (config.py) and tune's logic must be usable without the command line; only
+    tune/command.py (the CLI of tune) may import it."""
+    paths = [SRC / "config.py", *[p for p in (SRC / "tune").rglob("*.py") if p.name != "command.py"]]
+    for path in paths:
+        used = {m for m in _modules(path) if m in CLI_MODULES or m.split(".")[0] == "click"}
+        assert not used, f"{path.relative_to(SRC)} imports {used}"
+
+
+def test_config_declarations_import_no_torch():
+    assert not {m.split(".")[0] for m in _modules(SRC / "config.py")} & {"torch", "mlflow", "optuna", "numpy"}
+
+
+def test_choice_lists_are_declared_once():
+    """The lists --help shows are the very objects the code checks against (no light copies)."""
+    from cnnbench import config
+    from cnnbench.data import augment
+    from cnnbench.tune import PRUNERS, SAMPLERS, study
+
+    assert augment.AUGMENTATIONS is config.AUGMENTATIONS
+    assert (study.SAMPLERS, study.PRUNERS) == (SAMPLERS, PRUNERS) and study.SAMPLERS is SAMPLERS

@@ -29,7 +29,7 @@ def write_tree(root: Path, spec: dict[str, dict[str, int]], *, mode: str = "RGB"
 
 
 def _load(root, seed=0, **options):
-    return IMAGEFOLDER.load(data_dir=root, seed=seed, download=False, **options)
+    return IMAGEFOLDER.load(data_dir=root, seed=seed, download=False, **IMAGEFOLDER.defaults(**options))
 
 
 def test_reads_train_and_test_with_classes_from_folder_names(tmp_path):
@@ -96,7 +96,7 @@ def test_unreadable_image_is_named(tmp_path):
     with pytest.raises(DataError, match=rf"cannot read image {bad}"):
         _load(tmp_path)
     with pytest.raises(DataError, match=rf"cannot read image {bad}"):
-        IMAGEFOLDER.describe(data_dir=tmp_path)
+        IMAGEFOLDER.describe(data_dir=tmp_path, **IMAGEFOLDER.defaults())
 
 
 def test_truncated_image_is_named(tmp_path):
@@ -117,14 +117,14 @@ def test_layout_errors(tmp_path):
     with pytest.raises(DataError, match=r"class folder\(s\) zebra that train/ lacks"):
         _load(tmp_path)
     with pytest.raises(ConfigError, match="needs --data-dir"):
-        IMAGEFOLDER.load(data_dir=None, seed=0, download=False)
+        IMAGEFOLDER.load(data_dir=None, seed=0, download=False, **IMAGEFOLDER.defaults())
 
 
 def test_describe_reads_headers_only_when_given_the_folder(tmp_path):
     assert IMAGEFOLDER.needs_data_dir
-    assert IMAGEFOLDER.describe(size=16).height == 16
+    assert IMAGEFOLDER.describe(**IMAGEFOLDER.defaults(size=16)).height == 16
     write_tree(tmp_path, {"train": {"a": 3, "b": 2}, "test": {"a": 1}}, mode="L")
-    info = IMAGEFOLDER.describe(data_dir=tmp_path)
+    info = IMAGEFOLDER.describe(data_dir=tmp_path, **IMAGEFOLDER.defaults())
     assert (info.channels, info.height, info.width, info.num_classes) == (1, 6, 8, 2)
     assert (info.classes, info.train_size, info.test_size) == (("a", "b"), 5, 1)
     loaded = _load(tmp_path)

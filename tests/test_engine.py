@@ -20,17 +20,7 @@ from cnnbench.engine.optim import build_optimizer, build_scheduler, penalised_pa
 from cnnbench.errors import ConfigError, TrainingError
 from cnnbench.events import Callback
 
-NO_ARTIFACTS = {"kernels": False, "tsne": False, "retrieval": False, "predictions": False, "confusion": False,
-                "curves": False, "memory": False, "summary": False, "model": False}
-
-
-def tiny(**sections) -> TrainConfig:
-    """lenet5 on 200 digits images (4 batches of 64... the last one 8), quiet, untracked."""
-    base = TrainConfig().replace(
-        data={"train_size": 200}, optim={"batch_size": 64}, run={"epochs": 3, "quiet": True, "device": "cpu"},
-        artifacts=NO_ARTIFACTS,
-    )
-    return base.replace(**sections) if sections else base
+from conftest import tiny_config as tiny  # noqa: E402  (lenet5 on 200 digits images: 4 batches of 64, the last 8)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +29,7 @@ def data():
 
 
 def train(config: TrainConfig, data, callbacks=(), resume_state=None):
-    return api.train(config, list(callbacks), track=False, data=data, resume_state=resume_state)
+    return api.train(config, list(callbacks), data=data, resume_state=resume_state)
 
 
 class Recorder(Callback):
@@ -266,17 +256,20 @@ def test_cuda_only_flags_are_noted_no_ops_on_cpu(data):
     assert flagged.metrics["test_loss"] == train(tiny(run={"epochs": 1}), data).metrics["test_loss"]
 
 
-def test_progress_bar_on_a_terminal_only(data, monkeypatch):
+def test_progress_bar_on_a_terminal_only(data):
+    """The bar is the console callback's (the engine has none): shown on a terminal unless quiet."""
+    from cnnbench.tracking.progress import ConsoleProgress
+
     class Tty(io.StringIO):
         def isatty(self):
             return True
 
     for quiet, tty, shown in ((False, True, True), (True, True, False), (False, False, False)):
         stream = Tty() if tty else io.StringIO()
-        monkeypatch.setattr("sys.stderr", stream)
-        train(tiny(run={"epochs": 1, "quiet": quiet}), data)
+        train(tiny(run={"epochs": 1, "quiet": quiet}), data, [ConsoleProgress(quiet=quiet, stream=stream)])
         out = stream.getvalue()
-        assert ("epoch 1/1" in out and "img_s=" in out and "batch" in out) is shown, (quiet, tty, out)
+        assert ("epoch 1/1" in out and "img_s=" in out and "step" in out and "loss=" in out) is shown, (quiet, tty, out)
+        assert ("epoch 1/1  train_loss" in out) is (not quiet), out  # the per-epoch line, terminal or not
 
 
 @pytest.mark.parametrize("change, message", [

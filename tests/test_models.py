@@ -66,7 +66,7 @@ def _builtin_shapes() -> list[tuple[int, int, int, int]]:
     shapes = {(1, 8, 8, 10)}
     for name in DATASETS.names():
         try:
-            meta = DATASETS.get(name).describe()
+            meta = DATASETS.get(name).describe(**DATASETS.get(name).defaults())
         except Exception:  # needs a data_dir or options (imagefolder): no fixed shape
             continue
         if min(meta.height, meta.width, meta.num_classes) > 0:  # imagefolder: unknown until it reads files
@@ -144,7 +144,7 @@ def test_feature_points_name_real_layers(name):
 
 @pytest.mark.parametrize("name", [n for n in MODELS.names() if MODELS.get(n).option("kernel_size") and n != "edge_mlp"])
 def test_kernel_size_option_reaches_the_convolutions(name):
-    model = build_model(name, num_classes=10, in_channels=3, image_size=(32, 32), kernel_size=5)
+    model = build_model(name, num_classes=10, in_channels=3, image_size=(32, 32), options={"kernel_size": 5})
     assert first_conv_weight(model).shape[-2:] == (5, 5)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
@@ -175,7 +175,7 @@ def test_edge_mlp_without_a_target_or_width_is_an_error():
 @pytest.mark.parametrize("name", ["strided_cnn", "maxpool_cnn", "lenet5", "block_cnn", "three_conv"])
 def test_same_padding_models_refuse_even_kernels(name):
     with pytest.raises(ModelInputError, match="odd kernel sizes"):
-        build_model(name, num_classes=10, in_channels=3, image_size=(32, 32), kernel_size=4)
+        build_model(name, num_classes=10, in_channels=3, image_size=(32, 32), options={"kernel_size": 4})
 
 
 @pytest.mark.parametrize("name,options,shape,minimum", [
@@ -211,21 +211,56 @@ def test_bad_options_are_config_errors(name, options, match):
         build_model(name, num_classes=10, in_channels=3, image_size=(32, 32), options=options)
 
 
-def test_builders_called_directly_check_structural_options():
-    from cnnbench.models import block_cnn, keras_cifar
+def _keyword_parameters(build) -> tuple[set[str], set[str]]:
+    """(keyword-only parameter names, those with a default) of a builder, partials unwrapped."""
+    import functools
+    import inspect
 
-    with pytest.raises(ModelInputError, match="blocks must be one of 2, 3"):
-        block_cnn.build(num_classes=10, in_channels=3, image_size=(32, 32), blocks=4)
-    with pytest.raises(ModelInputError, match="modules must be one of 2, 3, 4"):
-        keras_cifar.build_maxpool(num_classes=10, in_channels=3, image_size=(32, 32), modules=5)
+    fixed = set()
+    while isinstance(build, functools.partial):
+        fixed |= set(build.keywords)
+        build = build.func
+    params = inspect.signature(build).parameters.values()
+    kw = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY} - fixed
+    return kw, {p.name for p in params if p.default is not inspect.Parameter.empty and p.name not in fixed}
 
 
-def test_kernel_size_flag_rules():
+@pytest.mark.parametrize("name", MODELS.names())
+def test_model_builders_take_exactly_their_declared_options_without_defaults(name):
+    """One default per option: the declaration's. A builder keyword the declaration lacks (or the
+    reverse), or a default of the builder's own, would drift from what the CLI shows."""
+    plugin = MODELS.get(name)
+    keywords, with_defaults = _keyword_parameters(plugin.build)
+    assert keywords - {"num_classes", "in_channels", "image_size"} == {o.name for o in plugin.options}
+    assert not with_defaults
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_dataset_loaders_take_exactly_their_declared_options_without_defaults(name):
+    import inspect
+
+    plugin = DATASETS.get(name)
+    for function, own in ((plugin.load, {"data_dir", "seed", "download"}), (plugin.describe, {"data_dir"})):
+        keywords, with_defaults = _keyword_parameters(function)
+        takes_rest = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
+        if takes_rest:  # e.g. edges' ten options: filled from the declaration's defaults, none of its own
+            assert keywords - own == set(), function
+        else:
+            assert keywords - own == {o.name for o in plugin.options}, function
+        assert not (with_defaults - own), function
+
+
+def test_builder_errors_name_the_model_once():
+    with pytest.raises(ModelInputError, match=r"^model 'block_cnn' uses 'same' padding"):
+        build_model("block_cnn", num_classes=10, in_channels=3, image_size=(32, 32), options={"kernel_size": 4})
+    with pytest.raises(ModelInputError, match=r"^model 'lenet5' needs inputs of at least 28x28"):
+        build_model("lenet5", num_classes=10, in_channels=1, image_size=(8, 8))
+
+
+def test_kernel_size_is_an_ordinary_model_option():
     with pytest.raises(ModelInputError, match="takes no kernel size"):
-        build_model("mlp", num_classes=10, in_channels=1, image_size=(28, 28), kernel_size=3)
-    with pytest.raises(ModelInputError, match="contradicts"):
-        build_model("lenet5", num_classes=10, in_channels=1, image_size=(28, 28), options={"kernel_size": "3"}, kernel_size=5)
-    model = build_model("lenet5", num_classes=10, in_channels=1, image_size=(28, 28), options={"kernel_size": "3"}, kernel_size=3)
+        build_model("mlp", num_classes=10, in_channels=1, image_size=(28, 28), options={"kernel_size": 3})
+    model = build_model("lenet5", num_classes=10, in_channels=1, image_size=(28, 28), options={"kernel_size": "3"})
     assert first_conv_weight(model).shape[-1] == 3
 
 

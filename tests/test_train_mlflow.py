@@ -50,7 +50,7 @@ def test_default_run_learns_and_logged_model_predicts_the_same(tracking_uri, exp
         run={"tracking_uri": tracking_uri, "experiment": experiment, "quiet": True},
         artifacts={"tsne": False, "retrieval": False, "kernels": False, "predictions": False, "memory": False},
     )
-    result = api.train(config)
+    result = api.train(config, api.run_callbacks(config))
     assert result.metrics["test_accuracy"] > 0.85  # 10 classes: chance is 0.1
     loaded = mlflow.pytorch.load_model(result.model_uri)
     x = torch.randn(5, 1, 28, 28)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from cnnbench.config import TrainConfig
-from cnnbench.errors import ConfigError, ModelInputError
+from cnnbench.errors import CnnbenchError, ConfigError, ModelInputError, RunInterrupted
 from cnnbench.events import Callback
 from cnnbench.registry import DATASETS, DatasetInfo, resolve_options
 
@@ -111,7 +111,8 @@ def load_data(config: TrainConfig):
 
     plugin = DATASETS.get(config.data.name)
     data_dir = resolve_data_dir(config.data.data_dir or None)
-    bundle = plugin.load(data_dir=data_dir, seed=config.run.seed, download=config.data.download, **config.data.options)
+    options = resolve_options(plugin.options, config.data.options, owner=f"dataset {config.data.name!r}")
+    bundle = plugin.load(data_dir=data_dir, seed=config.run.seed, download=config.data.download, **options)
     return prepare(
         bundle, val_split=config.data.val_split, seed=config.run.seed,
         train_size=config.data.train_size, image_size=config.data.image_size,
@@ -160,45 +161,100 @@ def train(
     if data is None:
         data = load_data(config)
     model = resolved.model.train()
-    with tempfile.TemporaryDirectory(prefix="cnnbench-run-") as staging, _sigterm_as_interrupt():
+    with tempfile.TemporaryDirectory(prefix="cnnbench-run-") as staging, interrupt_signals():
         run = RunState(config=config, model=model, data=data, device=device, artifacts_dir=Path(staging))
         run.params["param_count"] = count_parameters(model)
         run.params["device"] = str(device)  # resolved: "auto" is logged as what it chose
-        result = fit(run, list(callbacks), resume_state=resume_state)
+        try:
+            result = fit(run, list(callbacks), resume_state=resume_state)
+        except KeyboardInterrupt as err:
+            raise _interrupted(run, callbacks, err) from err
+        except CnnbenchError as err:
+            hint = _resume_hint(run, callbacks)
+            if hint and err.args and hint not in str(err):
+                err.args = (f"{err.args[0]}. {hint}", *err.args[1:])
+            raise
     return TrainResult(
         run_id=run.run_id, metrics={**result.summary, **run.summary_metrics}, history=result.history,
         model=model, model_uri=run.model_uri, tracking_uri=run.tracking_uri,
     )
 
 
+INTERRUPT_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C, kill, a closed terminal / SSH session
+
+
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C while training, so the run is checkpointed and ends KILLED."""
+def interrupt_signals(stream=None) -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP stop the run the same way: the first one raises
+    ``KeyboardInterrupt`` (the engine then saves the checkpoint and the tracker ends the run
+    KILLED); any further one while that cleanup runs is only acknowledged, so pressing Ctrl-C twice
+    can never cut the cleanup short and leave the run FINISHED-without-results or RUNNING."""
+    import sys
+
+    received: list[int] = []
 
     def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        received.append(signum)
+        if len(received) == 1:
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        print(f"cnnbench: {signal.Signals(signum).name} received again; still saving the checkpoint and closing "
+              f"the run, please wait", file=stream or sys.stderr, flush=True)
 
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        for name in INTERRUPT_SIGNALS:
+            if hasattr(signal, name):
+                previous[name] = signal.signal(getattr(signal, name), handler)
     except ValueError:  # not the main thread (e.g. tune with threads): leave signals alone
+        for name, old in previous.items():
+            signal.signal(getattr(signal, name), old)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for name, old in previous.items():
+            signal.signal(getattr(signal, name), old)
+
+
+def _resume_hint(run, callbacks) -> str | None:
+    for cb in callbacks:
+        message = getattr(cb, "interrupt_message", None)
+        hint = message(run) if callable(message) else None
+        if hint:
+            return hint
+    return None
+
+
+def _interrupted(run, callbacks, err: KeyboardInterrupt) -> RunInterrupted:
+    """The interrupt, with the run id, its state and the command that resumes it (the CLI prints it)."""
+    why = str(err) or "Ctrl-C"
+    hint = _resume_hint(run, callbacks)
+    if hint is None:
+        hint = "no MLflow run was recorded" if run.run_id is None else f"MLflow run {run.run_id}"
+    return RunInterrupted(f"interrupted ({why}): {hint}", run_id=run.run_id)
 
 
 def resume(run_id: str, *, tracking_uri: str | None = None, quiet: bool = False) -> TrainResult:
-    """Continue an interrupted (KILLED/FAILED) cnnbench run in place: same run id, next epoch."""
-    from cnnbench.tracking.resume import fetch_resume
+    """Continue an interrupted cnnbench run in place: same run id, next epoch (or, when it was
+    stopped after its last epoch, straight to the test pass and the artifacts).
+
+    Resumable: KILLED or FAILED, or RUNNING with its process gone (no heartbeat). The run is
+    claimed first (see :func:`cnnbench.tracking.resume.claim`): a second resume of the same run,
+    at the same moment or later, is refused."""
+    from cnnbench.tracking.resume import claim, fetch_resume, get_resumable, release
     from cnnbench.tracking.store import check_reachable, resolve_uri
 
     uri = resolve_uri(tracking_uri)
     check_reachable(uri)
-    raw, state = fetch_resume(uri, run_id)
-    config = TrainConfig.from_dict(raw, source=f"config.json of run {run_id}")
-    config = config.replace(run={"tracking_uri": uri, "quiet": quiet})
-    if int(state["epoch"]) >= config.run.epochs:
-        raise ConfigError(f"--resume: run {run_id} already completed its {config.run.epochs} epochs")
-    return train(config, run_callbacks(config, run_id=run_id), resume_state=state)
+    get_resumable(uri, run_id)  # refuse early (before the claim) what can never be resumed
+    before = claim(uri, run_id)
+    try:
+        raw, state = fetch_resume(uri, run_id)
+        config = TrainConfig.from_dict(raw, source=f"config.json of run {run_id}")
+        config = config.replace(run={"tracking_uri": uri, "quiet": quiet})
+        callbacks = run_callbacks(config, run_id=run_id)
+    except BaseException:
+        release(uri, run_id, before)
+        raise
+    return train(config, callbacks, resume_state=state)

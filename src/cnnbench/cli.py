@@ -13,12 +13,13 @@ import click
 from cnnbench import __version__
 from cnnbench.cli_options import GroupedCommand, config_from_params, given_on_command_line, train_options
 from cnnbench.config import OPTIONS
-from cnnbench.errors import CnnbenchError
+from cnnbench.errors import CnnbenchError, RunInterrupted
 
 LAZY_COMMANDS = {
     "info": "cnnbench.commands.info:command",
     "gradcheck": "cnnbench.commands.gradcheck:command",
     "tune": "cnnbench.tune.command:command",
+    "runs": "cnnbench.commands.runs:command",
 }
 
 
@@ -42,6 +43,9 @@ class CnnbenchGroup(click.Group):
             return super().invoke(ctx)
         except CnnbenchError as err:
             click.echo(f"Error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except RunInterrupted as err:  # Ctrl-C / SIGTERM / SIGHUP: which run, its state, how to resume
+            click.echo(str(err), err=True)
             ctx.exit(err.exit_code)
 
 

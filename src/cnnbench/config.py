@@ -119,29 +119,29 @@ class TrainOption:
             if not math.isfinite(value):
                 raise ConfigError(f"{prefix}{self.flag} must be a finite number; got {value}")
             if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-                raise ConfigError(f"{prefix}{self.flag} must be {self._bound_text()}; got {_show(value)}")
+                raise ConfigError(f"{prefix}{self.flag} must {self._bound_text()}; got {value}")
             if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
-                raise ConfigError(f"{prefix}{self.flag} must be {self._bound_text()}; got {_show(value)}")
+                raise ConfigError(f"{prefix}{self.flag} must {self._bound_text()}; got {value}")
         if self.check is not None:
             reason = self.check(value)
             if reason:
-                raise ConfigError(f"{prefix}{self.flag} {reason}; got {_show(value)[:80]!r}")
+                raise ConfigError(f"{prefix}{self.flag} {reason}; got {str(value)[:80]!r}")
         return value
 
     def _bound_text(self) -> str:
         if self.low == 0 and self.low_open and self.high is None:
-            return "positive"
+            return "be positive"
         if self.low == 1 and not self.low_open and self.high is None and self.type == "int":
-            return "positive"
+            return "be positive"
         if self.low is not None and self.high is not None:
-            lo = "strictly between" if self.low_open and self.high_open else "between"
+            lo = "lie strictly between" if self.low_open and self.high_open else "lie between"
             if self.low_open != self.high_open:
-                return f"{'>' if self.low_open else '>='} {_show(self.low)} and {'<' if self.high_open else '<='} {_show(self.high)}"
+                return f"be {'>' if self.low_open else '>='} {_show(self.low)} and {'<' if self.high_open else '<='} {_show(self.high)}"
             return f"{lo} {_show(self.low)} and {_show(self.high)}"
-        return self.describe().split(" ", 2)[-1] if self.low is not None or self.high is not None else self.describe()
+        return "be " + self.describe().split(" ", 2)[-1]
 
     def _convert(self, raw: Any, text: bool) -> Any:
-        if isinstance(raw, str) and not text:
+        if isinstance(raw, str) and not text and self.type != "str":
             raise TypeError(raw)  # JSON/TOML carry types: "5" for an int is a mistake, not a 5
         if self.type == "bool":
             if isinstance(raw, bool):

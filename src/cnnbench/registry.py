@@ -196,6 +196,10 @@ class DatasetPlugin:
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
 
+    def defaults(self, **given: Any) -> dict[str, Any]:
+        """Every declared option at its default, overridden by ``given`` (parsed and checked)."""
+        return resolve_options(self.options, given, owner="this dataset")
+
 
 P = TypeVar("P")
 

@@ -13,9 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cnnbench.config import AUGMENTATIONS
 from cnnbench.errors import ConfigError
 
-AUGMENTATIONS = ("none", "flip-crop", "strong")
 CROP_PADDING = 4  # pixels, as in the common CIFAR-10 recipe
 MAX_ROTATION_DEG = 15.0  # the three-conv study's RandomRotation(15)
 MAX_SHEAR_DEG = 10.0

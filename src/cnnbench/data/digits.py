@@ -7,6 +7,8 @@ every seed is scored on the same images.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 from cnnbench.registry import DatasetInfo, DatasetPlugin, Option
@@ -17,12 +19,12 @@ NUM_IMAGES = 1797
 CLASSES = tuple(str(d) for d in range(10))
 
 
-def describe(*, size: int = 28) -> DatasetInfo:
-    test = round(NUM_IMAGES * TEST_FRACTION)
+def describe(*, size: int) -> DatasetInfo:
+    test = math.ceil(NUM_IMAGES * TEST_FRACTION)  # as scikit-learn's stratified split rounds
     return DatasetInfo(1, size, size, 10, CLASSES, NUM_IMAGES - test, test)
 
 
-def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True, size: int = 28):
+def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True, size: int):
     import numpy as np
     import torch
     from sklearn.datasets import load_digits

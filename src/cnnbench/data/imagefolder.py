@@ -144,8 +144,8 @@ def _cached_pixels(paths: list[Path], size: int):
     return pixels
 
 
-def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True, size: int = 0,
-         test_fraction: float = 0.2):
+def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True, size: int,
+         test_fraction: float):
     import torch
 
     from cnnbench.data.bundle import DatasetBundle, Split
@@ -176,7 +176,7 @@ def _header(path: Path) -> tuple[str, tuple[int, int]]:
         raise _unreadable(path, err) from None
 
 
-def describe(*, data_dir: Path | None = None, size: int = 0, test_fraction: float = 0.2) -> DatasetInfo:
+def describe(*, data_dir: Path | None = None, size: int, test_fraction: float) -> DatasetInfo:
     """Without ``data_dir``: only what the options say (channels assumed 3, 0 = unknown).
     With it: class folders are listed and image headers read (no pixels decoded)."""
     if data_dir is None:

@@ -96,6 +96,7 @@ class Trainer:
         self.best: dict = {"val_accuracy": -1.0, "epoch": 0}
         self.best_state: dict | None = None
         self.latest: dict | None = None  # CPU copy of the state at the last epoch end
+        self.training_done = False  # the epochs are over (last one, or early stopping): test and artifacts remain
         self.written_at = time.perf_counter()
         self.train_time_s = 0.0
         self.train_images = 0
@@ -118,6 +119,7 @@ class Trainer:
             "best_model": self.best_state,
             "timing": {"train_time_s": self.train_time_s, "train_images": self.train_images},
             "rng": checkpoint.rng_state(run.device),
+            "training_done": self.training_done,
         }
 
     def restore(self, state: dict) -> None:
@@ -140,6 +142,7 @@ class Trainer:
         self.train_images = int(timing.get("train_images", 0))
         if "rng" in state:
             checkpoint.set_rng_state(state["rng"], run.device)
+        self.training_done = bool(state.get("training_done")) or run.epoch >= self.cfg.run.epochs
 
     def snapshot(self) -> None:
         """Keep a CPU copy of the current state (what the next ``last.pt`` will hold)."""
@@ -159,15 +162,20 @@ class Trainer:
             self.restore(resume_state)
         self.snapshot()  # an interrupt in the first epoch still leaves something to resume
         dispatch(self.callbacks, "on_run_start", run)
-        for epoch in range(run.epoch + 1, cfg.run.epochs + 1):
+        # A run interrupted after its epochs (testing, artifacts, model logging) resumes right here.
+        for epoch in range(run.epoch + 1, cfg.run.epochs + 1) if not self.training_done else ():
             dispatch(self.callbacks, "on_epoch_start", run, epoch)
             metrics = self.epoch(epoch)
             run.epoch = epoch
             run.history.append({"epoch": epoch, **metrics})
             self.track_best(epoch, metrics["val_accuracy"])
             stop = bool(cfg.run.patience) and epoch - self.best["epoch"] >= cfg.run.patience
+            self.training_done = stop or epoch == cfg.run.epochs
             self.snapshot()
-            due = stop or epoch == cfg.run.epochs or time.perf_counter() - self.written_at >= CHECKPOINT_EVERY_S
+            # the first epoch of a process is always written (and uploaded by the tracker): a run killed
+            # without any cleanup (SIGKILL) can then be resumed; later ones at most every CHECKPOINT_EVERY_S
+            due = (self.training_done or epoch == run.start_epoch + 1
+                   or time.perf_counter() - self.written_at >= CHECKPOINT_EVERY_S)
             last = self.save_last() if due else None
             dispatch(self.callbacks, "on_epoch_end", run, epoch, metrics)
             if last is not None:
@@ -288,7 +296,11 @@ def fit(run: RunState, callbacks: list[Callback], *, resume_state: dict | None =
         return trainer.fit(resume_state)
     except KeyboardInterrupt as err:
         _save_for_resume(trainer)
-        run.notes.append(f"interrupted during epoch {run.epoch + 1}; checkpoints/last.pt holds epoch {run.epoch}")
+        if trainer is not None and trainer.training_done:
+            run.notes.append(f"interrupted after the last epoch ({run.epoch}), while testing or writing artifacts; "
+                             f"checkpoints/last.pt holds epoch {run.epoch} and --resume runs the test pass and artifacts")
+        else:
+            run.notes.append(f"interrupted during epoch {run.epoch + 1}; checkpoints/last.pt holds epoch {run.epoch}")
         dispatch(callbacks, "on_failure", run, err, "KILLED")
         raise
     except BaseException as err:

@@ -43,7 +43,7 @@ class ConsoleProgress(Callback):
         if self._bar is None:
             return
         self._bar.update(1)
-        if self._bar.n % BAR_UPDATE_EVERY == 0:
+        if self._bar.n % BAR_UPDATE_EVERY == 0 or self._bar.n == self._bar.total:
             self._loss_sum += float(loss)
             self._updates += 1
             images = self._bar.n * run.config.optim.batch_size * run.config.optim.grad_accum
