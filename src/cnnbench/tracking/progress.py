@@ -48,7 +48,8 @@ class ConsoleProgress(Callback):
             self._updates += 1
             images = self._bar.n * run.config.optim.batch_size * run.config.optim.grad_accum
             self._bar.set_postfix(loss=f"{self._loss_sum / self._updates:.4f}",
-                                  img_s=f"{images / max(time.perf_counter() - self._t0, 1e-9):.0f}", refresh=False)
+                                  img_s=f"{images / max(time.perf_counter() - self._t0, 1e-9):.0f}",
+                                  refresh=self._bar.n == self._bar.total)
 
     def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
         self._close()
