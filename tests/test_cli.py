@@ -91,23 +91,6 @@ def test_config_file_with_unknown_keys_is_listed(cli, tmp_path):
     assert "unknown key(s) in optim: learning_rate" in result.stderr
 
 
-def test_every_train_flag_reaches_its_config_field():
-    """Parse flags the way `cnnbench train` does and check the resolved configuration."""
-    from cnnbench.cli import main
-    from cnnbench.cli_options import config_from_params
-
-    args = ["--step-size", "2", "--gamma", "0.5", "--scheduler", "step", "--retrieval-k", "3", "--memory-every", "5",
-            "--no-confusion", "--no-curves", "--no-summary", "--no-download", "--kernel-size", "auto",
-            "--model-option", "dropout=0.2", "--data-dir", ""]
-    ctx = main.get_command(None, "train").make_context("train", args)
-    config = config_from_params(ctx, ctx.params)
-    assert (config.optim.step_size, config.optim.gamma, config.optim.scheduler) == (2, 0.5, "step")
-    a = config.artifacts
-    assert (a.retrieval_k, a.memory_every, a.confusion, a.curves, a.summary) == (3, 5, False, False, False)
-    assert config.data.download is False and config.data.data_dir is None  # "" is the MLproject's "not given"
-    assert config.model.options == {"dropout": "0.2"}  # --kernel-size auto sets nothing: the model's default
-
-
 def test_config_file_is_overridden_only_by_given_flags(tmp_path):
     from cnnbench.cli import main
     from cnnbench.cli_options import config_from_params

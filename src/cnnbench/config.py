@@ -39,7 +39,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "sgd": OptimizerSpec("SGD", "plain SGD"),
     "momentum": OptimizerSpec("SGD", "SGD with --momentum", momentum=True, state_copies=1),
     "nesterov": OptimizerSpec("SGD", "SGD with Nesterov --momentum", momentum=True, kwargs=(("nesterov", True),), state_copies=1),
-    "rmsprop": OptimizerSpec("RMSprop", "RMSprop (no momentum)", state_copies=1),
+    "rmsprop": OptimizerSpec("RMSprop", "RMSprop without momentum", state_copies=1),
     "adam": OptimizerSpec("Adam", "Adam", state_copies=2),
     "adamw": OptimizerSpec("AdamW", "Adam with decoupled weight decay", state_copies=2),
 }
@@ -210,7 +210,8 @@ class DataConfig:
     name: str = option("digits", "dataset name (cnnbench list datasets)", type="str", group="data", metavar="NAME")
     options: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = option(None, "dataset folder (default: $CNNBENCH_DATA or ~/.cache/cnnbench/data)",
-                                  type="str", group="data", nullable=True, vary=False, metavar="DIR")
+                                  type="str", group="data", nullable=True, vary=False, metavar="DIR",
+                                  applies=lambda c: c.data.data_dir is not None)
     val_split: float = option(0.1, "fraction of train held out for validation (stratified by seed)",
                               type="float", group="data", low=0, high=1, low_open=True, high_open=True)
     train_size: int | None = option(None, "train on a stratified subset of N images (default: all)", type="int",

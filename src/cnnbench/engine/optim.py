@@ -5,26 +5,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnbench.config import OptimConfig
+from cnnbench.config import OPTIMIZERS, OptimConfig
 from cnnbench.models.base import penalty_parameters
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``sgd`` (no momentum), ``momentum``/``nesterov`` (SGD with ``cfg.momentum``), ``rmsprop``,
-    ``adam``, ``adamw``; all with ``cfg.weight_decay`` (decoupled for adamw, L2-in-gradient otherwise)."""
+    """The optimizer ``cfg.optimizer`` names, as declared in :data:`cnnbench.config.OPTIMIZERS` (its
+    ``torch.optim`` class, fixed arguments, whether it takes ``--momentum``), with ``cfg.lr`` and
+    ``cfg.weight_decay`` (decoupled for adamw, L2-in-gradient otherwise)."""
+    spec = OPTIMIZERS.get(cfg.optimizer)
+    if spec is None:  # config.validate() prevents this; kept for direct callers
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
     params = [p for p in model.parameters() if p.requires_grad]
-    lr, wd = cfg.lr, cfg.weight_decay
-    builders = {
-        "sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=wd),
-        "momentum": lambda: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd),
-        "nesterov": lambda: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=wd),
-        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, weight_decay=wd),
-        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd),
-        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
-    }
-    if cfg.optimizer not in builders:  # config.validate() prevents this; kept for direct callers
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; accepted: {', '.join(builders)}")
-    return builders[cfg.optimizer]()
+    kwargs = dict(spec.kwargs, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if spec.momentum:
+        kwargs["momentum"] = cfg.momentum
+    return getattr(torch.optim, spec.torch_class)(params, **kwargs)
 
 
 def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int):
