@@ -38,7 +38,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.shape = tuple(int(v) for v in config["input_shape"])  # (C, H, W)
         self.program = torch.export.load(context.artifacts["program"]).module()
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # Annotated np.ndarray, a type MLflow neither validates nor converts: a DataFrame or nested lists
+    # pass through unchanged (and no "add type hints" warning).
+    def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
         import torch
 
         images = to_images(model_input, self.shape)

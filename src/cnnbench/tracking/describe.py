@@ -91,8 +91,20 @@ def description(run: "RunState", *, heading: str | None = None) -> str:
 
 
 def _options_text(cfg: "TrainConfig") -> str:
-    opts = {**{f"model.{k}": v for k, v in cfg.model.options.items()}, **{f"data.{k}": v for k, v in cfg.data.options.items()}}
+    from cnnbench.registry import DATASETS, MODELS
+
+    opts = {**{f"model.{k}": v for k, v in non_default(MODELS, cfg.model.name, cfg.model.options).items()},
+            **{f"data.{k}": v for k, v in non_default(DATASETS, cfg.data.name, cfg.data.options).items()}}
     return f" ({', '.join(f'{k}={v}' for k, v in opts.items())})" if opts else ""
+
+
+def non_default(registry, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that differ from the plugin's declared defaults (resolved options hold them all)."""
+    try:
+        declared = {o.name: o.default for o in registry.get(name).options}
+    except Exception:  # a plugin that cannot be looked up: show everything
+        return dict(options)
+    return {k: v for k, v in options.items() if k not in declared or declared[k] != v}
 
 
 # -- MLflow's standard tags -----------------------------------------------------------------
@@ -151,7 +163,10 @@ class _Keyed:
 
 
 def dataset_name(config: "TrainConfig") -> str:
-    opts = ",".join(f"{k}={v}" for k, v in config.data.options.items())
+    """``digits``; ``edges[noise=0.2]`` for options other than the plugin's defaults."""
+    from cnnbench.registry import DATASETS
+
+    opts = ",".join(f"{k}={v}" for k, v in non_default(DATASETS, config.data.name, config.data.options).items())
     return f"{config.data.name}[{opts}]" if opts else config.data.name
 
 

@@ -22,7 +22,10 @@ instead, and with it every dependency of the package.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,9 +111,41 @@ def signature(classes) -> "mlflow.models.ModelSignature":
     return ModelSignature(inputs=None, outputs=Schema(cols))
 
 
+def log_model_with_metrics(run: "RunState", metrics: dict[str, float], *, step: int,
+                           register_model: str | None = None) -> str | None:
+    """Log the model, then ``metrics`` (the final test metrics) on the run and linked to the model
+    and the test dataset; return the model URI. A network ``torch.export`` cannot capture (a
+    third-party model with data-dependent control flow) costs the model, not the run: the metrics
+    are logged, the reason is tagged ``cnnbench.model_error`` and None returned."""
+    from cnnbench.tracking import describe
+
+    try:
+        info = log_model(run, register_model=register_model)
+    except ExportError as err:
+        _log_metrics(metrics, step)
+        mlflow.set_tag("cnnbench.model_error", str(err)[:4000])
+        warnings.warn(str(err), stacklevel=2)
+        return None
+    except BaseException:
+        _log_metrics(metrics, step)  # the results outlive a failed upload
+        raise
+    test = describe.dataset(run, "test") if len(run.data.test) else None
+    _log_metrics(metrics, step, model_id=info.model_id, dataset=test)
+    return info.model_uri
+
+
+def _log_metrics(metrics: dict[str, float], step: int, **link) -> None:
+    if metrics:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, **link)
+
+
+class ExportError(Exception):
+    """``torch.export`` could not capture the network."""
+
+
 def log_model(run: "RunState", *, register_model: str | None = None) -> Any:
-    """Log the run's model (see the module docstring); link its final test metrics. Returns the
-    ``ModelInfo`` (``.model_uri``, ``.model_id``, ``.registered_model_version``)."""
+    """Log the run's model (see the module docstring). Returns the ``ModelInfo`` (``.model_uri``,
+    ``.model_id``, ``.registered_model_version``)."""
     import numpy as np
 
     model = run.model
@@ -121,26 +156,31 @@ def log_model(run: "RunState", *, register_model: str | None = None) -> Any:
     example = split.images[:EXAMPLE_IMAGES].permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)  # (N, H, W, C)
     meta = metadata(run)
     try:
-        with tempfile.TemporaryDirectory(prefix="cnnbench-model-") as folder:
-            program = export_program(model, run.data.mean, run.data.std, tuple(meta["input_shape"]), Path(folder) / "classifier.pt2")
-            info = mlflow.pyfunc.log_model(
-                name=model_name(run),
-                python_model=str(CODE_FILE),
-                artifacts={"program": str(program)},
-                model_config={"classes": meta["classes"], "input_shape": meta["input_shape"]},
-                signature=signature(meta["classes"]),
-                input_example=example,
-                metadata=meta,
-                pip_requirements=requirements(),
-                registered_model_name=register_model,
-                params={"model": run.config.model.name, "dataset": run.config.data.name},
-            )
+        with tempfile.TemporaryDirectory(prefix="model-export-") as folder:
+            try:
+                program = export_program(model, run.data.mean, run.data.std, tuple(meta["input_shape"]),
+                                         Path(folder) / "classifier.pt2")
+            except Exception as err:
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ExportError(f"the model was not logged: torch.export cannot capture {run.config.model.name!r} ({first})") from err
+            # MLflow prints "Successfully registered model ..." itself: --quiet keeps it off the console
+            with contextlib.redirect_stderr(io.StringIO()) if run.config.run.quiet else contextlib.nullcontext():
+                info = _log_pyfunc(run, program, meta, example, register_model)
     finally:
         model.to(device).train(was_training)
     return info
 
 
-def link_metrics(model_id: str, metrics: dict[str, float], *, step: int, dataset=None) -> None:
-    """Record ``metrics`` on the logged model (and the run), tied to ``dataset`` when given."""
-    if metrics:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id, dataset=dataset)
+def _log_pyfunc(run: "RunState", program: Path, meta: dict[str, Any], example, register_model: str | None):
+    return mlflow.pyfunc.log_model(
+        name=model_name(run),
+        python_model=str(CODE_FILE),
+        artifacts={"program": str(program)},
+        model_config={"classes": meta["classes"], "input_shape": meta["input_shape"]},
+        signature=signature(meta["classes"]),
+        input_example=example,
+        metadata=meta,
+        pip_requirements=requirements(),
+        registered_model_name=register_model,
+        params={"model": run.config.model.name, "dataset": run.config.data.name},
+    )
