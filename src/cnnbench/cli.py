@@ -18,7 +18,8 @@ from cnnbench.errors import CnnbenchError, RunInterrupted
 LAZY_COMMANDS = {
     "info": "cnnbench.commands.info:command",
     "gradcheck": "cnnbench.commands.gradcheck:command",
-    "tune": "cnnbench.tune.command:command",
+    "memory": "cnnbench.commands.memory:command",
+    "tune": "cnnbench.commands.tune:command",
     "runs": "cnnbench.commands.runs:command",
 }
 

@@ -35,3 +35,15 @@ class TrainingError(CnnbenchError):
     """Training itself failed (non-finite loss, out of memory, ...)."""
 
     exit_code = 1
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM / SIGHUP stopped a run; the message names the run, its state and the command
+    that resumes it. A ``KeyboardInterrupt`` (so nothing that catches ``Exception`` swallows it);
+    the CLI prints the message and exits 130."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id

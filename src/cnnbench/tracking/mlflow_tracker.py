@@ -9,6 +9,7 @@ FINISHED, FAILED (with ``failure_reason``) or KILLED.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import subprocess
@@ -19,8 +20,11 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 import cnnbench
+from cnnbench.errors import TrackingError
 from cnnbench.events import Callback, RunState
 from cnnbench.tracking import describe
+from cnnbench.tracking import runs as mlruns
+from cnnbench.tracking.store import mask_uri
 
 FAILURE_REASON_MAX_CHARS = 4000
 
@@ -53,6 +57,11 @@ class MlflowTracker(Callback):
         self.client = MlflowClient(tracking_uri)
         self.model_uri: str | None = None
         self._ended = False
+        self._heartbeat: mlruns.Heartbeat | None = None
+        self._pending = None  # the previous epoch's asynchronous metric write
+        self._store_error: BaseException | None = None  # the store stopped answering mid-run
+        self.local_checkpoint: Path | None = None  # kept on disk when the store could not take it
+        self.status: str | None = None  # how the run ended
 
     @classmethod
     def for_config(cls, config, *, run_id: str | None = None, adopt_mlflow_run: bool = True,
@@ -64,9 +73,12 @@ class MlflowTracker(Callback):
 
         uri = resolve_uri(config.run.tracking_uri)
         check_reachable(uri)
+        adopted = os.environ.get("MLFLOW_RUN_ID") if adopt_mlflow_run and not run_id else None
+        if adopted:  # only the RUNNING run `mlflow run` just created, never a leftover or finished one
+            mlruns.check_mlflow_run_id(MlflowClient(uri), adopted)
         return cls(
             tracking_uri=uri, experiment=config.run.experiment, run_name=config.run.run_name,
-            run_id=run_id or (os.environ.get("MLFLOW_RUN_ID") if adopt_mlflow_run else None), log_model=config.artifacts.model,
+            run_id=run_id or adopted, log_model=config.artifacts.model,
             system_metrics=config.artifacts.memory, **options,
         )
 
@@ -84,7 +96,8 @@ class MlflowTracker(Callback):
         run.tracking_uri = self.tracking_uri
         self._ended = False
         self._log_params(run)
-        mlflow.set_tags({**self._tags(run), **self.extra_tags, **run.tags})
+        mlflow.set_tags({**self._tags(run), **self.extra_tags, **run.tags, **mlruns.owner_tags()})
+        self._heartbeat = mlruns.Heartbeat(self.client, run.run_id).start()
         if run.start_epoch == 0:  # a resumed run has its description and inputs already
             describe.log_run_description(self.client, run.run_id, run)
         # Logged now so even a run that dies early can be resumed or reproduced (the artifact callback
@@ -93,8 +106,38 @@ class MlflowTracker(Callback):
 
     def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
         # Asynchronous: a synchronous SQLite write per epoch cost 40-70 ms wall, enough to put a small
-        # run's epoch 5-10% behind a hand-written loop. end_run() flushes the queue.
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch, synchronous=False)
+        # run's epoch 5-10% behind a hand-written loop. end_run() flushes the queue. The previous
+        # epoch's write is checked now: a store that stopped answering stops the run here (one
+        # epoch late at most) instead of training on while every write is dropped.
+        self._check_store(run, epoch)
+        self._pending = mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch, synchronous=False)
+
+    def on_checkpoint(self, run: RunState, path: Path) -> None:
+        """Upload ``last.pt`` as soon as it is written (the engine writes it at most every minute), so
+        a run killed without any cleanup (SIGKILL, power loss) can still be resumed from it."""
+        try:
+            self.client.log_artifact(run.run_id, str(path), "checkpoints")
+        except Exception as err:
+            self._store_failed(run, err, f"uploading checkpoints/last.pt of epoch {run.epoch}")
+
+    def _check_store(self, run: RunState, epoch: int) -> None:
+        pending, self._pending = self._pending, None
+        try:
+            if pending is not None:
+                pending.wait()
+        except Exception as err:
+            self._store_failed(run, err, f"logging the metrics of epoch {epoch - 1}")
+        beat = self._heartbeat.error if self._heartbeat is not None else None
+        if beat is not None:
+            self._store_failed(run, beat, "writing the run's heartbeat")
+
+    def _store_failed(self, run: RunState, err: BaseException, doing: str) -> None:
+        self._store_error = err
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise TrackingError(
+            f"the MLflow tracking store {mask_uri(self.tracking_uri)} stopped answering ({doing}: {mask_uri(first)}); "
+            f"training stopped after epoch {run.epoch}"
+        ) from None
 
     def on_run_end(self, run: RunState, summary: dict[str, float]) -> None:
         metrics = {**summary, **run.summary_metrics}
@@ -112,21 +155,64 @@ class MlflowTracker(Callback):
         self._upload(run)
         if self.log_model_enabled:
             self.model_uri = run.model_uri = self._log_model(run, model_metrics)
+        self._stop_heartbeat()
+        mlruns.delete_artifact(self.client, run.run_id, "checkpoints/last.pt")  # uploaded during training
+        if run.start_epoch > 0:
+            self._forget_interruption(run)
         mlflow.end_run("FINISHED")
         self._ended = True
+        self.status = "FINISHED"
 
     def on_failure(self, run: RunState, error: BaseException, status: str) -> None:
         if self._ended or mlflow.active_run() is None:
             return
+        self._stop_heartbeat()
+        self.status = status
         try:
+            if self._store_error is not None:
+                raise self._store_error  # the store is down: do not wait minutes on each write
             reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             mlflow.set_tag("failure_reason", reason[:FAILURE_REASON_MAX_CHARS])
             if run.notes:
                 mlflow.set_tag("cnnbench.notes", "\n".join(run.notes)[:FAILURE_REASON_MAX_CHARS])
             self._upload(run)  # keeps the checkpoint for --resume
+        except Exception as err:  # the store refused: keep the checkpoint on this machine instead
+            self._store_error = self._store_error or err
+            self.local_checkpoint = _keep_locally(run)
         finally:
-            mlflow.end_run(status)
+            try:
+                mlflow.end_run(status)
+            except Exception:  # the store is down: the run stays RUNNING there; --resume takes it over
+                self.status = "RUNNING"
             self._ended = True
+
+    def interrupt_message(self, run: RunState) -> str | None:
+        """What the user needs after an interrupt or failure: the run, its state, how to resume."""
+        if run.run_id is None:
+            return None
+        uri = mask_uri(self.tracking_uri)
+        command = f"cnnbench train --resume {run.run_id} --tracking-uri {uri}"
+        if self.local_checkpoint is not None:
+            return (f"MLflow run {run.run_id} could not be closed cleanly ({self.status or 'RUNNING'} in the store); its "
+                    f"checkpoint (epoch {run.epoch}) is kept on this machine at {self.local_checkpoint}. When the store "
+                    f"answers again, resume with: {command}")
+        if self.status in ("KILLED", "FAILED"):
+            return f"MLflow run {run.run_id} is {self.status}; checkpoints/last.pt holds epoch {run.epoch}. Resume with: {command}"
+        return None
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+
+    def _forget_interruption(self, run: RunState) -> None:
+        """A resumed run that finished is no longer a failure: drop the reason, keep a record."""
+        try:
+            mlflow.set_tag("cnnbench.resumed_from_epoch", str(run.start_epoch))
+            if "failure_reason" in self.client.get_run(run.run_id).data.tags:
+                self.client.delete_tag(run.run_id, "failure_reason")
+        except Exception:  # cosmetic
+            pass
 
     # -- helpers ----------------------------------------------------------------------------
     def _log_params(self, run: RunState) -> None:
@@ -173,6 +259,23 @@ class MlflowTracker(Callback):
         from cnnbench.tracking import model_export
 
         return model_export.log_model_with_metrics(run, metrics, step=run.epoch, register_model=self.register_model)
+
+
+def _keep_locally(run: RunState) -> Path | None:
+    """Copy the staged ``last.pt`` and ``config.json`` where ``--resume`` looks first."""
+    import shutil
+
+    from cnnbench.tracking.resume import local_checkpoint_dir
+
+    source = Path(run.artifacts_dir) / "checkpoints" / "last.pt"
+    if run.run_id is None or not source.exists():
+        return None
+    folder = local_checkpoint_dir(run.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, folder / "last.pt")
+    (folder / "config.json").write_text(json.dumps(run.config.to_dict()))
+    return folder / "last.pt"
+
 
 def _same(a: str, b: str) -> bool:
     if a == b:

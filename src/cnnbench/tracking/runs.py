@@ -193,5 +193,8 @@ def delete_artifact(client, run_id: str, path: str) -> None:
 
         repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
         repo.delete_artifacts(path)
+        parent = path.rpartition("/")[0]
+        if parent and not repo.list_artifacts(parent):
+            repo.delete_artifacts(parent)
     except Exception as err:  # not every store can delete; the file is then only dead weight
         log.debug("could not delete artifact %s of run %s: %s", path, run_id, err)
