@@ -20,6 +20,7 @@ LAZY_COMMANDS = {
     "gradcheck": "cnnbench.commands.gradcheck:command",
     "memory": "cnnbench.commands.memory:command",
     "tune": "cnnbench.commands.tune:command",
+    "study": "cnnbench.study.command:command",
     "runs": "cnnbench.commands.runs:command",
 }
 

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 import cnnbench
 from cnnbench.events import RunState
+from cnnbench.tracking import describe
 from cnnbench.tracking.mlflow_tracker import FAILURE_REASON_MAX_CHARS, MlflowTracker, git_commit
 
 TAG_STUDY = "cnnbench.tune.study"
@@ -51,8 +52,11 @@ class TrialTracker(MlflowTracker):
 
     def on_run_start(self, run: RunState) -> None:
         tags = {**self._tags(run), "mlflow.parentRunId": self.parent_run_id, TAG_STUDY: self.study_name,
-                TAG_ROLE: "trial", "trial_number": str(self.trial.number), "trial_state": "RUNNING", **run.tags}
-        self.run_id = run.run_id = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags).info.run_id
+                TAG_ROLE: "trial", "trial_number": str(self.trial.number), "trial_state": "RUNNING", **run.tags,
+                "mlflow.note.content": describe.description(run, heading=f"Trial {self.trial.number} of study `{self.study_name}`.")}
+        name = describe.run_name(run.config, self.trial.params, label=f"trial{self.trial.number}")
+        self.run_id = run.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=describe.standard_tags(tags)).info.run_id
+        self.client.log_inputs(self.run_id, datasets=describe.dataset_inputs(run))
         self._ended = False
         params = {**run.config.flat_params(), **run.params, "trial_number": self.trial.number}
         items = [Param(k, "None" if v is None else str(v)) for k, v in params.items()]
