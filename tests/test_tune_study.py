@@ -255,5 +255,6 @@ def test_two_commands_share_one_postgresql_study(postgres_url, tracking_uri, exp
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
     assert {t.state.name for t in study.trials} == {"COMPLETE"}
     parents, children, _ = study_runs(tracking_uri, experiment)
-    assert len(parents) == 2 and all(p.data.tags["cnnbench.tune.storage"] == postgres_url for p in parents)
+    stored = postgres_url.replace("postgresql://", "postgresql+psycopg2://")  # the form optuna.load_study takes
+    assert len(parents) == 2 and all(p.data.tags["cnnbench.tune.storage"] == stored for p in parents)
     check_children_match_study(tracking_uri, children, study, {p.info.run_id for p in parents})

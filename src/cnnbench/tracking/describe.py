@@ -81,7 +81,7 @@ def description(run: "RunState", *, heading: str | None = None) -> str:
         f"{len(data.test)} test images of {c}x{h}x{w}, {len(data.classes)} classes.",
         f"{o.optimizer}, lr {format_value(o.lr)}, batch {o.batch_size}"
         + (f" x {o.grad_accum} accumulated" if o.grad_accum > 1 else "")
-        + f", {r.epochs} epochs" + (f" (early stopping, patience {r.patience})" if r.patience else "")
+        + f", {r.epochs} epoch{'s' if r.epochs != 1 else ''}" + (f" (early stopping, patience {r.patience})" if r.patience else "")
         + (f", {o.scheduler} schedule" if o.scheduler != "none" else "")
         + (f", augmentation {cfg.data.augment}" if cfg.data.augment != "none" else "")
         + f", seed {r.seed}.",

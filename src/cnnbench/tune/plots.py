@@ -1,5 +1,8 @@
 """The end-of-study report: ``study/trials.csv`` and Optuna's plots (optimisation history, parameter
-importances, parallel coordinates, slice) as self-contained HTML (plotly) and PNG (matplotlib).
+importances, parallel coordinates, slice) as interactive HTML (plotly) and PNG (matplotlib).
+
+The HTML files load plotly.js from its CDN (``include_plotlyjs="cdn"``): inlined, every file carried
+its own 4.7 MB copy; now each is a few tens of kB. Offline, the PNG beside each one shows the same plot.
 
 A plot Optuna cannot draw for this study (e.g. importances with fewer than two finished trials) is
 skipped with the reason returned, never failing the study.
@@ -66,7 +69,7 @@ def _plot(study: optuna.Study, name: str, folder: Path, metric: str, options: di
         warnings.simplefilter("ignore")  # the matplotlib backend is 'experimental' in Optuna
         try:
             fig = getattr(optuna.visualization, f"plot_{name}")(study, target_name=metric, **options)
-            fig.write_html(folder / f"{name}.html", include_plotlyjs=True)
+            fig.write_html(folder / f"{name}.html", include_plotlyjs="cdn")
         except Exception as err:  # Optuna refuses some plots on tiny or degenerate studies
             notes.append(f"{name}.html skipped: {err}")
         try:

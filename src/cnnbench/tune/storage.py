@@ -39,10 +39,21 @@ def default_storage(tracking_uri: str) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password (for tags and messages)."""
+    """The URL as Optuna's own tools take it (``optuna.load_study``, ``optuna-dashboard``: see
+    :func:`canonical`), without its password (for tags and messages)."""
     from cnnbench.tracking.store import mask_uri
 
-    return mask_uri(url)
+    return mask_uri(canonical(url))
+
+
+def canonical(url: str) -> str:
+    """The installed driver named (``postgresql+psycopg2://``, what cnnbench itself connects with) and
+    a relative SQLite path made absolute, so the URL works from any folder."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
+        path = url[len("sqlite:///"):]
+        if path:
+            return f"sqlite:///{Path(path).expanduser().resolve()}"
+    return with_driver(url)
 
 
 def is_sqlite(url: str) -> bool:

@@ -76,6 +76,7 @@ def open_study(storage, name: str, *, direction: str, space: SearchSpace, metric
                                     pruner=pruner, load_if_exists=True)  # another worker may have just created it
     study.set_user_attr(ATTR_SPACE, space.texts())
     study.set_user_attr(ATTR_METRIC, metric)
+    study.set_metric_names([metric])  # optuna-dashboard's axis name instead of "Objective 0"
     study.set_user_attr(ATTR_BASE, {k: str(v) for k, v in base_params.items()})
     return study, False
 
