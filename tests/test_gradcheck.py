@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from cnnbench.cli import main
-from cnnbench.models.numpy_mlp import NumpyMLP, gradient_differences, random_batch, torch_twin
+from cnnbench.numpy_mlp import NumpyMLP, gradient_differences, random_batch, torch_twin
 
 
 @pytest.fixture

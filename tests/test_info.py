@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cnnbench.cli import main
-from cnnbench.info import OPTIMIZER_STATE_COPIES, model_info, summary_text
+from cnnbench.models.summary import OPTIMIZER_STATE_COPIES, model_info, summary_text
 from cnnbench.models import build_model
 
 # strided_cnn on 3x32x32: (parameters, output pixels) of each conv, then the dense layer

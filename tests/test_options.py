@@ -66,7 +66,7 @@ def test_train_help_lists_options_by_group():
 
 
 def test_tune_takes_every_train_option_but_its_own_epochs():
-    from cnnbench.tune.command import command
+    from cnnbench.commands.tune import command
 
     names = {p.name for p in command.params}
     assert set(OPTIONS) <= names and sum(p.name == "epochs" for p in command.params) == 1

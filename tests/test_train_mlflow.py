@@ -30,7 +30,7 @@ def test_train_logs_params_metrics_tags(cli, tracking_uri, experiment, runs_in, 
     assert run.info.run_id in result.output and "mlflow ui --backend-store-uri" in result.output
     p = run.data.params
     expected = {"model": "lenet5", "dataset": "digits", "epochs": "2", "batch_size": "32", "lr": "0.002",
-                "optimizer": "adam", "kernel_size": "5", "seed": "3", "val_split": "0.1", "param_count": "61706",
+                "optimizer": "adam", "model.kernel_size": "5", "seed": "3", "val_split": "0.1", "param_count": "61706",
                 "model.dropout": "0.1", "data.size": "28", "augment": "none"}
     assert {k: p.get(k) for k in expected} == expected
     client = mlflow.tracking.MlflowClient(tracking_uri)
@@ -40,7 +40,7 @@ def test_train_logs_params_metrics_tags(cli, tracking_uri, experiment, runs_in, 
     m = run.data.metrics
     for key in ("test_loss", "test_accuracy", "fit_time_s", "train_images_per_s"):
         assert key in m and np.isfinite(m[key])
-    assert 0.0 <= m["test_accuracy"] <= 1.0 and m["train_images_per_s"] > 0
+    assert m["test_accuracy"] > 0.5 and m["train_images_per_s"] > 0  # 2 epochs on digits reach ~0.8; chance is 0.1
     tags = run.data.tags
     assert tags["cnnbench.version"] and tags["cnnbench.device"].startswith("cpu")
 
@@ -77,7 +77,7 @@ def test_run_always_ends(tracking_uri, experiment, runs_in, error, status):
         data={"train_size": 200},
     )
     with pytest.raises(type(error)):
-        api.train(config, callbacks=[_Raise(error)])
+        api.train(config, [_Raise(error), *api.run_callbacks(config)])
     run = _run(runs_in, experiment)
     assert run.info.status == status
     if status == "FAILED":

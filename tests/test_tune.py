@@ -57,9 +57,9 @@ def test_quoted_choice_values_keep_their_commas():
 
 
 def test_apply_sets_train_and_plugin_options():
-    cfg = apply(LENET, {"lr": 0.01, "batch_size": 32, "kernel_size": 3, "model.dropout": 0.2, "optimizer": "sgd"})
-    assert (cfg.optim.lr, cfg.optim.batch_size, cfg.model.kernel_size, cfg.optim.optimizer) == (0.01, 32, 3, "sgd")
-    assert cfg.model.options == {"dropout": 0.2}
+    cfg = apply(LENET, {"lr": 0.01, "batch_size": 32, "model.kernel_size": 3, "model.dropout": 0.2, "optimizer": "sgd"})
+    assert (cfg.optim.lr, cfg.optim.batch_size, cfg.optim.optimizer) == (0.01, 32, "sgd")
+    assert cfg.model.options == {"dropout": 0.2, "kernel_size": 3}
 
 
 def test_default_space_drops_the_refused_kernel_size_and_says_why():
@@ -67,9 +67,9 @@ def test_default_space_drops_the_refused_kernel_size_and_says_why():
     assert space.texts() == {
         "lr": "lr=loguniform(1e-05,0.1)",
         "batch_size": "batch_size=choice(32,64,128,256)",
-        "kernel_size": "kernel_size=choice(3,5)",  # lenet5 needs 40x40 inputs for 7x7 kernels
+        "model.kernel_size": "model.kernel_size=choice(3,5)",  # lenet5 needs 40x40 inputs for 7x7 kernels
     }
-    assert any("kernel_size: refused 7" in n and "40x40" in n for n in space.notes)
+    assert any("model.kernel_size: refused 7" in n and "40x40" in n for n in space.notes)
     assert len(DEFAULT_SPACE) == 3
 
 
@@ -79,7 +79,9 @@ def test_kernel_size_is_not_searched_for_models_without_one_nor_when_fixed():
     assert space.names == ["lr", "batch_size"]
     assert any("takes no kernel size" in n for n in space.notes)
     fixed = parse_space((), LENET, fixed={"lr"})
-    assert fixed.names == ["batch_size", "kernel_size"]
+    assert fixed.names == ["batch_size", "model.kernel_size"]
+    by_option = parse_space((), LENET, fixed={"model.kernel_size"})  # --kernel-size / --model-option kernel_size=
+    assert by_option.names == ["lr", "batch_size"] and "fixed by --model-option kernel_size" in by_option.notes[0]
 
 
 def test_int_range_with_refused_values_becomes_the_accepted_choices():
@@ -118,7 +120,9 @@ BAD_INPUTS = [
     (["--search", "lr"], "is not a search expression; accepted: NAME=loguniform(LOW,HIGH)"),
     (["--search", "lr=normal(0,1)"], "unknown distribution 'normal'"),
     (["--search", "nonsense=choice(1,2)"], "unknown or unsearchable parameter 'nonsense'; searchable:"),
-    (["--search", "epochs=int(1,5)"], "unknown or unsearchable parameter 'epochs'"),
+    (["--search", "experiment=choice(a,b)"], "unknown or unsearchable parameter 'experiment'"),
+    (["--search", "tsne=choice(true,false)"], "unknown or unsearchable parameter 'tsne'"),
+    (["--search", "confusion=choice(true,false)"], "unknown or unsearchable parameter 'confusion'"),
     (["--search", "model.nope=uniform(0,1)"], "model 'lenet5' has no option 'nope'; its options: model.kernel_size"),
     (["--search", "batch_size=choice()"], "choice() lists no values"),
     (["--search", "batch_size=choice(32,32)"], "choice lists 32 more than once"),
@@ -178,12 +182,12 @@ def _request(tmp_path, tracking_uri, **changes) -> TuneRequest:
 
 def test_resuming_with_another_space_names_the_differences(cli, tmp_path, tracking_uri, experiment, runs_in):
     plan = prepare(_request(tmp_path, tracking_uri))  # creates study 's' with the default space
-    assert not plan.resumed and plan.study.user_attrs["cnnbench.search_space"]["kernel_size"] == "kernel_size=choice(3,5)"
+    assert not plan.resumed and plan.study.user_attrs["cnnbench.search_space"]["model.kernel_size"] == "model.kernel_size=choice(3,5)"
     result = cli("tune", "--tracking-uri", tracking_uri, "--experiment", experiment, "--storage", f"sqlite:///{tmp_path}/optuna.db",
                  "--study-name", "s", "--search", "lr=loguniform(1e-4,1e-2)", "--search", "batch_size=choice(32,64,128,256)",
                  "--search", "optimizer=choice(sgd,adam)")
     assert result.exit_code == 2, result.output
-    for expected in ("different search space", "kernel_size is no longer searched (was kernel_size=choice(3,5))",
+    for expected in ("different search space", "model.kernel_size is no longer searched (was model.kernel_size=choice(3,5))",
                      "lr changed: lr=loguniform(1e-05,0.1) -> lr=loguniform(0.0001,0.01)", "optimizer is new"):
         assert expected in result.output
     assert "batch_size" not in result.output.split("space, so")[1].split("Resume")[0]  # unchanged: not named
@@ -233,21 +237,6 @@ def test_sqlite_with_several_processes_is_allowed_with_a_note(tmp_path, tracking
     assert any("--n-jobs 2 on SQLite" in w and "PostgreSQL or MySQL" in w for w in plan.warnings)
     con = __import__("sqlite3").connect(tmp_path / "optuna.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-def test_only_tune_imports_optuna_and_only_tune_and_tracking_import_mlflow():
-    offenders = []
-    for path in SRC.rglob("*.py"):
-        rel = path.relative_to(SRC).as_posix()
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            for name in names:
-                top = name.split(".")[0]
-                if top == "optuna" and not rel.startswith("tune/"):
-                    offenders.append(f"{rel} imports optuna")
-                if top == "mlflow" and not rel.startswith(("tune/", "tracking/")):
-                    offenders.append(f"{rel} imports mlflow")
-    assert offenders == []
 
 
 def test_tune_help_lists_its_options_and_every_train_option(cli):

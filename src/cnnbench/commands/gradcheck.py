@@ -21,7 +21,7 @@ def command(ctx: click.Context, batch_size: int, inputs: int, hidden: int, outpu
     weights, runs both on one random batch, and prints the max absolute difference of the loss and
     of every gradient. Exits with 1 if any difference reaches the tolerance.
     """
-    from cnnbench.models.numpy_mlp import NumpyMLP, gradient_differences, random_batch
+    from cnnbench.numpy_mlp import NumpyMLP, gradient_differences, random_batch
 
     net = NumpyMLP.random(inputs, hidden, outputs, seed=seed)
     x, t = random_batch(batch_size, inputs, outputs, seed=seed)

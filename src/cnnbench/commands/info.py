@@ -71,7 +71,7 @@ def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], i
 
     Nothing is downloaded or loaded: shapes come from the dataset's declared metadata or --input-shape.
     """
-    from cnnbench.info import format_info, model_info
+    from cnnbench.models.summary import format_info, model_info
     from cnnbench.models import build_model, resolve_model_options
     from cnnbench.registry import parse_key_values
 

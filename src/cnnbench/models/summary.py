@@ -20,8 +20,10 @@ from typing import Any
 
 from torch import nn
 
+from cnnbench.config import OPTIMIZERS
+
 # copies of the trainable weights each optimizer keeps (momentum buffer, squared averages, ...)
-OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
+OPTIMIZER_STATE_COPIES = {name: spec.state_copies for name, spec in OPTIMIZERS.items()}
 BYTES_PER_MB = 1e6
 FLOAT32_BYTES = 4  # images reach the model as float32
 
