@@ -69,7 +69,7 @@ def test_cli_trains_one_epoch_on_real_cifar10(real_cifar10, cli, tracking_uri, e
     assert run.data.params["dataset"] == "cifar10" and run.data.params["train_size"] == "2000"
     m = run.data.metrics
     assert m["train_loss"] < 2.30  # below chance-level cross-entropy ln(10): it learned something
-    assert 0.0 <= m["test_accuracy"] <= 1.0 and m["baseline_accuracy"] == pytest.approx(0.1)
+    assert m["test_accuracy"] > 0.15 and m["baseline_accuracy"] == pytest.approx(0.1)  # above chance (0.1)
 
 
 def _imagefolder(root: Path, classes=("circle", "square"), per_class=12):
