@@ -104,6 +104,22 @@ def test_info_takes_the_shape_from_dataset_metadata():
     assert as_train["input_shape"] == [1, 8, 8] and as_train["params"] == resized["params"]
 
 
+def test_info_without_a_dataset_uses_the_models_natural_input():
+    """lenet5 is trained on 1x28x28: its info must count 61,706 parameters, as every run logs."""
+    lenet = json.loads(_run("lenet5", "--json").output)
+    assert lenet["input_shape"] == [1, 28, 28] and lenet["params"] == 61706
+    edges = json.loads(_run("simple_cnn", "--json").output)
+    assert edges["input_shape"] == [1, 28, 28] and edges["num_classes"] == 3 and edges["params"] == 606
+
+
+def test_info_reads_an_image_folder_given_its_files(tmp_path):
+    from test_data_imagefolder import write_tree
+
+    write_tree(tmp_path, {"train": {"a": 2, "b": 2, "c": 2}}, mode="L", size=(12, 12))
+    data = json.loads(_run("mlp", "--dataset", "imagefolder", "--data-dir", str(tmp_path), "--json").output)
+    assert data["input_shape"] == [1, 12, 12] and data["num_classes"] == 3
+
+
 def test_info_text_shows_options_and_the_table():
     result = _run("strided_cnn", "--model-option", "extra_layers=true")
     assert result.exit_code == 0, result.output
@@ -123,6 +139,8 @@ def test_info_text_shows_options_and_the_table():
     (["mlp", "--input-shape", "1,28"], "three positive integers"),
     (["mlp", "--dataset", "digits", "--input-shape", "1,8,8"], "not both"),
     (["mlp", "--dataset", "nosuchdata"], "unknown dataset 'nosuchdata'"),
+    (["mlp", "--dataset", "imagefolder"], "dataset 'imagefolder' takes its shape and classes from its files: give --data-dir"),
+    (["lenet5", "--dataset", "imagefolder"], "give --data-dir"),
 ])
 def test_bad_input_exits_2_with_a_message(args, message):
     result = _run(*args)

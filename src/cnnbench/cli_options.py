@@ -112,8 +112,8 @@ def config_from_params(ctx: click.Context, params: dict[str, Any]) -> TrainConfi
     for name, o in OPTIONS.items():
         if name in params and (use_all or explicit(name)):
             value = params[name]
-            if o.nullable and value == "":
-                value = None  # the MLproject passes "" for "not given"
+            if o.nullable and (value == "" or (name == "data_dir" and value == "auto")):
+                value = None  # "not given": the MLproject passes data_dir "auto" (MLflow logs it as a param)
             sections.setdefault(o.section, {})[o.field] = o.validate(value)
     model_options = parse_key_values(params.get("model_options", ()), flag="--model-option")
     kernel = params.get("kernel_size")

@@ -209,7 +209,7 @@ class ModelConfig:
 class DataConfig:
     name: str = option("digits", "dataset name (cnnbench list datasets)", type="str", group="data", metavar="NAME")
     options: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = option(None, "dataset folder (default: $CNNBENCH_DATA or ~/.cache/cnnbench/data)",
+    data_dir: str | None = option(None, "dataset folder (default or auto: $CNNBENCH_DATA, else ~/.cache/cnnbench/data)",
                                   type="str", group="data", nullable=True, vary=False, metavar="DIR",
                                   applies=lambda c: c.data.data_dir is not None)
     val_split: float = option(0.1, "fraction of train held out for validation (stratified by seed)",

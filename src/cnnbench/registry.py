@@ -161,6 +161,10 @@ class ModelPlugin:
     build: Callable[..., Any]
     description: str
     options: tuple[Option, ...] = ()
+    # The input it was designed for, (C, H, W) and classes: what ``cnnbench info MODEL`` shows
+    # when no --dataset / --input-shape is given (None: it asks for one).
+    natural_input: tuple[int, int, int] | None = None
+    natural_classes: int | None = None
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)

@@ -13,8 +13,6 @@ import click
 
 from cnnbench.errors import ConfigError
 
-DEFAULT_SHAPE = (3, 32, 32)  # the CIFAR-10 shape most of the studies' parameter counts refer to
-DEFAULT_CLASSES = 10
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -28,9 +26,14 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return shape
 
 
-def input_spec(dataset: str | None, dataset_options: tuple[str, ...], input_shape: str | None,
-               num_classes: int | None) -> tuple[tuple[int, int, int], int, str]:
-    """(C, H, W), number of classes, and a description of where they came from."""
+def input_spec(model: str, dataset: str | None, dataset_options: tuple[str, ...], input_shape: str | None,
+               num_classes: int | None, data_dir: str | None = None) -> tuple[tuple[int, int, int], int, str]:
+    """(C, H, W), number of classes, and a description of where they came from: the dataset's
+    metadata, --input-shape, or the input the model declares it was designed for."""
+    from pathlib import Path
+
+    from cnnbench.registry import MODELS
+
     from cnnbench.registry import DATASETS, parse_key_values, resolve_options
 
     if dataset and input_shape:
@@ -40,12 +43,23 @@ def input_spec(dataset: str | None, dataset_options: tuple[str, ...], input_shap
     if dataset:
         plugin = DATASETS.get(dataset)
         given = parse_key_values(dataset_options, flag="--dataset-option")
-        meta = plugin.describe(**resolve_options(plugin.options, given, owner=f"dataset {dataset!r}"))
+        where = {}
+        if plugin.needs_data_dir:
+            if not data_dir:
+                raise ConfigError(f"dataset {dataset!r} takes its shape and classes from its files: give --data-dir "
+                                  f"(or --input-shape C,H,W --num-classes K instead of --dataset)")
+            where = {"data_dir": Path(data_dir).expanduser()}
+        meta = plugin.describe(**resolve_options(plugin.options, given, owner=f"dataset {dataset!r}"), **where)
+        if min(meta.channels, meta.height, meta.width) < 1 or (meta.num_classes < 1 and not num_classes):
+            raise ConfigError(f"dataset {dataset!r} does not declare its shape without its files; give --data-dir or --input-shape")
         classes = num_classes or meta.num_classes
         return (meta.channels, meta.height, meta.width), classes, f"dataset {dataset}"
-    shape = parse_shape(input_shape) if input_shape else DEFAULT_SHAPE
-    origin = "--input-shape" if input_shape else "default input shape (give --dataset or --input-shape)"
-    return shape, num_classes or DEFAULT_CLASSES, origin
+    if input_shape:
+        return parse_shape(input_shape), num_classes or 10, "--input-shape"
+    plugin = MODELS.get(model)
+    if plugin.natural_input is None:
+        raise ConfigError(f"model {model!r} declares no natural input; give --dataset NAME or --input-shape C,H,W")
+    return tuple(plugin.natural_input), num_classes or plugin.natural_classes or 10, "the model's natural input"
 
 
 @click.command(name="info")
@@ -53,7 +67,8 @@ def input_spec(dataset: str | None, dataset_options: tuple[str, ...], input_shap
 @click.option("--dataset", default=None, help="take the input shape and classes from this dataset's metadata")
 @click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
               help="dataset option that changes its shape (e.g. size=32); repeatable")
-@click.option("--input-shape", default=None, metavar="C,H,W", help="input shape when no --dataset is given [3,32,32]")
+@click.option("--data-dir", default=None, metavar="DIR", help="the dataset's files, for datasets whose shape comes from them (imagefolder)")
+@click.option("--input-shape", default=None, metavar="C,H,W", help="input shape when no --dataset is given [the model's natural input]")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="resize to S x S, as cnnbench train --image-size does")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None,
@@ -64,7 +79,7 @@ def input_spec(dataset: str | None, dataset_options: tuple[str, ...], input_shap
               help="batch size for the training-memory estimate")
 @click.option("--depth", type=click.IntRange(min=1), default=None, help="show layers up to this nesting depth [all]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
-def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], input_shape: str | None,
+def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], data_dir: str | None, input_shape: str | None,
             image_size: int | None, num_classes: int | None, model_options: tuple[str, ...], kernel_size: int | None, batch_size: int,
             depth: int | None, as_json: bool) -> None:
     """Summarise MODEL: its options, layers (output shape, parameters, MACs), size and training memory.
@@ -75,7 +90,7 @@ def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], i
     from cnnbench.models import build_model, resolve_model_options
     from cnnbench.registry import parse_key_values
 
-    shape, classes, origin = input_spec(dataset, dataset_options, input_shape, num_classes)
+    shape, classes, origin = input_spec(model, dataset, dataset_options, input_shape, num_classes, data_dir)
     if image_size is not None:
         shape, origin = (shape[0], image_size, image_size), f"{origin}, resized by --image-size"
     given = parse_key_values(model_options, flag="--model-option")

@@ -96,7 +96,7 @@ def command(model: str, dataset, dataset_options, input_shape, image_size, num_c
     dev = target_device(device)
     if measure:
         measure_device(dev)
-    shape, classes, origin = input_spec(dataset, dataset_options, input_shape, num_classes)
+    shape, classes, origin = input_spec(model, dataset, dataset_options, input_shape, num_classes)
     if image_size is not None:
         shape, origin = (shape[0], image_size, image_size), f"{origin}, resized by --image-size"
     _, resolved = resolve_model_options(model, parse_key_values(model_options, flag="--model-option"))

@@ -101,6 +101,7 @@ def _cnn_plugin(description: str, num_filters: int, num_convs: int) -> ModelPlug
     return ModelPlugin(
         build=partial(build_cnn, num_convs=num_convs),
         description=description,
+        natural_input=(1, 28, 28), natural_classes=3,
         options=(
             Option("num_filters", "int", num_filters, "filters in every conv", low=1, high=4096),
             Option("kernel_size", "int", 7, "convolution kernel size ('same' padding; 2 gives the 2x2 edge pair)", low=1),
@@ -143,6 +144,7 @@ def build_mlp(*, num_classes: int, in_channels: int, image_size: tuple[int, int]
 EDGE_MLP = ModelPlugin(
     build=build_mlp,
     description="edges homework: one-hidden-layer MLP sized to match a CNN's parameter count",
+    natural_input=(1, 28, 28), natural_classes=3,
     options=(
         Option("match_params_of", "str", "simple_cnn", "the CNN whose parameter count the MLP matches",
                choices=(*MATCHABLE, "none")),

@@ -82,12 +82,14 @@ _COMMON = (
 STRIDED_CNN = ModelPlugin(
     build=build_strided,
     description="Keras CIFAR-10 study: 4 convs (16, 16/2, 32, 32/2) + dense; 37,146 parameters on 32x32x3",
+    natural_input=(3, 32, 32), natural_classes=10,
     options=_COMMON,
 )
 
 MAXPOOL_CNN = ModelPlugin(
     build=build_maxpool,
     description="Keras CIFAR-10 study: (conv, conv, max-pool) modules of 16/32/64/128 filters + dense",
+    natural_input=(3, 32, 32), natural_classes=10,
     options=_COMMON[:1] + (
         Option("modules", "int", 2, "number of (conv, conv, max-pool) modules", choices=MODULES),
     ) + _COMMON[1:],

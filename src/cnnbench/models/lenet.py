@@ -49,6 +49,7 @@ def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], ke
 LENET5 = ModelPlugin(
     build=build,
     description="LeNet-5: 3 convs (6, 16, 120 filters) + FC 84; 61,706 parameters on 28x28x1",
+    natural_input=(1, 28, 28), natural_classes=10,
     options=(
         Option("kernel_size", "int", 5, "convolution kernel size (odd)", low=1),
         Option("dropout", "float", 0.0, "dropout after each pool and after conv3 (the assignment used 0.5)", low=0.0, high=0.99),

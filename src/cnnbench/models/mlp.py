@@ -36,6 +36,7 @@ def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], hi
 MLP = ModelPlugin(
     build=build,
     description="multi-layer perceptron: flatten, hidden Linear+ReLU layers, output",
+    natural_input=(1, 28, 28), natural_classes=10,
     options=(
         Option("hidden", "ints", (128, 64), "hidden layer sizes, comma-separated (each 1 to 65536)", low=1, high=65536),
         Option("dropout", "float", 0.0, "dropout probability after each hidden layer", low=0.0, high=0.99),

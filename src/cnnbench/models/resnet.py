@@ -37,6 +37,7 @@ def _plugin(depth: int) -> ModelPlugin:
     return ModelPlugin(
         build=partial(build, depth=depth),
         description=f"torchvision ResNet-{depth} (random init), stem=cifar for small images",
+        natural_input=(3, 224, 224), natural_classes=10,
         options=(Option("stem", "str", "imagenet", "first layers: imagenet (7x7/2 conv + max-pool) or cifar (3x3/1 conv, no pool)", choices=("imagenet", "cifar")),),
     )
 
