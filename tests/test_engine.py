@@ -330,3 +330,12 @@ def test_amp_and_channels_last_on_cuda(data):
     assert any(n.startswith("--amp: autocast to") for n in rec.notes)
     assert not any("no-op" in n for n in rec.notes)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_linear_lr_scaling_trains_with_the_scaled_rate(data):
+    """--lr-scale linear: lr 1e-3 given for batch 64 trains batch 32 x 4 accumulated at 2e-3."""
+    config = tiny(optim={"lr_scale": "linear", "lr_reference_batch": 64, "batch_size": 32, "grad_accum": 4}, run={"epochs": 1})
+    result = train(config, data)
+    assert result.history[0]["lr"] == pytest.approx(2e-3)
+    assert config.flat_params()["lr_reference_batch"] == 64
+    assert "lr_reference_batch" not in tiny().flat_params()

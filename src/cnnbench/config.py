@@ -229,6 +229,11 @@ class OptimConfig:
     optimizer: str = option("adam", "optimizer: " + ", ".join(f"{k} ({v.help})" for k, v in OPTIMIZERS.items()),
                             type="str", group="optimisation", choices=tuple(OPTIMIZERS))
     lr: float = option(1e-3, "learning rate", type="float", group="optimisation", low=0, low_open=True)
+    lr_scale: str = option("none", "scale --lr with the batch size: linear trains with lr x batch size / "
+                           "--lr-reference-batch (the linear scaling rule)", type="str", group="optimisation",
+                           choices=("none", "linear"))
+    lr_reference_batch: int = option(64, "the batch size --lr is meant for, with --lr-scale linear", type="int",
+                                     group="optimisation", low=1, applies=lambda c: c.optim.lr_scale != "none")
     batch_size: int = option(64, "images per training batch", type="int", group="optimisation", low=1, metavar="N")
     momentum: float = option(0.9, "momentum of the momentum and nesterov optimizers (others ignore it)", type="float",
                              group="optimisation", low=0, applies=_uses_momentum)

@@ -9,6 +9,14 @@ from cnnbench.config import OPTIMIZERS, OptimConfig
 from cnnbench.models.base import penalty_parameters
 
 
+def effective_lr(cfg: OptimConfig) -> float:
+    """The rate training uses: ``cfg.lr``, or with ``lr_scale="linear"`` ``lr x effective batch /
+    lr_reference_batch`` (the effective batch counts gradient accumulation)."""
+    if cfg.lr_scale == "linear":
+        return cfg.lr * cfg.batch_size * cfg.grad_accum / cfg.lr_reference_batch
+    return cfg.lr
+
+
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer ``cfg.optimizer`` names, as declared in :data:`cnnbench.config.OPTIMIZERS` (its
     ``torch.optim`` class, fixed arguments, whether it takes ``--momentum``), with ``cfg.lr`` and
@@ -17,7 +25,7 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
     if spec is None:  # config.validate() prevents this; kept for direct callers
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
     params = [p for p in model.parameters() if p.requires_grad]
-    kwargs = dict(spec.kwargs, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    kwargs = dict(spec.kwargs, lr=effective_lr(cfg), weight_decay=cfg.weight_decay)
     if spec.momentum:
         kwargs["momentum"] = cfg.momentum
     return getattr(torch.optim, spec.torch_class)(params, **kwargs)
@@ -32,7 +40,7 @@ def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, *, epoch
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=epochs, steps_per_epoch=max(1, steps_per_epoch))
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=effective_lr(cfg), epochs=epochs, steps_per_epoch=max(1, steps_per_epoch))
     raise ValueError(f"unknown scheduler {cfg.scheduler!r}")
 
 
