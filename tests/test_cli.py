@@ -101,3 +101,12 @@ def test_config_file_is_overridden_only_by_given_flags(tmp_path):
     ctx = main.get_command(None, "train").make_context("train", ["--config", str(path), "--batch-size", "32"])
     config = config_from_params(ctx, ctx.params)
     assert config.optim.lr == 0.05 and config.optim.batch_size == 32
+
+
+@pytest.mark.parametrize("extra", [["--lr", "5"], ["--epochs", "4", "--model", "mlp"], ["--model-option", "dropout=0.1"],
+                                   ["--config", "x.json"], ["--kernel-size", "3"]])
+def test_resume_refuses_other_flags_instead_of_ignoring_them(cli, tracking_uri, extra):
+    result = cli("train", "--resume", "0123456789abcdef0123456789abcdef", "--tracking-uri", tracking_uri, *extra)
+    assert result.exit_code == 2
+    assert "--resume continues a run with the settings it was started with; drop" in result.output
+    assert extra[0] in result.output.split("drop", 1)[1]
