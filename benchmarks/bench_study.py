@@ -1,0 +1,116 @@
+"""Per-cell bookkeeping of ``cnnbench study run`` against a plain ``train`` of the same cell.
+
+Both sides train the same cell (LeNet-5 on digits, 1 epoch, 300 images, the study's default
+artifacts) for the same seeds, in one process, with the data already loaded and imports warm:
+
+- plain: ``api.train`` per seed with ``cnnbench train``'s callbacks (artifacts, progress, the MLflow tracker,
+  which like a study cell's runs no MLflow system-metrics thread);
+- study: a study of that one cell x the seeds, run by a :class:`cnnbench.study.run.Worker` (claim from
+  the Optuna queue, heartbeat, child run under the parent, the train callbacks, finish in the queue).
+
+The overhead per cell is the difference of the mean wall times; the claim + finish of a job in the
+queue is also timed on its own. Usage: ``python benchmarks/bench_study.py [--seeds 8] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+STUDY = """
+name = "bench"
+seeds = {seeds}
+[base]
+model = "lenet5"
+dataset = "digits"
+epochs = 1
+train_size = 300
+[[variants]]
+name = "cell"
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cnnbench import api
+    from cnnbench.study import coordinate, definition, session
+    from cnnbench.study.run import Worker, WorkerSpec, cell_config
+    from cnnbench.tracking.mlflow_tracker import MlflowTracker
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-study-"))
+    uri = f"sqlite:///{folder}/mlflow.db"
+    text = STUDY.format(seeds=args.seeds)
+    study = definition.load("bench.toml", text)
+    configs = [cell_config(study, 0, s, tracking_uri=uri, experiment="bench-plain") for s in study.seeds]
+    data = {s: api.load_data(c) for s, c in zip(study.seeds, configs)}
+
+    def plain_callbacks(config):
+        # what `cnnbench train` records, with the tracker set as study cells set it (no MLflow system-metrics thread)
+        tracker = MlflowTracker(tracking_uri=uri, experiment="bench-plain", run_name=config.run.run_name,
+                                log_model=config.artifacts.model, system_metrics=False)
+        return [*api.run_callbacks(config, tracker=False), tracker]
+
+    api.train(configs[0], plain_callbacks(configs[0]), data=data[0])  # imports, kernels, store warm
+    plain = []
+    for s, config in zip(study.seeds, configs):
+        start = time.perf_counter()
+        api.train(config, plain_callbacks(config), data=data[s])
+        plain.append(time.perf_counter() - start)
+
+    plan = session.prepare(session.RunRequest(study=study, source="bench.toml", tracking_uri=uri,
+                                              storage=f"sqlite:///{folder}/optuna.db"))
+    jobs = [coordinate.Job(0, "cell", s) for s in study.seeds]
+    parent, experiment, _ = plan.queue.create_or_join(jobs, fingerprint=study.fingerprint(), digest=study.digest,
+                                                      make_parent=lambda: session.create_parent(plan))
+    spec = WorkerSpec(source="bench.toml", text=text, budget=None, sets=[], storage=plan.storage_url,
+                      study_name=plan.queue.study_name, parent_run_id=parent, experiment=experiment, tracking_uri=uri)
+    worker = Worker(spec, storage=plan.storage)
+    for s, config in zip(study.seeds, configs):
+        worker._data[worker.data_key(cell_config(study, 0, s, tracking_uri=uri, experiment=experiment))] = data[s]
+    ends = []
+    original = worker.run_cell
+
+    def timed(claim):
+        original(claim)
+        ends.append(time.perf_counter())
+
+    worker.run_cell = timed
+    start = time.perf_counter()
+    worker.run()
+    total = time.perf_counter() - start
+    # the first study cell also pays the worker's one warm-up of the model: reported apart
+    per_cell = [b - a for a, b in zip([start, *ends[:-1]], ends)]
+
+    queue = coordinate.Queue(plan.storage, "claims")
+    queue.create_or_join([coordinate.Job(i, f"c{i}", 0) for i in range(20)], fingerprint={}, digest="x",
+                         make_parent=lambda: ("p", "e"))
+    claims = []
+    while True:
+        t0 = time.perf_counter()
+        claim = queue.claim("bench", 1)
+        if claim is None:
+            break
+        queue.finish(claim, 1.0)
+        claims.append(time.perf_counter() - t0)
+
+    steady = per_cell[1:]
+    print(f"cell: lenet5 / digits, 1 epoch, 300 images, seeds {args.seeds}, threads {args.threads}")
+    print(f"plain api.train + train callbacks: mean {statistics.mean(plain):.3f} s  median {statistics.median(plain):.3f} s")
+    print(f"study worker, per cell (claim, heartbeat, child run, train, finish): mean {statistics.mean(steady):.3f} s  "
+          f"median {statistics.median(steady):.3f} s  (first cell, with the model warm-up: {per_cell[0]:.3f} s; total {total:.1f} s)")
+    print(f"overhead per cell: mean {statistics.mean(steady) - statistics.mean(plain):+.3f} s  "
+          f"median {statistics.median(steady) - statistics.median(plain):+.3f} s")
+    print(f"queue claim + finish alone (20 jobs, one process): mean {statistics.mean(claims) * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

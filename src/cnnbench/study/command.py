@@ -1,0 +1,154 @@
+"""``cnnbench study list | show | run | report``. Only Click here; the rest loads when a command runs."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+BUDGET = click.option("--budget", default=None, metavar="B", help="apply the study's [budgets.B] overrides (e.g. quick, faithful)")
+SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                    help="override a train option or model.<key>/data.<key> for every cell (repeatable)")
+TRACKING = click.option("--tracking-uri", default=None, metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
+def _load(ref: str, budget: str | None, sets: tuple[str, ...]):
+    from cnnbench.study import catalog, definition
+
+    name, text = catalog.source(ref)
+    return name, definition.load(name, text, budget=budget, sets=sets)
+
+
+@click.group(name="study")
+def command() -> None:
+    """Declarative studies: a grid of cells x seeds, each run exactly once across workers, one report."""
+
+
+@command.command(name="list")
+def list_() -> None:
+    """Built-in studies and those of installed plugins (entry-point group cnnbench.studies)."""
+    from cnnbench.errors import ConfigError
+    from cnnbench.study import catalog, definition
+
+    for entry in catalog.entries():
+        if entry.text is None:
+            click.echo(f"  {entry.name:<24} BROKEN  [{entry.distribution}] {entry.error}")
+            continue
+        try:
+            study = definition.load(entry.name, entry.text)
+            budgets = definition.read_text(entry.name, entry.text)[0].get("budgets", {})
+            click.echo(f"  {entry.name:<24} {len(study.cells):>3} cells x {len(study.seeds)} seeds  {study.description}"
+                       f"  (budgets: {', '.join(budgets) or 'none'})  [{entry.distribution}]")
+        except ConfigError as err:
+            click.echo(f"  {entry.name:<24} BROKEN  [{entry.distribution}] {err}")
+
+
+@command.command()
+@click.argument("study_ref", metavar="NAME|FILE")
+@BUDGET
+@SETS
+@click.option("--estimate/--no-estimate", default=True, show_default=True,
+              help="time one batch per distinct model/input for a rough duration")
+def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bool) -> None:
+    """The cells with their resolved options, runs = cells x seeds, published figures, a time estimate."""
+    from cnnbench.study import run as runs
+    from cnnbench.study.estimate import estimate_seconds
+
+    _, study = _load(study_ref, budget, sets)
+    runs.resolve_cells(study)
+    click.echo(f"study {study.study_id}: {study.description}")
+    click.echo(f"metric {study.metric} ({'higher' if study.goal == 'max' else 'lower'} is better); "
+               f"seeds {list(study.seeds)}; reference {study.reference or '(none)'}")
+    base = study.cells[0].config.flat_params()
+    common = {k: v for k, v in base.items() if all(c.config.flat_params().get(k) == v for c in study.cells)}
+    click.echo("fixed: " + ", ".join(f"{k}={v}" for k, v in common.items() if k not in ("device",)))
+    seconds = estimate_seconds(study) if estimate else {}
+    for c in study.cells:
+        params = c.config.flat_params()
+        varied = ", ".join(f"{k}={v}" for k, v in params.items() if k not in common)
+        pub = f"  published {study.published[c.label]}" if c.label in study.published else ""
+        est = f"  ~{seconds[c.label]:.0f} s/run" if c.label in seconds else ""
+        click.echo(f"  {c.index:>3}  {c.label:<40} {varied}{pub}{est}")
+    total = len(study.cells) * len(study.seeds)
+    line = f"runs: {len(study.cells)} cells x {len(study.seeds)} seeds = {total}"
+    if seconds:
+        line += f"; rough estimate {sum(seconds.values()) * len(study.seeds) / 60:.1f} min on one worker (one timed batch per model/input)"
+    click.echo(line)
+    if study.published:
+        click.echo(f"published ({study.published_source or 'the study file'}, {study.published_metric}): "
+                   + ", ".join(f"{k} = {v}" for k, v in study.published.items()))
+
+
+@command.command(name="run")
+@click.argument("study_ref", metavar="NAME|FILE")
+@BUDGET
+@SETS
+@click.option("--workers", type=int, default=1, show_default=True, help="local worker processes")
+@click.option("--storage", default=None, metavar="URL",
+              help="Optuna storage coordinating the workers (default: sqlite optuna.db beside the local MLflow store; "
+                   "postgresql://... for workers on several machines)")
+@click.option("--study-name", default=None, help="name in the storage (default: NAME or NAME-BUDGET); a new name starts a separate study")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the study's [base] experiment, else its name)")
+@TRACKING
+@click.option("--max-retries", type=int, default=1, show_default=True,
+              help="times a failed cell or one whose worker died is run again")
+@click.option("--heartbeat-interval", type=int, default=30, show_default=True, metavar="SECONDS",
+              help="workers beat this often; a cell silent for twice as long is given to another worker")
+@click.option("--device", default=None, type=click.Choice(("auto", "cpu", "cuda", "mps")), help="device for every cell (default: the study's)")
+@click.option("--format", "fmt", default="table", type=click.Choice(("table", "md", "csv", "json")), show_default=True,
+              help="how the final report is printed")
+def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment, tracking_uri, max_retries,
+         heartbeat_interval, device, fmt) -> None:
+    """Run every cell x seed exactly once across workers; resume = the same command."""
+    from cnnbench.study import report as reports
+    from cnnbench.study.session import RunRequest, prepare, run
+
+    name, study = _load(study_ref, budget, sets)
+    request = RunRequest(study=study, source=name, storage=storage, study_name=study_name, experiment=experiment,
+                         tracking_uri=tracking_uri, workers=workers, max_retries=max_retries,
+                         heartbeat_interval=heartbeat_interval, device=device, command=_command_line())
+    outcome = run(prepare(request))
+    if "report" in outcome:
+        click.echo(reports.render(outcome["report"], fmt), nl=False)
+        click.echo(f"parent run {outcome['parent_run_id']}: report/report.md, report/cells.csv and report/*.png")
+
+
+@command.command()
+@click.argument("ref", metavar="NAME|FILE|PARENT_RUN_ID")
+@BUDGET
+@click.option("--experiment", default=None, help="look for the study's parent run in this experiment only")
+@TRACKING
+@click.option("--format", "fmt", default="table", type=click.Choice(("table", "md", "csv", "json")), show_default=True)
+@click.option("--study-name", default=None, help="the name the study ran under, if not NAME or NAME-BUDGET")
+@click.option("--log/--no-log", default=False, show_default=True, help="also log the report to the parent run")
+def report(ref: str, budget, experiment, tracking_uri, fmt, study_name, log) -> None:
+    """The study's table (and pivot) from MLflow alone; works while the study is still running."""
+    from mlflow.tracking import MlflowClient
+
+    from cnnbench.study import report as reports
+    from cnnbench.tracking.store import check_reachable, resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    study_id = ref
+    if not _looks_like_run_id(ref):
+        _, study = _load(ref, budget, ())
+        study_id = study_name or study.study_id
+    parent = reports.find_parent(client, study_id, experiment=experiment)
+    rep = reports.build(client, parent)
+    if log:
+        reports.log_to_parent(client, parent, rep)
+    click.echo(reports.render(rep, fmt), nl=False)
+
+
+def _looks_like_run_id(ref: str) -> bool:
+    return len(ref) == 32 and all(c in "0123456789abcdef" for c in ref)
+
+
+def _command_line() -> str:
+    import shlex
+
+    args = sys.argv[1:]
+    return "cnnbench " + " ".join(shlex.quote(a) for a in args) if args else ""

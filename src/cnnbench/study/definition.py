@@ -1,0 +1,343 @@
+"""A study file (TOML) parsed, validated and expanded into cells; no torch import.
+
+Every value goes through :func:`cnnbench.config.apply_values`, the same path from option names to a
+typed :class:`TrainConfig` that ``train``, ``tune`` and the MLproject use, so a study accepts
+exactly the train options and reports a bad one with the option's own message, naming the cell.
+Plugin options (``model.<key>`` / ``data.<key>``) are checked per cell by ``api.resolve`` (see
+:func:`cnnbench.study.run.resolve_cells`), which needs torch.
+
+Layering of one cell's values, later wins: study defaults (cheap artifacts only), ``[base]``, the
+``--budget`` table, ``--set`` values, the grid point, the variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from cnnbench.config import TrainConfig, apply_values
+from cnnbench.errors import ConfigError
+
+TOP_KEYS = ("name", "description", "metric", "metric_goal", "seeds", "reference", "base", "grid", "variants",
+            "budgets", "published")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# What a study records unless it turns it on: the cheap artifacts (no t-SNE, retrieval or model upload).
+STUDY_DEFAULTS = {"tsne": False, "retrieval": False, "log_model": False, "quiet": True}
+# Where and how a cell runs, not what it is: left out of the definition digest.
+NOT_DEFINITION = {"device", "experiment", "tracking_uri", "run_name", "quiet", "data_dir", "download"}
+METRIC_GOALS = ("max", "min")
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    label: str
+    axes: dict[str, Any]  # grid key (as in the file) -> value
+    variant: str | None
+    config: TrainConfig  # typed; plugin options still as given (api.resolve types them)
+
+    def overrides(self) -> dict[str, Any]:
+        return {**self.axes, **({"variant": self.variant} if self.variant is not None else {})}
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study file expanded for one budget: the cells every worker runs, seeds, what the report compares."""
+
+    name: str
+    description: str
+    metric: str
+    goal: str  # max | min
+    seeds: tuple[int, ...]
+    cells: tuple[Cell, ...]
+    axes: tuple[str, ...]  # grid keys in file order
+    has_variants: bool
+    reference: str | None
+    published: dict[str, float]
+    published_source: str
+    published_metric: str
+    budget: str | None
+    source_text: str  # the TOML as read
+    source_name: str  # file name or entry-point name
+    sets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def study_id(self) -> str:
+        """The name the coordinating Optuna study and the parent run carry (budget included)."""
+        return f"{self.name}-{self.budget}" if self.budget else self.name
+
+    def cell(self, label: str) -> Cell:
+        for c in self.cells:
+            if c.label == label:
+                return c
+        raise KeyError(label)
+
+    def cell_params(self) -> dict[str, dict[str, str]]:
+        """label -> what the cell trains (flat params as text, location settings left out)."""
+        return {c.label: definition_params(c.config) for c in self.cells}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"cells": self.cell_params(), "seeds": list(self.seeds), "metric": self.metric}
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps(self.fingerprint(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        """Everything the report needs, as JSON (logged on the parent run: the report reads only MLflow)."""
+        return {
+            "name": self.name, "study_id": self.study_id, "description": self.description, "metric": self.metric,
+            "goal": self.goal, "seeds": list(self.seeds), "budget": self.budget, "axes": list(self.axes),
+            "has_variants": self.has_variants, "reference": self.reference, "published": self.published,
+            "published_source": self.published_source, "published_metric": self.published_metric,
+            "digest": self.digest, "sets": self.sets,
+            "cells": [{"index": c.index, "label": c.label, "axes": {short(k): v for k, v in c.axes.items()},
+                       "variant": c.variant, "params": definition_params(c.config)} for c in self.cells],
+        }
+
+
+def definition_params(config: TrainConfig) -> dict[str, str]:
+    return {k: str(v) for k, v in config.flat_params().items() if k not in NOT_DEFINITION}
+
+
+def short(key: str) -> str:
+    """A grid key as a label shows it: the ``model.`` / ``data.`` prefix dropped."""
+    plugin, dot, rest = key.partition(".")
+    return rest if dot and plugin in ("model", "data") else key
+
+
+def show_value(value: Any) -> str:
+    """A value as a label shows it (TOML spelling for booleans)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def cell_label(axes: Mapping[str, Any], variant: str | None) -> str:
+    grid = ", ".join(f"{short(k)}={show_value(v)}" for k, v in axes.items())
+    if variant is None:
+        return grid
+    return f"{grid} / {variant}" if grid else variant
+
+
+def read_text(source: str | Path, text: str | None = None) -> tuple[dict[str, Any], str]:
+    """Parse TOML; a malformed file is one line naming the file, line and column."""
+    if text is None:
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"study file {source} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"study file {source} is a folder; give a .toml file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"study file {source} is not UTF-8 text (expected TOML)") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as err:
+        where = str(err).replace("end of document", f"end of document, line {text.count(chr(10)) + 1}")
+        raise ConfigError(f"study file {source} is not valid TOML: {where}") from None
+
+
+def load(source: str, text: str | None = None, *, budget: str | None = None,
+         sets: Sequence[str] = ()) -> Study:
+    """Read, validate and expand a study (``text`` given: ``source`` only names it in messages)."""
+    raw, text = read_text(source, text)
+    return expand(raw, source=str(source), text=text, budget=budget, sets=parse_sets(sets))
+
+
+def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (a train option or model.<key>/data.<key>); got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | None = None,
+           sets: Mapping[str, str] | None = None) -> Study:
+    sets = dict(sets or {})
+    where = f"study file {source}"
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(TOP_KEYS)}")
+    name = _typed(raw, "name", str, where, required=True)
+    if not NAME_RE.match(name):
+        raise ConfigError(f"{where}: name {name!r} must use only a-z, 0-9 and '-' (and start with a letter or digit)")
+    description = _typed(raw, "description", str, where, default="")
+    metric = _typed(raw, "metric", str, where, default="test_accuracy")
+    goal = _typed(raw, "metric_goal", str, where, default="max")
+    if goal not in METRIC_GOALS:
+        raise ConfigError(f"{where}: metric_goal must be max or min; got {goal!r}")
+    base = _table(raw, "base", where)
+    grid = _table(raw, "grid", where, default=None)
+    variants = _variants(raw.get("variants"), where)
+    budgets = _table(raw, "budgets", where)
+    for bname, table in budgets.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [budgets.{bname}] must be a table of option overrides; got {table!r}")
+    chosen: dict[str, Any] = {}
+    if budget is not None:
+        if budget not in budgets:
+            accepted = ", ".join(budgets) if budgets else "none (the file has no [budgets.NAME] tables)"
+            raise ConfigError(f"unknown --budget {budget!r} for study {name!r}; accepted: {accepted}")
+        chosen = dict(budgets[budget])
+    seeds = _seeds(chosen.pop("seeds", raw.get("seeds", 1)), where)
+
+    if grid is not None and not grid:
+        raise ConfigError(f"{where}: [grid] is empty; give at least one axis (KEY = [values]) or leave [grid] out and use [[variants]]")
+    grid = dict(grid or {})
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: grid axis {key!r} must be a non-empty list of values; got {values!r}")
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+            raise ConfigError(f"{where}: grid axis {key!r} lists a value twice: {values!r}")
+    for key in [k for k in chosen if k in grid]:  # a budget may replace an axis's values
+        values = chosen.pop(key)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: [budgets.{budget}] {key!r} is a grid axis: give a non-empty list; got {values!r}")
+        grid[key] = values
+    if not grid and not variants:
+        raise ConfigError(f"{where}: the study has no cells; give [grid] axes (KEY = [values]) or [[variants]]")
+
+    start = apply_values(TrainConfig(), STUDY_DEFAULTS, where=where)
+    start = apply_values(start, base, where=f"{where} [base]", text=False)
+    if chosen:
+        start = apply_values(start, chosen, where=f"{where} [budgets.{budget}]", text=False)
+    if sets:
+        start = apply_values(start, sets, where="--set")
+    cells: list[Cell] = []
+    points = list(itertools.product(*grid.values())) if grid else [()]
+    for point in points:
+        axes = dict(zip(grid, point))
+        for vname, overrides in (variants or [(None, {})]):
+            label = cell_label(axes, vname)
+            at = f"cell {label!r}"
+            config = apply_values(start, axes, where=at, text=False, varying=True)
+            config = apply_values(config, overrides, where=at, text=False, varying=True)
+            try:
+                config.validate()
+            except ConfigError as err:
+                raise ConfigError(f"{at}: {err}") from None
+            cells.append(Cell(len(cells), label, axes, vname, config))
+    labels = [c.label for c in cells]
+    if len(set(labels)) != len(labels):
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        raise ConfigError(f"{where}: cells share the label(s) {', '.join(map(repr, dup))}; give variants distinct names")
+    if metric not in _known_metrics() and not metric.startswith(("test_", "val_", "train_", "gpu_", "peak_")):
+        raise ConfigError(f"{where}: unknown metric {metric!r}; accepted: {', '.join(_known_metrics())} (or any logged metric "
+                          f"starting test_/val_/train_/peak_/gpu_)")
+    reference = _typed(raw, "reference", str, where, default=None)
+    if reference is not None and reference not in labels:
+        raise ConfigError(f"{where}: reference {reference!r} matches no cell; cells: {', '.join(labels)}")
+    published, pub_source, pub_metric = _published(raw.get("published"), labels, metric, where)
+    return Study(name=name, description=description, metric=metric, goal=goal, seeds=seeds, cells=tuple(cells),
+                 axes=tuple(grid), has_variants=bool(variants), reference=reference, published=published,
+                 published_source=pub_source, published_metric=pub_metric, budget=budget, source_text=text,
+                 source_name=source, sets=dict(sets))
+
+
+def _known_metrics() -> tuple[str, ...]:
+    return ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss", "fit_time_s",
+            "test_macro_f1", "peak_rss_mb", "epoch_time_s")
+
+
+def _typed(raw: Mapping[str, Any], key: str, kind: type, where: str, *, required: bool = False, default: Any = None) -> Any:
+    if key not in raw:
+        if required:
+            raise ConfigError(f"{where}: missing key {key!r}")
+        return default
+    value = raw[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}: {key} must be {kind.__name__}; got {value!r}")
+    return value
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str, default: Any = "{}") -> Any:
+    if key not in raw:
+        return {} if default == "{}" else default
+    value = raw[key]
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table; got {value!r}")
+    return value
+
+
+def _variants(raw: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not raw or not all(isinstance(v, dict) for v in raw):
+        raise ConfigError(f"{where}: variants must be one or more [[variants]] tables, each with a name")
+    out, names = [], set()
+    for i, table in enumerate(raw, start=1):
+        table = dict(table)
+        vname = table.pop("name", None)
+        if not isinstance(vname, str) or not vname.strip():
+            raise ConfigError(f"{where}: variant {i} needs name = \"...\" (the label the report shows)")
+        if vname in names:
+            raise ConfigError(f"{where}: two variants are named {vname!r}")
+        names.add(vname)
+        out.append((vname, table))
+    return out
+
+
+def _seeds(raw: Any, where: str) -> tuple[int, ...]:
+    if isinstance(raw, bool):
+        raise ConfigError(f"{where}: seeds must be a positive count or a list of seeds >= 0; got {raw!r}")
+    if isinstance(raw, int):
+        if raw <= 0:
+            raise ConfigError(f"{where}: seeds must be a positive count (repeats per cell) or a list of seeds >= 0; got {raw}")
+        return tuple(range(raw))
+    if isinstance(raw, list) and raw and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw):
+        if len(set(raw)) != len(raw):
+            raise ConfigError(f"{where}: seeds lists a seed twice: {raw}")
+        return tuple(raw)
+    raise ConfigError(f"{where}: seeds must be a positive count or a non-empty list of seeds >= 0; got {raw!r}")
+
+
+def _published(raw: Any, labels: list[str], metric: str, where: str) -> tuple[dict[str, float], str, str]:
+    if raw is None:
+        return {}, "", metric
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [published] must be a table")
+    table = dict(raw)
+    source = table.pop("source", "")
+    pub_metric = table.pop("metric", metric)
+    values: dict[str, float] = {}
+    for label, value in table.items():
+        if label not in labels:
+            raise ConfigError(f"{where}: published label {label!r} matches no cell; cells: {', '.join(labels)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: published {label!r} must be a number; got {value!r}")
+        values[label] = float(value)
+    return values, str(source), str(pub_metric)
+
+
+def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """What changed between two :meth:`Study.fingerprint` values, one phrase per key."""
+    out = []
+    if stored.get("metric") != current.get("metric"):
+        out.append(f"metric {stored.get('metric')} -> {current.get('metric')}")
+    if list(stored.get("seeds", [])) != list(current.get("seeds", [])):
+        out.append(f"seeds {stored.get('seeds')} -> {current.get('seeds')}")
+    old, new = stored.get("cells", {}), current.get("cells", {})
+    for label in [x for x in old if x not in new]:
+        out.append(f"cell {label!r} removed")
+    for label in [x for x in new if x not in old]:
+        out.append(f"cell {label!r} added")
+    for label in [x for x in new if x in old]:
+        keys = sorted(set(old[label]) | set(new[label]))
+        changed = [f"{k} {old[label].get(k, '(unset)')} -> {new[label].get(k, '(unset)')}" for k in keys
+                   if old[label].get(k) != new[label].get(k)]
+        if changed:
+            out.append(f"cell {label!r}: {', '.join(changed)}")
+    return out

@@ -1,0 +1,300 @@
+"""The worker loop: claim a cell x seed, train it (data reused per worker), log it as a child of
+the study's parent run, repeat until no job is waiting or running anywhere.
+
+A child run is an ordinary ``cnnbench train`` run (the same callbacks: artifacts per the study's
+switches, console progress, the MLflow tracker) nested under the parent, plus the study's tags.
+Timings compare across cells: before a worker's first timed cell of a given model and input it
+trains that model on a few batches (the one-off warm-up of kernels, allocator and thread pools is
+kept out of ``fit_time_s``), and :class:`EpochClock` adds ``epoch_time_with_val_s`` (training plus
+validation, as R0 and R2 time it) next to the engine's ``epoch_time_s`` (training only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from cnnbench.config import TrainConfig
+from cnnbench.errors import ConfigError
+from cnnbench.events import Callback, RunState
+from cnnbench.study import coordinate
+from cnnbench.study.definition import Study, load
+
+TAG_STUDY = "cnnbench.study"
+TAG_ID = "cnnbench.study.id"
+TAG_BUDGET = "cnnbench.study.budget"
+TAG_DIGEST = "cnnbench.study.digest"
+TAG_ROLE = "cnnbench.study.role"  # study | cell
+TAG_CELL = "cnnbench.study.cell"
+TAG_SEED = "cnnbench.seed"
+TAG_TRIAL = "cnnbench.study.trial"
+TAG_WORKER = "cnnbench.study.worker"
+TAG_STORAGE = "cnnbench.study.storage"
+DATA_CACHE = 4  # prepared data sets a worker keeps (one per distinct data configuration and seed)
+WARMUP_STEPS = 3
+REASON_MAX_CHARS = 4000
+
+
+def worker_id(index: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{index}"
+
+
+@dataclass
+class WorkerSpec:
+    """Everything one worker needs (JSON-able: extra local workers are processes)."""
+
+    source: str
+    text: str
+    budget: str | None
+    sets: list[str]
+    storage: str
+    study_name: str
+    parent_run_id: str
+    experiment: str
+    tracking_uri: str
+    max_retries: int = 1
+    heartbeat_interval: int = 30
+    index: int = 0
+    workers: int = 1
+    parent_pid: int | None = None
+    device: str | None = None
+
+    def save(self, path: Path) -> Path:
+        path.write_text(json.dumps(asdict(self)))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "WorkerSpec":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass
+class WorkerStats:
+    finished: int = 0
+    failed: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+
+class EpochClock(Callback):
+    """``epoch_time_with_val_s`` per epoch (train + validation) and ``fit_time_with_val_s`` in the
+    summary. Placed before the tracker, it adds to the metrics the tracker logs."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.total = 0.0
+
+    def on_epoch_start(self, run: RunState, epoch: int) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
+        spent = time.perf_counter() - self.started
+        self.total += spent
+        metrics["epoch_time_with_val_s"] = spent
+        run.summary_metrics["fit_time_with_val_s"] = self.total
+
+
+class CellRecord(Callback):
+    """After the tracker: stores the child run id on the claimed trial (so whoever finds the worker
+    dead can close the run)."""
+
+    def __init__(self, queue: coordinate.Queue, claim: coordinate.Claim) -> None:
+        self.queue, self.claim = queue, claim
+
+    def on_run_start(self, run: RunState) -> None:
+        if run.run_id:
+            self.queue.set_attr(self.claim, coordinate.U_RUN, run.run_id)
+
+
+def close_dead_cell_run(tracking_uri: str):
+    """The storage's stale-trial hook: end the dead worker's child run FAILED with the reason."""
+
+    def close(study, trial) -> None:
+        run_id = trial.user_attrs.get(coordinate.U_RUN)
+        if not run_id:
+            return
+        reason = (f"the worker running this cell ({trial.user_attrs.get(coordinate.U_WORKER, '?')}) stopped sending "
+                  f"heartbeats (killed or lost); the cell is given to another worker if --max-retries allows")
+        client = MlflowClient(tracking_uri)
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.log_batch(run_id, tags=[RunTag("failure_reason", reason)])
+                client.set_terminated(run_id, "FAILED")
+        except Exception:  # the run may be gone; the queue state is what matters
+            pass
+
+    return close
+
+
+def cell_config(study: Study, index: int, seed: int, *, tracking_uri: str, experiment: str,
+                device: str | None = None) -> TrainConfig:
+    cell = study.cells[index]
+    run = {"seed": seed, "tracking_uri": tracking_uri, "experiment": experiment,
+           "run_name": f"{cell.label} / seed {seed}", "quiet": True}
+    if device:
+        run["device"] = device
+    return cell.config.replace(run=run)
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, *, storage=None, stream=None) -> None:
+        from cnnbench.tune.objective import data_key
+
+        self.spec = spec
+        self.stream = stream or sys.stderr
+        self.study = load(spec.source, spec.text, budget=spec.budget, sets=spec.sets)
+        self.storage = storage or coordinate.open_queue_storage(
+            spec.storage, heartbeat_interval=spec.heartbeat_interval, on_stale=close_dead_cell_run(spec.tracking_uri))
+        self.queue = coordinate.Queue(self.storage, spec.study_name)
+        self.queue._wait_ready()
+        self.client = MlflowClient(spec.tracking_uri)
+        self.experiment_id = self.client.get_run(spec.parent_run_id).info.experiment_id
+        self.id = worker_id(spec.index)
+        self.label = f"[worker {spec.index}] " if spec.workers > 1 else ""
+        self.data_key = data_key
+        self._data: dict[tuple, Any] = {}
+        self._warm: set[tuple] = set()
+        self.stats = WorkerStats()
+
+    def run(self) -> WorkerStats:
+        if self.spec.workers > 1:
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.spec.workers))
+        beat = coordinate.Heartbeat(self.storage, self.spec.heartbeat_interval,
+                                    watch_parent=self.spec.parent_pid if self.spec.index > 0 else None)
+        poll = min(2.0, max(0.2, self.spec.heartbeat_interval / 2))
+        try:
+            while True:
+                claim = self.queue.claim(self.id, self.spec.max_retries)
+                if claim is None:
+                    if self.queue.active() == 0:
+                        return self.stats
+                    time.sleep(poll)  # others are running: one may die and its cell come back
+                    continue
+                beat.beat_for(claim.trial_id)
+                try:
+                    self.run_cell(claim)
+                finally:
+                    beat.beat_for(None)
+        finally:
+            beat.stop()
+
+    def data_for(self, config: TrainConfig):
+        from cnnbench import api
+
+        key = self.data_key(config)
+        if key not in self._data:
+            if len(self._data) >= DATA_CACHE:
+                self._data.pop(next(iter(self._data)))
+            self._data[key] = api.load_data(config)
+        return self._data[key]
+
+    def run_cell(self, claim: coordinate.Claim) -> None:
+        from cnnbench import api
+        from cnnbench.tracking.mlflow_tracker import MlflowTracker
+
+        spec, job = self.spec, claim.job
+        started = time.perf_counter()
+        config = cell_config(self.study, job.cell, job.seed, tracking_uri=spec.tracking_uri,
+                             experiment=spec.experiment, device=spec.device)
+        tags = {TAG_STUDY: self.study.name, TAG_ID: spec.study_name, TAG_ROLE: "cell", TAG_CELL: job.label,
+                TAG_SEED: str(job.seed), TAG_TRIAL: str(claim.number), TAG_WORKER: self.id,
+                "cnnbench.study.attempt": str(claim.attempt)}
+        tracker = MlflowTracker(tracking_uri=spec.tracking_uri, experiment=spec.experiment, run_name=config.run.run_name,
+                                nested=True, parent_run_id=spec.parent_run_id, log_model=config.artifacts.model,
+                                system_metrics=False, extra_tags=tags)
+        callbacks = [*api.run_callbacks(config, tracker=False), EpochClock(), tracker, CellRecord(self.queue, claim)]
+        try:
+            data = self.data_for(config)
+            self.warm_up(config, data)
+            result = api.train(config, callbacks, data=data)
+        except KeyboardInterrupt:
+            self.queue.fail(claim, "killed", "interrupted (Ctrl-C / SIGTERM); re-run on resume")
+            raise
+        except Exception as err:
+            reason = (f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)[:REASON_MAX_CHARS]
+            if tracker.run_id is None:  # failed before its run existed: record one, so the report shows it
+                self.record_failed(config, tags, reason)
+            self.queue.fail(claim, "failed", reason)
+            self.stats.failed += 1
+            self._print(job, "FAILED", reason.splitlines()[0][:200], started)
+            _release_device_memory()
+            return
+        value = result.metrics.get(self.study.metric, float("nan"))
+        self.queue.finish(claim, value if value == value else 0.0)
+        self.stats.finished += 1
+        self.stats.seconds.append(time.perf_counter() - started)
+        self._print(job, "FINISHED", f"{self.study.metric} {value:.4f}", started)
+
+    def warm_up(self, config: TrainConfig, data) -> None:
+        """A few training steps of a throwaway copy of the model on real batches, once per worker and
+        model/input, so the one-off costs of the first steps stay out of the first cell's fit_time_s."""
+        import torch
+
+        from cnnbench import api
+
+        key = (config.model.name, json.dumps(config.model.options, sort_keys=True, default=str),
+               tuple(data.train.images.shape[1:]), config.optim.batch_size, config.run.device, config.run.amp)
+        if key in self._warm:
+            return
+        self._warm.add(key)
+        device = api.resolve_device(config.run.device)
+        state = torch.random.get_rng_state()
+        try:
+            model = api.resolve(config).model.to(device).train()
+            mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255.0
+            std = torch.tensor(data.std).view(1, -1, 1, 1) * 255.0
+            x = ((data.train.images[: config.optim.batch_size].float() - mean) / std).to(device)
+            y = data.train.labels[: config.optim.batch_size].to(device)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+            for _ in range(WARMUP_STEPS):
+                optimizer.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                optimizer.step()
+            with torch.no_grad():
+                model.eval()(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        finally:
+            torch.random.set_rng_state(state)
+
+    def record_failed(self, config: TrainConfig, tags: dict[str, str], reason: str) -> None:
+        run = self.client.create_run(self.experiment_id, run_name=config.run.run_name, tags={
+            **tags, "mlflow.parentRunId": self.spec.parent_run_id, "failure_reason": reason,
+            "cnnbench.model": config.model.name, "cnnbench.dataset": config.data.name})
+        params = [Param(k, "None" if v is None else str(v)) for k, v in config.flat_params().items()]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(run.info.run_id, params=params[start : start + 100])
+        self.client.set_terminated(run.info.run_id, "FAILED")
+
+    def _print(self, job: coordinate.Job, state: str, outcome: str, started: float) -> None:
+        print(f"{self.label}{job.label} / seed {job.seed}  {state}  {outcome}  ({time.perf_counter() - started:.1f} s)",
+              file=self.stream, flush=True)
+
+
+def _release_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def resolve_cells(study: Study) -> None:
+    """``api.resolve`` every cell (plugin options typed, model fits the input) before anything runs;
+    the first bad cell is one ConfigError naming it."""
+    from cnnbench import api
+
+    for cell in study.cells:
+        try:
+            api.resolve(cell.config)
+        except ConfigError as err:
+            raise type(err)(f"cell {cell.label!r}: {err}") from None
