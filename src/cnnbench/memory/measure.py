@@ -27,7 +27,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -147,6 +147,23 @@ def _quiet_stderr() -> Iterator[None]:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def allocator_peak(fn: Callable[[], Any]) -> int:
+    """Peak bytes the CPU allocator holds while ``fn()`` runs, beyond what was live before."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():
+        prof.start()
+    try:
+        with record_function("cnnbench.memory.op"):
+            fn()
+    finally:
+        with _quiet_stderr():
+            prof.stop()
+    opened, peak = _profiler_windows(prof, ["cnnbench.memory.op"])["cnnbench.memory.op"]
+    return peak - opened
 
 
 def _measure_cpu(build, grad_accum: int) -> dict[str, Any]:

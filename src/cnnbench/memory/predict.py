@@ -14,8 +14,11 @@ multi-tensor ``foreach`` optimizer implementations CUDA parameters default to, `
 (CUDA autocast rules, cuDNN's ops); without one they live on the CPU and autocast follows the CPU's
 rules, which cast the same layers of a CNN (convolutions and linear layers to the low precision,
 the loss in float32). ``device="cpu"`` ignores --amp and --channels-last, as ``cnnbench train``
-does on CPU. Not included: kernel workspaces that never become tensors (cuDNN, oneDNN, im2col) and
-the CUDA context and allocator cache; see :mod:`cnnbench.memory.measure` for what is measured.
+does on CPU. Kernel workspaces that never become tensors (oneDNN reorders, cuDNN workspaces) are
+measured per convolution shape on the target device and added at their operator
+(:mod:`cnnbench.memory.workspace`): the one part that runs real kernels, on random data at batch 4
+and 8, and is skipped (with a note) when predicting for a device that is not present. Not included:
+the CUDA context and the allocator's cache; see :mod:`cnnbench.memory.measure` for what is measured.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from cnnbench.errors import ConfigError, ModelInputError
 from cnnbench.memory.step import (CUDA_BLOCK, MB, STEPS, Cell, StepSetup, amp_dtype, eval_pass, make_optimizer,
                                   optimizer_names, random_batch, train_steps)
 from cnnbench.memory.tracker import LiveTensorBytes
+from cnnbench.memory.workspace import ConvWorkspace
 
-BREAKDOWN = ("parameters_mb", "gradients_mb", "optimizer_state_mb", "input_mb", "activations_mb", "temporary_mb")
+BREAKDOWN = ("parameters_mb", "gradients_mb", "optimizer_state_mb", "input_mb", "activations_mb", "temporary_mb",
+             "workspace_mb")
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Prediction(Cell):
     input_mb: float
     activations_mb: float
     temporary_mb: float
+    workspace_mb: float
     weights_mb: float
     gradient_size_mb: float
     optimizer_state_size_mb: float
@@ -132,9 +138,12 @@ def build_fake_model(model: str | nn.Module, mode: FakeTensorMode, *, input_shap
 def predict(model: str | nn.Module, input_shape: tuple[int, int, int], batch_size: int, optimizer: str = "adam", *,
             num_classes: int = 10, model_options: Mapping[str, Any] | None = None, lr: float = 1e-3,
             momentum: float = 0.9, weight_decay: float = 0.0, label_smoothing: float = 0.0, amp: bool | str = False,
-            channels_last: bool = False, device: str | torch.device = "cpu", grad_accum: int = 1) -> Prediction:
+            channels_last: bool = False, device: str | torch.device = "cpu", grad_accum: int = 1,
+            workspace: bool = True) -> Prediction:
     """Predict the memory of training ``model`` (a registered name or a module) on batches of
     ``batch_size`` images of ``input_shape`` (C, H, W) with ``optimizer`` (see the module docstring).
+    ``workspace``: add convolution kernels' internal buffers, measured once per layer shape on the
+    target device (:mod:`cnnbench.memory.workspace`; skipped when the device is absent).
 
     Bad names and values raise :class:`~cnnbench.errors.ConfigError` (model plugins raise their own
     ``ModelInputError`` for inputs they cannot take).
@@ -161,7 +170,10 @@ def predict(model: str | nn.Module, input_shape: tuple[int, int, int], batch_siz
         net = fake_copy(net, mode, fake_on, channels_last=cl)
     params = sum(p.numel() for p in net.parameters())
 
-    tracker = LiveTensorBytes(round_to=CUDA_BLOCK if dev.type == "cuda" else 1)
+    tracker = LiveTensorBytes(round_to=CUDA_BLOCK if dev.type == "cuda" else 1,
+                              workspace=ConvWorkspace(dev) if workspace else None)
+    if workspace and not tracker.workspace.enabled:
+        notes.append("convolution workspaces not included: measuring them needs the device")
     with mode:
         opt = make_optimizer(net, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
                              foreach=True if dev.type == "cuda" else None)

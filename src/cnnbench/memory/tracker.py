@@ -21,13 +21,14 @@ buffers, cuDNN / oneDNN workspaces), and allocator rounding except the optional 
 from __future__ import annotations
 
 import weakref
+from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "input", "activations", "temporary")
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "input", "activations", "temporary", "workspace")
 
 
 class _Entry:
@@ -42,13 +43,17 @@ class LiveTensorBytes(TorchDispatchMode):
     """Tracks the bytes of live tensor storages; ``with tracker:`` around the code to watch.
 
     ``round_to``: allocation granularity (the CUDA caching allocator rounds every block up to 512
-    bytes; 1 on CPU). Tensors created before entering (parameters, a batch) are registered with
-    :meth:`mark`.
+    bytes; 1 on CPU). ``workspace(func, args, kwargs, out) -> bytes``: memory the operator's kernel
+    held beyond the tensors it returned (see :mod:`cnnbench.memory.workspace`), counted in the peak
+    as category ``workspace``. Tensors created before entering (parameters, a batch) are registered
+    with :meth:`mark`.
     """
 
-    def __init__(self, *, round_to: int = 1) -> None:
+    def __init__(self, *, round_to: int = 1, workspace: Callable[..., int] | None = None) -> None:
         super().__init__()
         self.round_to = max(1, int(round_to))
+        self.workspace = workspace
+        self._peak_workspace = 0
         self.category = "temporary"  # what tensors returned by operators count as right now
         self.phase = ""  # a label stored with the peak ("step 2 backward")
         self._entries = WeakIdKeyDictionary()  # UntypedStorage -> _Entry
@@ -104,11 +109,12 @@ class LiveTensorBytes(TorchDispatchMode):
         self._check_peak()
 
     # -- peak ------------------------------------------------------------------------------------
-    def _check_peak(self) -> None:
-        if self.total > self.peak:
-            self.peak = self.total
+    def _check_peak(self, workspace: int = 0) -> None:
+        if self.total + workspace > self.peak:
+            self.peak = self.total + workspace
             self.peak_phase = self.phase
             self._peak_entries = list(self._live.values())
+            self._peak_workspace = workspace
 
     def reset_peak(self) -> None:
         """Start a new peak from what is live now."""
@@ -121,7 +127,9 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def peak_breakdown(self) -> dict[str, int]:
         """Bytes live at the peak by category (roles as they are now); sums to :attr:`peak`."""
-        return _by_category(self._peak_entries)
+        out = _by_category(self._peak_entries)
+        out["workspace"] = self._peak_workspace
+        return out
 
     # -- the mode --------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -129,7 +137,7 @@ class LiveTensorBytes(TorchDispatchMode):
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self._add(t, self.category, recategorize=False)
-        self._check_peak()
+        self._check_peak(self.workspace(func, args, kwargs or {}, out) if self.workspace is not None else 0)
         return out
 
 
