@@ -204,7 +204,7 @@ def test_resnet_cifar_stem_takes_8x8_that_the_imagenet_stem_refuses():
     ("maxpool_cnn", {"modules": 1}, "modules.*2, 3, 4"),
     ("mlp", {"depth": 3}, "unknown option.*depth.*valid options: dropout, hidden"),
     ("lenet5", {"dropout": "lots"}, "dropout.*number"),
-    ("simple_cnn", {"init": "sobel"}, "init.*default, edge"),
+    ("simple_cnn", {"init": "sobel"}, "init.*default, xavier, edge"),
 ])
 def test_bad_options_are_config_errors(name, options, match):
     with pytest.raises(ConfigError, match=match):

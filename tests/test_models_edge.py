@@ -39,11 +39,10 @@ def test_edge_init_sets_every_conv(name, filters, convs, kernel_size):
     first, *rest = conv_layers
     for j in range(filters):
         assert torch.equal(first.weight[j, 0], bank[j % 3])
-    for conv in rest:  # filter j applied to channel j only
+    for conv in rest:  # filter j = detector j on every input channel (the homework concatenates conv1's weights)
         for j in range(filters):
             for i in range(filters):
-                expected = bank[j % 3] if i == j else torch.zeros(kernel_size, kernel_size)
-                assert torch.equal(conv.weight[j, i], expected)
+                assert torch.equal(conv.weight[j, i], bank[j % 3])
     assert all(torch.all(conv.bias == 0) for conv in conv_layers)
     # 'same' padding for every size, even ones: 28 -> pool -> 14 stays 14 through the later convs
     assert model.features(torch.zeros(1, 1, 28, 28)).shape == (1, filters, 14, 14)

@@ -97,6 +97,20 @@ def conv_block(
     return layers + [nn.ReLU()]
 
 
+INITS = ("default", "xavier")  # xavier: Keras' Glorot-uniform kernels with zero biases
+
+
+def xavier_init(*modules: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases (Keras' default initialisation) for every Conv2d and
+    Linear inside ``modules``."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+
 def output_shape(module: nn.Module, in_channels: int, image_size: tuple[int, int]) -> torch.Size:
     """Shape (C, H, W, ...) of ``module``'s output for one input image, without touching its state.
 

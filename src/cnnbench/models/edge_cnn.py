@@ -4,9 +4,12 @@ an MLP of (as near as possible) the same size.
 ``simple_cnn``: Conv(num_filters=3, k=7, 'same') + ReLU, MaxPool 2, Conv(num_filters) + ReLU,
 global average pool, Linear classes (606 parameters on 1x28x28, 3 classes; independent of H, W).
 ``wider_cnn`` is the same with 6 filters, ``deeper_cnn`` adds two more Conv + ReLU (4 convs).
-``init=edge``: the first conv's filters cycle horizontal-edge, vertical-edge, zero detectors (the
-same filter on every input channel) and each later conv applies filter j to channel j only
-(weight[j, j] = filter j, zero elsewhere), biases zero.
+``init=edge`` (as the homework's edge-detector initialisation): every conv's filters cycle
+horizontal-edge, vertical-edge, zero detectors, filter j being detector j on EVERY input channel
+(the homework builds conv2 by concatenating conv1's weights), biases zero; the classifier is
+Glorot-uniform with a zero bias. Freeze the convs with ``--freeze features`` to train only the FC.
+``init=xavier``: the homework's SimpleCNN init: Glorot-uniform conv1 and classifier weights, zero
+biases, later convs PyTorch's default. ``pool=avg``: AvgPool 2 instead of MaxPool 2 (R4-H).
 
 Edge filters of size k follow Sobel's construction: derivative = binomial(k - 2) * [1, -1],
 smoothing = binomial(k - 1); horizontal = outer(derivative, smoothing), vertical its transpose,
@@ -31,11 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnbench.errors import ModelInputError
-from cnnbench.models.base import count_parameters, mark, require_min_size
+from cnnbench.models.base import count_parameters, mark, require_min_size, xavier_init
 from cnnbench.models.mlp import MLPClassifier
 from cnnbench.registry import ModelPlugin, Option
 
-INITS = ("default", "edge")
+INITS = ("default", "xavier", "edge")
+POOLS = ("max", "avg")
 
 
 def edge_filters(kernel_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,28 +75,26 @@ def _init_edge(convs: list[nn.Conv2d]) -> None:
     k = convs[0].kernel_size[0]
     bank = edge_filters(k)
     with torch.no_grad():
-        for depth, conv in enumerate(convs):
-            conv.weight.zero_()
+        for conv in convs:
             conv.bias.zero_()
             for j in range(conv.out_channels):
-                if depth == 0:
-                    conv.weight[j, :] = bank[j % 3]  # the same detector on every input channel
-                else:
-                    conv.weight[j, j] = bank[j % 3]  # "copies them per channel"
+                conv.weight[j, :] = bank[j % 3]  # detector j on every input channel
 
 
 def build_cnn(*, num_classes: int, in_channels: int, image_size: tuple[int, int], num_filters: int,
-              kernel_size: int, init: str, num_convs: int) -> nn.Module:
-    require_min_size(image_size, 2, "one max-pool of 2x2")
+              kernel_size: int, init: str, pool: str, num_convs: int) -> nn.Module:
+    require_min_size(image_size, 2, "one pool of 2x2")
     convs = [SameConv2d(in_channels if i == 0 else num_filters, num_filters, kernel_size) for i in range(num_convs)]
-    layers: list[nn.Module] = [convs[0], nn.ReLU(), nn.MaxPool2d(2)]
+    layers: list[nn.Module] = [convs[0], nn.ReLU(), nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)]
     for conv in convs[1:]:
         layers += [conv, nn.ReLU()]
+    classifier = nn.Linear(num_filters, num_classes)
+    if init in ("xavier", "edge"):
+        xavier_init(convs[0], classifier)
     if init == "edge":
         _init_edge(convs)
     model = nn.Sequential(OrderedDict(
-        features=nn.Sequential(*layers), pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
-        classifier=nn.Linear(num_filters, num_classes),
+        features=nn.Sequential(*layers), pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), classifier=classifier,
     ))
     return mark(model, classifier="classifier", intermediate="features", first_conv="features.0")
 
@@ -105,7 +107,9 @@ def _cnn_plugin(description: str, num_filters: int, num_convs: int) -> ModelPlug
         options=(
             Option("num_filters", "int", num_filters, "filters in every conv", low=1, high=4096),
             Option("kernel_size", "int", 7, "convolution kernel size ('same' padding; 2 gives the 2x2 edge pair)", low=1),
-            Option("init", "str", "default", "edge: start the convs as horizontal/vertical/zero edge detectors", choices=INITS),
+            Option("init", "str", "default", "edge: the convs start as horizontal/vertical/zero edge detectors (each on "
+                   "every input channel); xavier: Glorot-uniform conv1 and classifier, as the homework", choices=INITS),
+            Option("pool", "str", "max", "the pool after conv1: max or avg", choices=POOLS),
         ),
     )
 

@@ -46,6 +46,7 @@ def model_info(model: nn.Module, input_shape: tuple[int, int, int], batch_size: 
     _fill_container_macs(layers)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    moving = keras_moving_statistics(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     leaf_output_bytes = sum(layer.output_bytes for layer in stats.summary_list if layer.is_leaf_layer)
@@ -58,6 +59,9 @@ def model_info(model: nn.Module, input_shape: tuple[int, int, int], batch_size: 
     return {
         "params": params,
         "trainable_params": trainable,
+        # Keras counts BatchNorm's moving mean/variance as non-trainable parameters (torch: buffers)
+        "keras_params": params + moving,
+        "keras_non_trainable_params": params - trainable + moving,
         "size_mb": round(weight_bytes / BYTES_PER_MB, 2),
         "macs": int(stats.total_mult_adds),
         "layers": layers,
@@ -66,6 +70,16 @@ def model_info(model: nn.Module, input_shape: tuple[int, int, int], batch_size: 
         "input_shape": list(input_shape),
         "batch_size": batch_size,
     }
+
+
+def keras_moving_statistics(model: nn.Module) -> int:
+    """Entries of every BatchNorm's running mean and variance: what Keras adds to its parameter
+    total as "non-trainable params" (LeNet-5 + BN: (6 + 16 + 120) x 2 = 284)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            total += sum(b.numel() for b in (m.running_mean, m.running_var) if b is not None)
+    return total
 
 
 def _layer_row(layer, names: dict[int, str]) -> dict[str, Any]:
@@ -114,6 +128,8 @@ def format_info(info: dict[str, Any], *, max_depth: int | None = None) -> str:
         f"Total params: {info['params']:,}",
         f"Trainable params: {info['trainable_params']:,}",
         f"Non-trainable params: {info['params'] - info['trainable_params']:,}",
+        f"Keras-style (BatchNorm moving statistics counted): {info['keras_params']:,} total / "
+        f"{info['trainable_params']:,} trainable / {info['keras_non_trainable_params']:,} non-trainable",
         f"Model size (float32 weights): {info['size_mb']:.2f} MB",
         f"MACs per image: {info['macs']:,}",
         rule,
