@@ -191,6 +191,10 @@ def interrupt_signals(stream=None) -> Iterator[None]:
     can never cut the cleanup short and leave the run FINISHED-without-results or RUNNING."""
     import sys
 
+    global _interrupt_depth
+    if _interrupt_depth:  # nested (tune around its trials): the outer handlers already count signals
+        yield
+        return
     received: list[int] = []
 
     def handler(signum, frame):
@@ -210,11 +214,16 @@ def interrupt_signals(stream=None) -> Iterator[None]:
             signal.signal(getattr(signal, name), old)
         yield
         return
+    _interrupt_depth += 1
     try:
         yield
     finally:
+        _interrupt_depth -= 1
         for name, old in previous.items():
             signal.signal(getattr(signal, name), old)
+
+
+_interrupt_depth = 0
 
 
 def _resume_hint(run, callbacks) -> str | None:

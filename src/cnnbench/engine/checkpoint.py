@@ -56,7 +56,8 @@ def load(path: str | Path) -> dict[str, Any]:
         # (state dicts, RNG byte tensors, plain numbers, lists and dicts) loads this way.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        first = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(err).__name__)
         raise ConfigError(
             f"--resume: refusing checkpoint {path}: it holds objects other than tensors and plain values, "
             f"which a cnnbench checkpoint never does ({first})"

@@ -98,6 +98,8 @@ class MlflowTracker(Callback):
         self._log_params(run)
         mlflow.set_tags({**self._tags(run), **self.extra_tags, **run.tags, **mlruns.owner_tags()})
         self._heartbeat = mlruns.Heartbeat(self.client, run.run_id).start()
+        if run.start_epoch > 0:
+            self._log_missing_epochs(run)
         if run.start_epoch == 0:  # a resumed run has its description and inputs already
             describe.log_run_description(self.client, run.run_id, run)
         # Logged now so even a run that dies early can be resumed or reproduced (the artifact callback
@@ -159,6 +161,7 @@ class MlflowTracker(Callback):
         mlruns.delete_artifact(self.client, run.run_id, "checkpoints/last.pt")  # uploaded during training
         if run.start_epoch > 0:
             self._forget_interruption(run)
+            _drop_local_copy(run.run_id)
         mlflow.end_run("FINISHED")
         self._ended = True
         self.status = "FINISHED"
@@ -199,6 +202,21 @@ class MlflowTracker(Callback):
         if self.status in ("KILLED", "FAILED"):
             return f"MLflow run {run.run_id} is {self.status}; checkpoints/last.pt holds epoch {run.epoch}. Resume with: {command}"
         return None
+
+    def _log_missing_epochs(self, run: RunState) -> None:
+        """Epochs the checkpoint holds but the store never got (its server stopped answering, the
+        process was killed before the asynchronous write) are logged now, from the checkpoint's
+        history, so the resumed run's curves have no hole."""
+        import time
+
+        from mlflow.entities import Metric
+
+        logged = {m.step for m in self.client.get_metric_history(run.run_id, "val_accuracy")}
+        now = int(time.time() * 1000)
+        missing = [Metric(k, float(v), now, int(row["epoch"])) for row in run.history if int(row["epoch"]) not in logged
+                   for k, v in row.items() if k != "epoch"]
+        for start in range(0, len(missing), 1000):
+            self.client.log_batch(run.run_id, metrics=missing[start : start + 1000])
 
     def _stop_heartbeat(self) -> None:
         if self._heartbeat is not None:
@@ -275,6 +293,15 @@ def _keep_locally(run: RunState) -> Path | None:
     shutil.copy2(source, folder / "last.pt")
     (folder / "config.json").write_text(json.dumps(run.config.to_dict()))
     return folder / "last.pt"
+
+
+def _drop_local_copy(run_id: str) -> None:
+    """A resumed run that finished needs no local checkpoint any more."""
+    import shutil
+
+    from cnnbench.tracking.resume import local_checkpoint_dir
+
+    shutil.rmtree(local_checkpoint_dir(run_id), ignore_errors=True)
 
 
 def _same(a: str, b: str) -> bool:

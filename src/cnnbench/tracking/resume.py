@@ -37,8 +37,9 @@ def fetch_resume(tracking_uri: str, run_id: str) -> tuple[dict, dict]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    run = get_resumable(tracking_uri, run_id)
+    get_resumable(tracking_uri, run_id)
     local = local_checkpoint_dir(run_id)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # two small files: no bars around the one-line errors
     with tempfile.TemporaryDirectory(prefix="cnnbench-resume-") as folder:
         try:
             config_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.json", dst_path=folder, tracking_uri=tracking_uri)

@@ -19,12 +19,12 @@ import optuna
 
 from cnnbench import api
 from cnnbench.config import TrainConfig
-from cnnbench.errors import ConfigError, TrainingError
+from cnnbench.errors import ConfigError, RunInterrupted, TrainingError
 from cnnbench.tune import storage as storages
 from cnnbench.tune.plots import write_report
 from cnnbench.tune.reporter import EPOCH_METRICS
 from cnnbench.tune.space import SearchSpace, parse_space, restrict
-from cnnbench.tune.study import WorkerSpec, build_pruner, build_sampler, open_study, quiet_optuna, run_workers
+from cnnbench.tune.study import WorkerSpec, build_pruner, build_sampler, open_study, quiet_optuna, run_workers, trials_of
 from cnnbench.tune.tracker import TAG_RETRAIN, TAG_STORAGE, TAG_STUDY, ParentRun, best_trial, close_dead_trial_run
 
 
@@ -151,21 +151,27 @@ def run(plan: Plan, *, stream=None) -> Outcome:
         n_trials=req.trials, timeout=req.timeout, sampler=req.sampler, pruner=req.pruner, seed=req.config.run.seed,
         metric=req.metric, direction=plan.direction, heartbeat_interval=req.heartbeat_interval, n_jobs=req.n_jobs,
     )
-    try:
-        codes = run_workers(spec, plan.storage)
-        if any(codes):
-            parent.set_tags({"cnnbench.tune.worker_exit_codes": ",".join(map(str, codes))})
-        outcome = finish(plan, parent, before, time.perf_counter() - started, stream=stream)
-    except KeyboardInterrupt:
-        parent.end("KILLED")
-        raise
-    except BaseException as err:
-        parent.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:4000]})
-        parent.end("FAILED")
-        raise
-    parent.end("FINISHED")
-    if outcome.counts.get("COMPLETE", 0) == 0 and outcome.counts.get("PRUNED", 0) == 0:
-        raise TrainingError(f"every trial of this run failed; first reason: {outcome.notes[0] if outcome.notes else 'unknown'}")
+    # SIGTERM / SIGHUP like Ctrl-C from here on (also between trials and while data loads): the
+    # workers are stopped, the running trials end KILLED and the parent run KILLED.
+    with api.interrupt_signals():
+        try:
+            codes = run_workers(spec, plan.storage)
+            if any(codes):
+                parent.set_tags({"cnnbench.tune.worker_exit_codes": ",".join(map(str, codes))})
+            outcome = finish(plan, parent, before, time.perf_counter() - started, stream=stream)
+            if outcome.counts.get("COMPLETE", 0) == 0 and outcome.counts.get("PRUNED", 0) == 0:
+                raise TrainingError(f"every trial of this run failed; first reason: {outcome.notes[0] if outcome.notes else 'unknown'}")
+        except KeyboardInterrupt as err:
+            parent.set_tags({"failure_reason": f"KeyboardInterrupt: {err}"[:4000]})
+            parent.end("KILLED")
+            raise RunInterrupted(f"interrupted ({err or 'Ctrl-C'}): tune parent run {parent.run_id} is KILLED; add the "
+                                 f"missing trials with: cnnbench tune ... --study-name {name} --storage "
+                                 f"{storages.redact(plan.storage_url)}", run_id=parent.run_id) from err
+        except BaseException as err:
+            parent.set_tags({"failure_reason": f"{type(err).__name__}: {err}"[:4000]})
+            parent.end("FAILED")
+            raise
+        parent.end("FINISHED")
     return outcome
 
 
@@ -173,7 +179,8 @@ def finish(plan: Plan, parent: ParentRun, before: set[int], wall_time_s: float, 
     """The study report on the parent run: counts, best, trials.csv, plots; then the retrain."""
     req = plan.request
     study = optuna.load_study(study_name=plan.study.study_name, storage=plan.storage)
-    mine = [t for t in study.trials if t.number not in before]
+    # this invocation's trials (another tune process may share the study); older studies lack the attr
+    mine = trials_of(study, parent.run_id) or [t for t in study.trials if t.number not in before]
     counts = {s: sum(t.state.name == s for t in mine) for s in ("COMPLETE", "PRUNED", "FAIL")}
     results = [t.user_attrs["result"] for t in mine if t.state.name == "COMPLETE" and "fit_time_s" in t.user_attrs.get("result", {})]
     # outside the training epochs: evaluation, model build, data load (first trial), tracking, Optuna

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,9 @@ from cnnbench.tune.space import SearchSpace, diff, parse_expression
 ATTR_SPACE = "cnnbench.search_space"
 ATTR_METRIC = "cnnbench.objective"
 ATTR_BASE = "cnnbench.base_params"
+ATTR_PARENT = "cnnbench.parent_run_id"  # on each trial: the tune invocation (parent run) that ran it
 DEFAULT_HEARTBEAT_S = 30
+TOP_UP_ROUNDS = 3  # after the workers: rounds of re-running trials lost to dead workers, then give up (exit 1)
 
 
 def build_sampler(name: str, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -175,8 +178,30 @@ def run_worker(spec: WorkerSpec, storage=None) -> None:
                            parent.experiment_id, spec.metric, spec.direction == "maximize")
     label = f"[worker {spec.index}] " if spec.n_jobs > 1 else ""
     objective = Objective(config, space, context, label=label)
-    study.optimize(objective, n_trials=spec.n_trials, timeout=spec.timeout, catch=(Exception,),
-                   callbacks=[objective.progress, parent.log_best], gc_after_trial=False)
+    started = 0
+
+    def run_trial(trial: optuna.Trial) -> float:
+        nonlocal started
+        started += 1
+        trial.set_user_attr(ATTR_PARENT, spec.parent_run_id)  # counted for this invocation, whoever retries it
+        return objective(trial)
+
+    deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
+    while started < spec.n_trials:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            break
+        try:
+            study.optimize(run_trial, n_trials=spec.n_trials - started, timeout=remaining, catch=(Exception,),
+                           callbacks=[objective.progress, parent.log_best], gc_after_trial=False)
+            break
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as err:
+            # This worker was stopped (SIGSTOP, a long pause) and its trial failed as stale by another
+            # worker meanwhile; Optuna retries it. Lose that trial, not the rest of the share.
+            if isinstance(err, ValueError) and "Cannot tell" not in str(err):
+                raise
+            print(f"{label}note: a trial of this worker was failed by another worker while this one was paused "
+                  f"(no heartbeat); it is retried", file=sys.stderr, flush=True)
 
 
 def split_trials(n_trials: int, n_jobs: int) -> list[int]:
@@ -185,7 +210,11 @@ def split_trials(n_trials: int, n_jobs: int) -> list[int]:
 
 
 def run_workers(spec: WorkerSpec, storage) -> list[int]:
-    """Worker 0 here, the others as processes; returns the other workers' exit codes."""
+    """Worker 0 here, the others as processes; returns the other workers' exit codes.
+
+    Then the trials lost to dead workers (killed, crashed, paused past the heartbeat grace) are
+    failed, retried by Optuna with the same parameters, and the missing count is run here, for at
+    most :data:`TOP_UP_ROUNDS` rounds; still short after that is a :class:`TrainingError`."""
     shares = split_trials(spec.n_trials, spec.n_jobs)
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="cnnbench-tune-") as folder:
@@ -194,7 +223,9 @@ def run_workers(spec: WorkerSpec, storage) -> list[int]:
                 path = WorkerSpec(**{**asdict(spec), "n_trials": share, "index": index}).save(Path(folder) / f"worker{index}.json")
                 procs.append(subprocess.Popen([sys.executable, "-m", "cnnbench.tune.worker", str(path)]))
             run_worker(WorkerSpec(**{**asdict(spec), "n_trials": shares[0], "index": 0}), storage)
-            return [p.wait() for p in procs]
+            codes = [p.wait() for p in procs]
+            top_up(spec, storage)
+            return codes
         except BaseException:
             for p in procs:
                 if p.poll() is None:
@@ -205,6 +236,69 @@ def run_workers(spec: WorkerSpec, storage) -> list[int]:
                 except subprocess.TimeoutExpired:
                     p.kill()
             raise
+
+
+def trials_of(study: optuna.Study, parent_run_id: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials this tune invocation ran (other processes may add trials to the same study)."""
+    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(ATTR_PARENT) == parent_run_id]
+
+
+def counted(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Trials that count towards ``--trials``: complete, pruned, or failed by their own error (a
+    trial failed because its worker died has no ``fail_reason`` and is retried instead)."""
+    return sum(t.state.name in ("COMPLETE", "PRUNED") or (t.state.name == "FAIL" and "fail_reason" in t.user_attrs)
+               for t in trials)
+
+
+def fail_orphaned(study: optuna.Study, parent_run_id: str, tracking_uri: str) -> list[int]:
+    """Once every worker of this invocation has exited, a trial of it still RUNNING has no worker:
+    fail it now (no need to wait for the heartbeat grace), close its child run and queue its
+    retry. Returns the failed trial numbers."""
+    from optuna.trial import TrialState
+
+    from cnnbench.tune.tracker import close_dead_trial_run
+
+    failed = []
+    # the storage's stale-trial callback: Optuna's retry (same params, retry_history) + closing the child run
+    on_stale = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    for trial in trials_of(study, parent_run_id):
+        if trial.state != TrialState.RUNNING:
+            continue
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # finished meanwhile
+        frozen = study._storage.get_trial(trial._trial_id)
+        if on_stale is not None:
+            on_stale(study, frozen)
+        else:
+            close_dead_trial_run(tracking_uri, frozen)
+        failed.append(trial.number)
+    return failed
+
+
+def top_up(spec: WorkerSpec, storage) -> None:
+    """Run here what the workers left undone (see :func:`run_workers`)."""
+    from cnnbench.errors import TrainingError
+
+    if spec.timeout is not None or spec.sampler == "grid":
+        return  # fewer trials is the expected outcome of a timeout or an exhausted grid
+    study = optuna.load_study(study_name=spec.study_name, storage=storage)
+    for round_number in range(TOP_UP_ROUNDS + 1):
+        lost = fail_orphaned(study, spec.parent_run_id, spec.tracking_uri)
+        optuna.storages.fail_stale_trials(study)  # stale trials of other dead processes on this study
+        done = counted(trials_of(study, spec.parent_run_id))
+        missing = spec.n_trials - done
+        if missing <= 0:
+            return
+        if round_number == TOP_UP_ROUNDS:
+            break
+        print(f"note: {missing} of {spec.n_trials} trials were lost to stopped workers"
+              f"{' (trials ' + ', '.join(map(str, lost)) + ')' if lost else ''}; running them again here",
+              file=sys.stderr, flush=True)
+        run_worker(WorkerSpec(**{**asdict(spec), "n_trials": missing, "index": 0, "n_jobs": 1}), storage)
+    raise TrainingError(f"only {done} of the {spec.n_trials} requested trials finished after {TOP_UP_ROUNDS} rounds of "
+                        f"re-running trials lost to stopped workers; see the worker errors above")
 
 
 def quiet_optuna() -> None:

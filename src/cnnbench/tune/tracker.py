@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 import cnnbench
 from cnnbench.events import RunState
 from cnnbench.tracking import describe
+from cnnbench.tracking import runs as mlruns
 from cnnbench.tracking.mlflow_tracker import FAILURE_REASON_MAX_CHARS, MlflowTracker, git_commit
 
 TAG_STUDY = "cnnbench.tune.study"
@@ -66,6 +67,12 @@ class TrialTracker(MlflowTracker):
 
     def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
         self._log(metrics, step=epoch)
+
+    def on_checkpoint(self, run: RunState, path: Path) -> None:
+        """Trials upload no artifacts: a stopped trial is failed and retried by Optuna, not resumed."""
+
+    def interrupt_message(self, run: RunState) -> None:
+        return None
 
     def on_run_end(self, run: RunState, summary: dict[str, float]) -> None:
         tags = {"trial_state": "COMPLETE", **run.tags}
@@ -133,6 +140,7 @@ class ParentRun:
         self.experiment_name = experiment_name
         self.metric = metric
         self._last_best: tuple | None = None
+        self.heartbeat: mlruns.Heartbeat | None = None
 
     @classmethod
     def start(cls, *, tracking_uri: str, experiment: str, run_name: str, metric: str,
@@ -152,7 +160,8 @@ class ParentRun:
         commit = git_commit()
         if commit:
             base_tags["cnnbench.git_commit"] = commit
-        parent.set_tags({**base_tags, **tags})
+        parent.set_tags({**base_tags, **tags, **mlruns.owner_tags()})
+        parent.heartbeat = mlruns.Heartbeat(client, run_id).start()  # `cnnbench runs --stale` finds a killed tune
         parent.log_params(params)
         return parent
 
@@ -189,6 +198,8 @@ class ParentRun:
         self.client.log_artifacts(self.run_id, str(folder))
 
     def end(self, status: str = "FINISHED") -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.client.set_terminated(self.run_id, status)
 
 
