@@ -25,9 +25,19 @@ def _other_value(o):
         value = (o.default or 0) + 3 if o.high is None else int(o.low) + 1
     elif o.type == "float":
         value = 0.25 if o.high is not None else (o.default or 0.0) + 0.5
+    elif o.check is not None:  # free text with a grammar of its own: the first valid candidate
+        value = next(v for v in ("2", "1,2,3,4", "sgd", "0,end", "0,2,end", "features") if v != o.default and _valid(o, v))
     else:
         value = f"some-{o.name}"
     return value, [o.flag, str(value)]
+
+
+def _valid(o, value) -> bool:
+    try:
+        o.validate(value)
+    except ConfigError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
