@@ -181,6 +181,7 @@ def train(
 
 
 INTERRUPT_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C, kill, a closed terminal / SSH session
+REDELIVER_AFTER_S = 1.0  # an interrupt nobody acknowledged (see cnnbench.engine.interrupts) is raised again
 
 
 @contextmanager
@@ -195,11 +196,25 @@ def interrupt_signals(stream=None) -> Iterator[None]:
     if _interrupt_depth:  # nested (tune around its trials): the outer handlers already count signals
         yield
         return
+    import os
+    import threading
+
+    from cnnbench.engine import interrupts
+
     received: list[int] = []
+    active = threading.Event()
+    active.set()
+
+    def redeliver(signum: int) -> None:  # the KeyboardInterrupt was swallowed (raised inside a finaliser)
+        if active.is_set() and not interrupts.acknowledged():
+            os.kill(os.getpid(), signum)
 
     def handler(signum, frame):
         received.append(signum)
-        if len(received) == 1:
+        if not interrupts.acknowledged():
+            timer = threading.Timer(REDELIVER_AFTER_S, redeliver, args=(signum,))
+            timer.daemon = True
+            timer.start()
             raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
         print(f"cnnbench: {signal.Signals(signum).name} received again; still saving the checkpoint and closing "
               f"the run, please wait", file=stream or sys.stderr, flush=True)
@@ -215,9 +230,11 @@ def interrupt_signals(stream=None) -> Iterator[None]:
         yield
         return
     _interrupt_depth += 1
+    interrupts.reset()
     try:
         yield
     finally:
+        active.clear()
         _interrupt_depth -= 1
         for name, old in previous.items():
             signal.signal(getattr(signal, name), old)

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnbench.data.augment import AugmentParams
 from cnnbench.data.loader import DeviceLoader
-from cnnbench.engine import checkpoint, precision
-from cnnbench.engine.optim import build_optimizer, build_scheduler, penalised_parameters, penalty, steps_per_batch
+from cnnbench.engine import checkpoint, interrupts, precision
+from cnnbench.engine.optim import build_optimizer, build_scheduler, freeze, penalised_parameters, penalty, steps_per_batch
 from cnnbench.errors import TrainingError
 from cnnbench.events import Callback, EvalResult, RunState, dispatch
 
@@ -45,7 +46,8 @@ def make_loaders(run: RunState, channels_last: bool = False) -> dict[str, Device
     common = dict(batch_size=cfg.optim.batch_size, device=run.device, mean=data.mean, std=data.std,
                   seed=cfg.run.seed, channels_last=channels_last)
     return {
-        "train": DeviceLoader(data.train, shuffle=True, augmentation=cfg.data.augment, **common),
+        "train": DeviceLoader(data.train, shuffle=True, augmentation=cfg.data.augment,
+                              augment_params=AugmentParams.from_config(cfg.data), **common),
         "val": DeviceLoader(data.val, **common),
         "test": DeviceLoader(data.test, **common),
     }
@@ -87,6 +89,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loaders = make_loaders(run, self.prec.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        frozen = freeze(self.model, cfg.optim.freeze)
+        if frozen:
+            run.params["trainable_param_count"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.optimizer = build_optimizer(cfg.optim, self.model)
         steps = math.ceil(len(self.loaders["train"]) / cfg.optim.grad_accum)
         self.scheduler = build_scheduler(cfg.optim, self.optimizer, epochs=cfg.run.epochs, steps_per_epoch=steps)
@@ -295,6 +300,7 @@ def fit(run: RunState, callbacks: list[Callback], *, resume_state: dict | None =
         trainer = Trainer(run, callbacks)
         return trainer.fit(resume_state)
     except KeyboardInterrupt as err:
+        interrupts.acknowledge()  # cleanup starts: further signals only wait for it
         _save_for_resume(trainer)
         if trainer is not None and trainer.training_done:
             run.notes.append(f"interrupted after the last epoch ({run.epoch}), while testing or writing artifacts; "

@@ -19,6 +19,7 @@ import optuna
 
 from cnnbench import api
 from cnnbench.config import TrainConfig
+from cnnbench.engine import interrupts
 from cnnbench.errors import ConfigError, RunInterrupted, TrainingError
 from cnnbench.tune import storage as storages
 from cnnbench.tune.plots import write_report
@@ -162,6 +163,7 @@ def run(plan: Plan, *, stream=None) -> Outcome:
             if outcome.counts.get("COMPLETE", 0) == 0 and outcome.counts.get("PRUNED", 0) == 0:
                 raise TrainingError(f"every trial of this run failed; first reason: {outcome.notes[0] if outcome.notes else 'unknown'}")
         except KeyboardInterrupt as err:
+            interrupts.acknowledge()
             parent.set_tags({"failure_reason": f"KeyboardInterrupt: {err}"[:4000]})
             parent.end("KILLED")
             raise RunInterrupted(f"interrupted ({err or 'Ctrl-C'}): tune parent run {parent.run_id} is KILLED; add the "

@@ -34,6 +34,7 @@ ATTR_METRIC = "cnnbench.objective"
 ATTR_BASE = "cnnbench.base_params"
 ATTR_PARENT = "cnnbench.parent_run_id"  # on each trial: the tune invocation (parent run) that ran it
 DEFAULT_HEARTBEAT_S = 30
+BARE_TRIAL_GRACE_S = 5.0  # a RUNNING trial without any attr this old has no live worker
 TOP_UP_ROUNDS = 3  # after the workers: rounds of re-running trials lost to dead workers, then give up (exit 1)
 
 
@@ -226,7 +227,11 @@ def run_workers(spec: WorkerSpec, storage) -> list[int]:
             codes = [p.wait() for p in procs]
             top_up(spec, storage)
             return codes
-        except BaseException:
+        except BaseException as err:
+            if isinstance(err, KeyboardInterrupt):
+                from cnnbench.engine import interrupts
+
+                interrupts.acknowledge()  # stopping the workers: further signals wait for it
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)  # they end their trial KILLED and exit
@@ -261,7 +266,13 @@ def fail_orphaned(study: optuna.Study, parent_run_id: str, tracking_uri: str) ->
     failed = []
     # the storage's stale-trial callback: Optuna's retry (same params, retry_history) + closing the child run
     on_stale = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
-    for trial in trials_of(study, parent_run_id):
+    # A worker killed between Optuna creating a trial and our objective's first write leaves a
+    # RUNNING trial with no attrs at all; a live one gets them within milliseconds.
+    bare = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if not t.user_attrs]
+    youngest = max((t.datetime_start.timestamp() for t in bare if t.datetime_start), default=None)
+    if youngest is not None and time.time() - youngest < BARE_TRIAL_GRACE_S:
+        time.sleep(BARE_TRIAL_GRACE_S - (time.time() - youngest))
+    for trial in trials_of(study, parent_run_id) + bare:
         if trial.state != TrialState.RUNNING:
             continue
         try:

@@ -41,6 +41,9 @@ def main(argv: list[str]) -> int:
         with interrupt_signals():
             run_worker(WorkerSpec.load(argv[0]))
     except KeyboardInterrupt:
+        from cnnbench.engine import interrupts
+
+        interrupts.acknowledge()
         return 130
     except CnnbenchError as err:
         print(f"Error: {err}", file=sys.stderr)
