@@ -21,6 +21,7 @@ META_FILE = "batches.meta"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SIDE = 32
 PIXELS = 3 * SIDE * SIDE
+IMAGES_PER_BATCH = 10_000  # each of data_batch_1..5 and test_batch hold as many images
 HOW_TO = (
     "Get cifar-10-python.tar.gz from the CIFAR-10 home page (www.cs.toronto.edu/~kriz/cifar.html) and "
     "unpack it into the data folder, or point --data-dir (or $CNNBENCH_DATA) at a folder that holds "
@@ -116,6 +117,21 @@ def _ensure_files(root: Path, download: bool) -> Path:
     return folder
 
 
+def check_counts(folder: Path, splits: dict[str, object]) -> None:
+    """Every batch of CIFAR-10 holds the same number of images (10,000): one that holds fewer was
+    cut short or replaced, and training on the rest would silently miss images."""
+    from collections import Counter
+
+    counts = {name: int(size) for name, size in splits.items()}
+    usual, _ = Counter(counts.values()).most_common(1)[0]
+    odd = {name: n for name, n in counts.items() if n != usual}
+    if odd:
+        shown = ", ".join(f"{folder / name} holds {n}" for name, n in odd.items())
+        raise DataError(f"{shown} images where every other CIFAR-10 batch holds {usual} ({IMAGES_PER_BATCH} in the "
+                        f"real data set): the file is cut short or not from CIFAR-10; replace it with the one from "
+                        f"cifar-10-python.tar.gz")
+
+
 def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True):
     from cnnbench.data.bundle import DatasetBundle
     from cnnbench.data.files import resolve_data_dir
@@ -125,8 +141,18 @@ def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True):
     names = tuple(str(n) for n in meta.get("label_names", ()))
     if len(names) != len(CLASSES):
         raise DataError(f"{folder / META_FILE}: 'label_names' must list {len(CLASSES)} class names, got {names!r}")
-    return DatasetBundle(train=_read_split(folder, TRAIN_FILES), test=_read_split(folder, (TEST_FILE,)),
-                         classes=names)
+    batches = {name: _read_split(folder, (name,)) for name in (*TRAIN_FILES, TEST_FILE)}
+    check_counts(folder, {name: len(split.labels) for name, split in batches.items()})
+    train = _concat([batches[name] for name in TRAIN_FILES])
+    return DatasetBundle(train=train, test=batches[TEST_FILE], classes=names)
+
+
+def _concat(splits):
+    import torch
+
+    from cnnbench.data.bundle import Split
+
+    return Split(torch.cat([s.images for s in splits]), torch.cat([s.labels for s in splits]))
 
 
 def describe() -> DatasetInfo:
