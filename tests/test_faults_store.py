@@ -131,3 +131,19 @@ def test_tracking_server_that_stops_answering_mid_run_stops_training_and_keeps_t
     finally:
         proxy.close()
         stop(server)
+
+
+def test_study_storage_password_can_come_from_the_environment(monkeypatch):
+    """X5: ``mlflow run -P storage=...`` stores the value as a param in clear text; the URL can now be
+    given without its password, which comes from $CNNBENCH_STORAGE_PASSWORD, and a password that
+    did reach a param under ``mlflow run`` is reported."""
+    from cnnbench.tune import storage
+
+    monkeypatch.setenv("CNNBENCH_STORAGE_PASSWORD", "TopSecret")
+    assert storage.with_password("postgresql://alice@127.0.0.1:5432/db") == "postgresql://alice:TopSecret@127.0.0.1:5432/db"
+    assert storage.with_password("postgresql://alice:other@h/db") == "postgresql://alice:other@h/db"  # given wins
+    assert storage.with_password("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    monkeypatch.setenv("MLFLOW_RUN_ID", "abc")
+    note = storage.warn_if_logged_by_mlflow_run("postgresql://alice:TopSecret@h/db")
+    assert note and "CNNBENCH_STORAGE_PASSWORD" in note and "TopSecret" not in note
+    assert storage.warn_if_logged_by_mlflow_run("postgresql://alice@h/db") is None

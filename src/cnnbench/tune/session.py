@@ -93,7 +93,7 @@ def prepare(request: TuneRequest) -> Plan:
     tracking_uri = resolve_uri(request.config.run.tracking_uri)
     check_reachable(tracking_uri)
     storage_url = request.storage or storages.default_storage(tracking_uri)
-    notes = []
+    notes = [w for w in [storages.warn_if_logged_by_mlflow_run(storage_url)] if w]
     if request.n_jobs > 1 and storages.is_sqlite(storage_url):
         notes.append(
             f"--n-jobs {request.n_jobs} on SQLite ({storages.redact(storage_url)}): fine for processes on this machine "

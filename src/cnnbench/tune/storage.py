@@ -97,6 +97,40 @@ def with_driver(url: str) -> str:
     return f"{scheme}+{installed[0].lower()}{sep}{rest}"
 
 
+PASSWORD_ENV = "CNNBENCH_STORAGE_PASSWORD"
+
+
+def with_password(url: str) -> str:
+    """``USER@HOST`` URLs get their password from ``$CNNBENCH_STORAGE_PASSWORD``, so it never has to be
+    on a command line (``ps``, shell history) or in ``mlflow run -P storage=...``, which MLflow stores as
+    a param in clear text. PostgreSQL's own ``PGPASSWORD`` and ``~/.pgpass`` work as well."""
+    import os
+
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        return url
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.username or parsed.password:
+        return url
+    return parsed.set(password=password).render_as_string(hide_password=False)
+
+
+def warn_if_logged_by_mlflow_run(url: str) -> str | None:
+    """Under ``mlflow run`` the ``-P storage=...`` value is already a param of the run: say so when it
+    carries a password (it cannot be removed from MLflow afterwards)."""
+    import os
+
+    from cnnbench.tracking.store import mask_uri
+
+    if os.environ.get("MLFLOW_RUN_ID") and mask_uri(url) != url:
+        return (f"the study storage URL passed to `mlflow run -P storage=...` holds a password, which MLflow stored "
+                f"as a param of run {os.environ['MLFLOW_RUN_ID']}; pass the URL without it and set {PASSWORD_ENV} "
+                f"(or PGPASSWORD) instead")
+    return None
+
+
 def open_storage(url: str, *, heartbeat_interval: int | None = None, on_stale: Callable | None = None):
     """An ``optuna.storages.RDBStorage`` that answered a query, or a ConfigError naming the URL.
 
@@ -106,7 +140,7 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, on_stale: C
     from sqlalchemy.exc import SQLAlchemyError
 
     dialect = check_url(url)
-    engine_url = with_driver(url)
+    engine_url = with_driver(with_password(url))
     if dialect == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
         _prepare_sqlite(url)
