@@ -189,7 +189,7 @@ def _print(result: dict) -> None:
                + (", channels-last" if result["channels_last"] else "")
                + (f", {result['grad_accum']} micro-batches per step" if result["grad_accum"] > 1 else ""))
     click.echo("Peak allocator memory of a training step in MiB (not device-level: the CUDA context comes on top); "
-               "weights..temp = what is live at the peak (sums to predicted)")
+               "weights..kernel-ws = what is live at the peak (sums to predicted; kernel-ws: convolution workspaces)")
     click.echo(report.table(result["rows"], measured=measured))
     if measured:
         click.echo(f"largest |error|: {result['max_abs_error_pct']:.1f}%  (error = (predicted - measured) / measured)")

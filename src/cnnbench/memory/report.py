@@ -10,7 +10,7 @@ from cnnbench.memory.predict import Prediction
 
 COLUMNS = ("optimizer", "batch_size", "predicted_peak_mb", "measured_peak_mb", "error_pct", "tracked_peak_mb",
            "parameters_mb", "gradients_mb", "optimizer_state_mb", "input_mb", "activations_mb", "temporary_mb",
-           "peak_at", "saved_activations_mb", "optimizer_state_size_mb", "eval_peak_mb", "measured_eval_peak_mb",
+           "workspace_mb", "peak_at", "saved_activations_mb", "optimizer_state_size_mb", "eval_peak_mb", "measured_eval_peak_mb",
            "reserved_peak_mb", "device_used_mb", "process_used_mb")
 
 
@@ -49,6 +49,7 @@ def table(rows: Iterable[dict[str, Any]], *, measured: bool) -> str:
         cols += [("measured", "measured_peak_mb", 9), ("error%", "error_pct", 7)]
     cols += [("weights", "parameters_mb", 8), ("grads", "gradients_mb", 8), ("opt-state", "optimizer_state_mb", 9),
              ("input", "input_mb", 7), ("activ.", "activations_mb", 8), ("temp", "temporary_mb", 8),
+             ("kernel-ws", "workspace_mb", 9),
              ("saved-act", "saved_activations_mb", 9), ("eval", "eval_peak_mb", 8)]
     lines = ["  ".join(title.rjust(width) if i else title.ljust(width) for i, (title, _, width) in enumerate(cols))
              + "  peak at"]
