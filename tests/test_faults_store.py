@@ -147,3 +147,15 @@ def test_study_storage_password_can_come_from_the_environment(monkeypatch):
     note = storage.warn_if_logged_by_mlflow_run("postgresql://alice:TopSecret@h/db")
     assert note and "CNNBENCH_STORAGE_PASSWORD" in note and "TopSecret" not in note
     assert storage.warn_if_logged_by_mlflow_run("postgresql://alice@h/db") is None
+
+
+def test_a_database_tracking_uri_password_is_masked_in_config_json_and_output():
+    """Item 2: nothing cnnbench stores or prints holds the password of a tracking URI."""
+    from cnnbench.config import TrainConfig
+    from cnnbench.tracking.store import recorded_config, ui_hint
+
+    config = TrainConfig().replace(run={"tracking_uri": "postgresql://bob:PgPass123@db:5432/mlflow"})
+    assert recorded_config(config)["run"]["tracking_uri"] == "postgresql://bob:***@db:5432/mlflow"
+    assert config.run.tracking_uri.endswith("PgPass123@db:5432/mlflow")  # the config itself still connects
+    assert "PgPass123" not in ui_hint(config.run.tracking_uri)
+    assert not any("PgPass123" in str(v) for v in config.flat_params().values())

@@ -92,13 +92,13 @@ def train(ctx: click.Context, resume: str | None, **params) -> None:
 
 
 def _report(result) -> None:
-    from cnnbench.tracking.store import ui_hint
+    from cnnbench.tracking.store import mask_uri, ui_hint
 
     acc = result.metrics.get("test_accuracy")
     click.echo(f"test_accuracy: {acc:.4f}" if acc is not None else "finished")
-    click.echo(f"MLflow run: {result.run_id}  (tracking URI: {result.tracking_uri})")
+    click.echo(f"MLflow run: {result.run_id}  (tracking URI: {mask_uri(result.tracking_uri)})")
     click.echo(f"See it in the MLflow UI: {ui_hint(result.tracking_uri)}  (then open http://127.0.0.1:5000)"
-               if not str(result.tracking_uri).startswith("http") else f"See it in the MLflow UI: {result.tracking_uri}")
+               if not str(result.tracking_uri).startswith("http") else f"See it in the MLflow UI: {mask_uri(result.tracking_uri)}")
 
 
 @main.command(name="list")

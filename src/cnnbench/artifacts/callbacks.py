@@ -68,7 +68,9 @@ class RunRecord(ArtifactCallback):
     def on_run_start(self, run: RunState) -> None:
         path = run.artifacts_dir / "config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(run.config.to_dict(), indent=2, default=str))
+        from cnnbench.tracking.store import recorded_config  # the tracking URI's password masked
+
+        path.write_text(json.dumps(recorded_config(run.config), indent=2, default=str))
         if self.summary:
             target = run.artifacts_dir / "model" / "summary.txt"
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def tune(**params) -> None:
 
 
 def _report(outcome, request) -> None:
-    from cnnbench.tracking.store import ui_hint
+    from cnnbench.tracking.store import mask_uri, ui_hint
     from cnnbench.tune.storage import redact
 
     c = outcome.counts
@@ -74,7 +74,7 @@ def _report(outcome, request) -> None:
         click.echo(f"best {request.metric}: {outcome.best_value:.4f}  ({shown})")
     if outcome.retrain_run_id:
         click.echo(f"retrained best: MLflow run {outcome.retrain_run_id}")
-    click.echo(f"MLflow parent run: {outcome.parent_run_id}  (tracking URI: {outcome.tracking_uri}; {ui_hint(outcome.tracking_uri)})")
+    click.echo(f"MLflow parent run: {outcome.parent_run_id}  (tracking URI: {mask_uri(outcome.tracking_uri)}; {ui_hint(outcome.tracking_uri)})")
     click.echo(f"add trials: cnnbench tune ... --study-name {outcome.study_name} --storage {redact(outcome.storage_url)}")
 
 

@@ -24,7 +24,7 @@ from cnnbench.errors import TrackingError
 from cnnbench.events import Callback, RunState
 from cnnbench.tracking import describe
 from cnnbench.tracking import runs as mlruns
-from cnnbench.tracking.store import mask_uri
+from cnnbench.tracking.store import mask_uri, recorded_config
 
 FAILURE_REASON_MAX_CHARS = 4000
 
@@ -104,7 +104,7 @@ class MlflowTracker(Callback):
             describe.log_run_description(self.client, run.run_id, run)
         # Logged now so even a run that dies early can be resumed or reproduced (the artifact callback
         # stages the same content).
-        mlflow.log_dict(run.config.to_dict(), "config.json")
+        mlflow.log_dict(recorded_config(run.config), "config.json")
 
     def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
         # Asynchronous: a synchronous SQLite write per epoch cost 40-70 ms wall, enough to put a small
@@ -291,7 +291,7 @@ def _keep_locally(run: RunState) -> Path | None:
     folder = local_checkpoint_dir(run.run_id)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source, folder / "last.pt")
-    (folder / "config.json").write_text(json.dumps(run.config.to_dict()))
+    (folder / "config.json").write_text(json.dumps(recorded_config(run.config)))
     return folder / "last.pt"
 
 

@@ -198,3 +198,55 @@ def delete_artifact(client, run_id: str, path: str) -> None:
             repo.delete_artifacts(parent)
     except Exception as err:  # not every store can delete; the file is then only dead weight
         log.debug("could not delete artifact %s of run %s: %s", path, run_id, err)
+
+
+# -- cnnbench runs --stale ------------------------------------------------------------------
+def find_stale(client, experiment: str | None = None) -> list[tuple[object, str]]:
+    """(run, why) for each cnnbench run that is RUNNING with its process gone."""
+    from cnnbench.errors import ConfigError
+
+    if experiment is not None:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ConfigError(f"--experiment {experiment!r} does not exist in this tracking store")
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    found = []
+    for start in range(0, len(ids), 100):
+        for run in client.search_runs(ids[start : start + 100], filter_string="attributes.status = 'RUNNING'", max_results=5000):
+            if "cnnbench.version" not in run.data.tags:
+                continue
+            alive = liveness(run)
+            if not alive.alive:
+                found.append((run, alive.why))
+    return found
+
+
+def stale_report(tracking_uri: str | None, experiment: str | None, *, mark_failed: bool) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    from cnnbench.tracking.store import check_reachable, mask_uri, resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    stale = find_stale(client, experiment)
+    if not stale:
+        return [f"no stale runs in {mask_uri(uri)}"]
+    lines = []
+    for run, why in stale:
+        info, tags = run.info, run.data.tags
+        role = tags.get("cnnbench.tune.role", "train")
+        epochs = len(client.get_metric_history(info.run_id, "train_loss")) if role != "study" else 0
+        has_ckpt = any(a.path == "checkpoints/last.pt" for a in client.list_artifacts(info.run_id, "checkpoints"))
+        what = "resumable: cnnbench train --resume " + info.run_id if has_ckpt and role == "train" else "no checkpoint"
+        lines.append(f"{info.run_id}  {role:<6} {info.run_name or '':<24} {epochs} epoch(s) logged; {why}; {what}")
+        if mark_failed:
+            set_tags(client, info.run_id, {"failure_reason": f"process gone ({why}); marked FAILED by cnnbench runs --mark-failed"})
+            client.set_terminated(info.run_id, "FAILED")
+    verb = "marked FAILED" if mark_failed else "stale (add --mark-failed to end them FAILED)"
+    lines.append(f"{len(stale)} run(s) {verb} in {mask_uri(uri)}")
+    return lines

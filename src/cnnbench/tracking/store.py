@@ -50,6 +50,14 @@ def mask_uri(uri: object) -> str:
     return text
 
 
+def recorded_config(config) -> dict:
+    """``config.to_dict()`` as it is stored (config.json): the tracking URI's password masked."""
+    data = config.to_dict()
+    if data.get("run", {}).get("tracking_uri"):
+        data["run"]["tracking_uri"] = mask_uri(data["run"]["tracking_uri"])
+    return data
+
+
 def resolve_uri(uri: str | None) -> str:
     """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default store.
 
