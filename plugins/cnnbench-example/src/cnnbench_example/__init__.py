@@ -16,7 +16,7 @@ from cnnbench.models.base import mark, require_min_size, require_odd_kernel
 from cnnbench.registry import ModelPlugin, Option
 
 
-def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], width: int = 8, kernel_size: int = 3) -> nn.Module:
+def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], width: int, kernel_size: int) -> nn.Module:
     require_odd_kernel("tiny_cnn", kernel_size)
     require_min_size("tiny_cnn", image_size, 4, "two 2x2 poolings")
     pad = kernel_size // 2
