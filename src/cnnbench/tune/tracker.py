@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 import cnnbench
@@ -29,7 +29,6 @@ TAG_STORAGE = "cnnbench.tune.storage"
 TAG_ROLE = "cnnbench.tune.role"
 TAG_PARENT = "cnnbench.tune.parent_run_id"
 TAG_RETRAIN = "cnnbench.tune.retrain_run_id"
-MLFLOW_BATCH = 100
 
 
 class TrialTracker(MlflowTracker):
@@ -60,9 +59,7 @@ class TrialTracker(MlflowTracker):
         self.client.log_inputs(self.run_id, datasets=describe.dataset_inputs(run))
         self._ended = False
         params = {**run.config.flat_params(), **run.params, "trial_number": self.trial.number}
-        items = [Param(k, "None" if v is None else str(v)) for k, v in params.items()]
-        for start in range(0, len(items), MLFLOW_BATCH):
-            self.client.log_batch(self.run_id, params=items[start : start + MLFLOW_BATCH])
+        mlruns.log_params(self.client, self.run_id, params)
         self.trial.set_user_attr("mlflow_run_id", self.run_id)
 
     def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
@@ -114,8 +111,7 @@ def record_failed_trial(client: MlflowClient, experiment_id: str, parent_run_id:
         "mlflow.parentRunId": parent_run_id, TAG_STUDY: study_name, TAG_ROLE: "trial",
         "trial_number": str(trial.number), "trial_state": "FAIL", "failure_reason": reason[:FAILURE_REASON_MAX_CHARS],
     })
-    params = [Param(k, str(v)) for k, v in values.items()] + [Param("trial_number", str(trial.number))]
-    client.log_batch(run.info.run_id, params=params)
+    mlruns.log_params(client, run.info.run_id, {**values, "trial_number": trial.number})
     client.set_terminated(run.info.run_id, "FAILED")
     return run.info.run_id
 
@@ -170,15 +166,13 @@ class ParentRun:
         return self.client.get_run(self.run_id).info.experiment_id
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        mlruns.set_tags(self.client, self.run_id, tags)
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params it does not hold yet (``mlflow run`` logs its ``-P`` values, and MLflow refuses a
         second value for a key)."""
         existing = self.client.get_run(self.run_id).data.params
-        items = [Param(k, "None" if v is None else str(v)) for k, v in params.items() if k not in existing]
-        for start in range(0, len(items), MLFLOW_BATCH):
-            self.client.log_batch(self.run_id, params=items[start : start + MLFLOW_BATCH])
+        mlruns.log_params(self.client, self.run_id, params, skip=existing)
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
