@@ -17,8 +17,8 @@ from cnnbench.registry import ModelPlugin, Option
 
 
 def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], width: int, kernel_size: int) -> nn.Module:
-    require_odd_kernel("tiny_cnn", kernel_size)
-    require_min_size("tiny_cnn", image_size, 4, "two 2x2 poolings")
+    require_odd_kernel(kernel_size)  # the registry adds "model 'tiny_cnn'" to the message
+    require_min_size(image_size, 4, "two 2x2 poolings")
     pad = kernel_size // 2
     model = nn.Sequential()
     model.add_module("conv1", nn.Conv2d(in_channels, width, kernel_size, padding=pad))
