@@ -248,11 +248,9 @@ class MlflowTracker(Callback):
             elif not _same(existing[key], text):
                 resolved[f"cnnbench.resolved.{key}"] = text
         if new:
-            keys = list(new)
-            for start in range(0, len(keys), 100):  # MLflow's batch limit
-                mlflow.log_params({k: new[k] for k in keys[start : start + 100]})
+            mlruns.log_params(self.client, run.run_id, new)
         if resolved:
-            mlflow.set_tags(resolved)
+            mlruns.set_tags(self.client, run.run_id, resolved)
 
     def _tags(self, run: RunState) -> dict[str, str]:
         tags = {
