@@ -1,0 +1,316 @@
+"""``cnnbench study run`` end to end on digits (1-epoch cells): exactly one FINISHED child run per
+cell x seed under one parent with --workers 2, with two separate commands on one SQLite or
+PostgreSQL storage, and after a worker is SIGKILLed mid-cell; the rerun of a finished study trains
+nothing and prints the same report; the report's statistics agree with values computed here from
+the child runs; failed cells, retries, Ctrl-C and resume; bad input refused before any run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+from test_tune_study import postgres_url  # noqa: F401 -- the PostgreSQL server fixture, shared
+
+pytestmark = pytest.mark.slow
+
+GRID = """
+name = "grid"
+description = "optimizer x batch size on digits"
+seeds = 2
+reference = "optimizer=sgd, batch_size=32"
+
+[base]
+model = "lenet5"
+dataset = "digits"
+epochs = {epochs}
+train_size = {train_size}
+kernels = false
+predictions = false
+memory = false
+confusion = false
+summary = false
+
+[grid]
+optimizer = ["sgd", "adam"]
+batch_size = [32, 64]
+
+[published]
+source = "a made-up report"
+"optimizer=adam, batch_size=32" = 0.5
+"""
+PAIRS = {(f"optimizer={o}, batch_size={b}", str(s)) for o in ("sgd", "adam") for b in (32, 64) for s in (0, 1)}
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    def write(epochs: int = 1, train_size: int = 200, text: str = GRID) -> Path:
+        path = tmp_path / f"study-{epochs}-{train_size}.toml"
+        path.write_text(text.format(epochs=epochs, train_size=train_size))
+        return path
+
+    return write
+
+
+def runs(uri: str, experiment: str) -> tuple[list, list]:
+    """(parents, cell runs) of the experiment."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return [], []
+    found = client.search_runs([exp.experiment_id], max_results=1000)
+    role = lambda r: r.data.tags.get("cnnbench.study.role")  # noqa: E731
+    return [r for r in found if role(r) == "study"], [r for r in found if role(r) == "cell"]
+
+
+def check_exactly_once(uri: str, experiment: str) -> tuple:
+    parents, cells = runs(uri, experiment)
+    assert len(parents) == 1
+    parent = parents[0]
+    finished = [r for r in cells if r.info.status == "FINISHED"]
+    pairs = [(r.data.tags["cnnbench.study.cell"], r.data.tags["cnnbench.seed"]) for r in finished]
+    assert sorted(pairs) == sorted(PAIRS)  # every cell x seed once, none twice
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in cells)
+    assert not [r for r in cells if r.info.status == "RUNNING"]
+    return parent, cells
+
+
+def command(uri: str, experiment: str, path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cnnbench.cli", "study", "run", str(path), "--tracking-uri", uri,
+            "--experiment", experiment, *args]
+
+
+def report_json(cli, uri: str, parent_id: str) -> list[dict]:
+    result = cli("study", "report", parent_id, "--tracking-uri", uri, "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def table_of(output: str) -> str:
+    """The printed report: from its title line to the line naming the parent run."""
+    start = output.index("study grid ")
+    return output[start : output.index("parent run ", start)]
+
+
+def test_two_local_workers_run_each_cell_seed_once_and_a_rerun_trains_nothing(cli, tracking_uri, experiment, study_file, tmp_path):
+    path = study_file()
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = ["study", "run", path, "--tracking-uri", tracking_uri, "--experiment", experiment, "--storage", storage]
+    first = cli(*args, "--workers", "2")
+    assert first.exit_code == 0, first.output
+    parent, cells = check_exactly_once(tracking_uri, experiment)
+    assert len(cells) == 8 and parent.info.status == "FINISHED"
+    assert len({r.data.tags["cnnbench.study.worker"].rsplit(":", 1)[1] for r in cells}) == 2  # both workers ran cells
+    client = MlflowClient(tracking_uri)
+    run = next(r for r in cells if r.data.tags["cnnbench.study.cell"] == "optimizer=adam, batch_size=64")
+    assert run.info.run_name == f"optimizer=adam, batch_size=64 / seed {run.data.tags['cnnbench.seed']}"
+    assert run.data.params["optimizer"] == "adam" and run.data.params["batch_size"] == "64"
+    assert {"fit_time_s", "test_accuracy", "epoch_time_s", "epoch_time_with_val_s", "fit_time_with_val_s"} <= set(run.data.metrics)
+    assert {"metrics/history.csv", "plots/learning_curves.png"} <= {
+        a.path for folder in ("metrics", "plots") for a in client.list_artifacts(run.info.run_id, folder)}
+    report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/cells.csv", "report/metric_by_cell.png", "report/learning_curves.png",
+            "report/vs_batch_size.png"} <= report_files
+    assert parent.data.tags["cnnbench.study"] == "grid" and parent.data.tags["cnnbench.study.budget"] == "default"
+
+    again = cli(*args)
+    assert again.exit_code == 0, again.output
+    assert len(runs(tracking_uri, experiment)[1]) == 8  # no training: no new run
+    assert "FINISHED  test_accuracy" not in again.output
+    assert table_of(again.output) == table_of(first.output)
+
+    # the report's statistics, computed here from the child runs' metrics
+    rows = {r["cell"]: r for r in report_json(cli, tracking_uri, parent.info.run_id)}
+    values = {}
+    for r in cells:
+        values.setdefault(r.data.tags["cnnbench.study.cell"], {})[int(r.data.tags["cnnbench.seed"])] = r.data.metrics["test_accuracy"]
+    ref = [values["optimizer=sgd, batch_size=32"][s] for s in (0, 1)]
+    for label, by_seed in values.items():
+        v = [by_seed[s] for s in (0, 1)]
+        mean, sd = statistics.mean(v), statistics.stdev(v)
+        half = stats.t.ppf(0.975, 1) * sd / math.sqrt(2)
+        row = rows[label]
+        assert row["n"] == 2
+        assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(sd)
+        assert row["ci_low"] == pytest.approx(mean - half) and row["ci_high"] == pytest.approx(mean + half)
+        if label != "optimizer=sgd, batch_size=32":
+            assert row["diff_ref"] == pytest.approx(mean - statistics.mean(ref))
+            va, vb = sd ** 2 / 2, statistics.variance(ref) / 2
+            if va + vb > 0:  # Welch: t and its Welch-Satterthwaite degrees of freedom
+                t = (mean - statistics.mean(ref)) / math.sqrt(va + vb)
+                df = (va + vb) ** 2 / (va ** 2 + vb ** 2)
+                assert row["p_ref"] == pytest.approx(2 * stats.t.sf(abs(t), df))
+    adam = rows["optimizer=adam, batch_size=32"]
+    assert adam["published"] == 0.5 and adam["measured_minus_published"] == pytest.approx(adam["mean"] - 0.5)
+    best = max(rows.values(), key=lambda r: r["mean"])
+    assert best["best"] and sum(r["best"] for r in rows.values()) == 1
+
+
+def _two_commands(uri: str, experiment: str, path: Path, storage: str) -> list[str]:
+    MlflowClient(uri).search_experiments()  # the MLflow schema exists before two processes race to use it
+    procs = [subprocess.Popen(command(uri, experiment, path, "--storage", storage), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    return outputs
+
+
+def test_two_commands_share_one_sqlite_storage(tracking_uri, experiment, study_file, tmp_path):
+    outputs = _two_commands(tracking_uri, experiment, study_file(), f"sqlite:///{tmp_path}/optuna.db")
+    parent, cells = check_exactly_once(tracking_uri, experiment)
+    assert len(cells) == 8 and parent.info.status == "FINISHED"
+    assert sum("(new)" in o for o in outputs) == 1 and sum("(joined" in o for o in outputs) == 1
+
+
+@pytest.mark.postgres
+def test_two_commands_share_one_postgresql_storage(postgres_url, tracking_uri, experiment, study_file):  # noqa: F811
+    _two_commands(tracking_uri, experiment, study_file(), postgres_url)
+    parent, cells = check_exactly_once(tracking_uri, experiment)
+    assert len(cells) == 8 and parent.info.status == "FINISHED"
+    assert parent.data.tags["cnnbench.study.storage"] == postgres_url
+
+
+def _wait_for_running_cell(uri: str, experiment: str, pid: int, proc, timeout: float = 300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        running = [r for r in runs(uri, experiment)[1]
+                   if r.info.status == "RUNNING" and r.data.tags.get("cnnbench.study.worker", "").split(":")[1] == str(pid)]
+        if running:
+            return running[0]
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError("no cell started")
+
+
+def test_a_sigkilled_workers_cell_is_rerun_by_the_other_worker(tracking_uri, experiment, study_file, tmp_path):
+    path = study_file(epochs=3, train_size=600)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    MlflowClient(tracking_uri).search_experiments()
+    victim = subprocess.Popen(command(tracking_uri, experiment, path, "--storage", storage, "--heartbeat-interval", "1"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        killed = _wait_for_running_cell(tracking_uri, experiment, victim.pid, victim)
+        other = subprocess.Popen(command(tracking_uri, experiment, path, "--storage", storage, "--heartbeat-interval", "1"),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        victim.send_signal(signal.SIGKILL)  # no cleanup at all: only the missing heartbeat tells
+        victim.wait()
+        output = other.communicate(timeout=900)[0]
+    finally:
+        for p in (victim,):
+            if p.poll() is None:
+                p.kill()
+    assert other.returncode == 0, output
+    parent, cells = check_exactly_once(tracking_uri, experiment)
+    assert parent.info.status == "FINISHED"
+    dead = MlflowClient(tracking_uri).get_run(killed.info.run_id)
+    assert dead.info.status == "FAILED" and "stopped sending heartbeats" in dead.data.tags["failure_reason"]
+    rerun = [r for r in cells if r.info.status == "FINISHED"
+             and (r.data.tags["cnnbench.study.cell"], r.data.tags["cnnbench.seed"]) == (killed.data.tags["cnnbench.study.cell"], killed.data.tags["cnnbench.seed"])]
+    assert len(rerun) == 1 and rerun[0].data.tags["cnnbench.study.worker"].split(":")[1] == str(other.pid)
+
+
+FAILING = """
+name = "failing"
+seeds = 1
+[base]
+model = "lenet5"
+dataset = "digits"
+epochs = 1
+train_size = 200
+optimizer = "sgd"
+kernels = false
+predictions = false
+memory = false
+[grid]
+lr = [0.01, 1e12]
+"""
+
+
+def test_a_failed_cell_ends_failed_the_study_goes_on_and_resume_retries_it_once(cli, tracking_uri, experiment, tmp_path):
+    path = tmp_path / "failing.toml"
+    path.write_text(FAILING)
+    args = ["study", "run", path, "--tracking-uri", tracking_uri, "--experiment", experiment,
+            "--storage", f"sqlite:///{tmp_path}/optuna.db", "--max-retries", "1"]
+    for attempt in (1, 2, 3):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+        parents, cells = runs(tracking_uri, experiment)
+        failed = [r for r in cells if r.data.tags["cnnbench.study.cell"] == "lr=1000000000000.0"]
+        assert [r.info.status for r in failed] == ["FAILED"] * min(attempt, 2)  # one retry, then no more
+        assert all("non-finite loss" in r.data.tags["failure_reason"] for r in failed)
+        ok = [r for r in cells if r.data.tags["cnnbench.study.cell"] == "lr=0.01"]
+        assert [r.info.status for r in ok] == ["FINISHED"]
+        assert parents[0].info.status == "FINISHED"
+    row = {r["cell"]: r for r in report_json(cli, tracking_uri, parents[0].info.run_id)}["lr=1000000000000.0"]
+    assert row["n"] == 0 and row["failed_seeds"] == 1
+    assert "failed: lr=1000000000000.0 / seed 0: TrainingError: non-finite loss" in result.output
+
+
+def test_ctrl_c_kills_the_running_cell_and_the_parent_and_the_same_command_resumes(tracking_uri, experiment, study_file, tmp_path):
+    path = study_file(epochs=3, train_size=600)
+    cmd = command(tracking_uri, experiment, path, "--storage", f"sqlite:///{tmp_path}/optuna.db")
+    MlflowClient(tracking_uri).search_experiments()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    running = _wait_for_running_cell(tracking_uri, experiment, proc.pid, proc)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, output
+    assert "Resume with the same command: cnnbench study run" in output
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(running.info.run_id).info.status == "KILLED"
+    parents, cells = runs(tracking_uri, experiment)
+    assert parents[0].info.status == "KILLED" and not [r for r in cells if r.info.status == "RUNNING"]
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    parent, _ = check_exactly_once(tracking_uri, experiment)
+    assert parent.info.status == "FINISHED"
+
+
+# -- bad input: one line, exit 2 (1 for unreachable stores), nothing left RUNNING --------------
+@pytest.mark.parametrize("flags, code, message", [
+    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], 1, "cannot open the study storage"),
+    (["--storage", "notadb://x"], 2, "unsupported database 'notadb'"),
+    (["--tracking-uri", "http://127.0.0.1:1"], 1, "cannot reach the MLflow tracking server"),
+    (["--workers", "0"], 2, "--workers must be at least 1"),
+    (["--budget", "huge"], 2, "unknown --budget 'huge' for study 'grid'; accepted: none"),
+])
+def test_bad_run_options_are_refused_before_any_run(cli, tracking_uri, experiment, study_file, tmp_path, flags, code, message):
+    result = cli("study", "run", study_file(), "--tracking-uri", tracking_uri, "--experiment", experiment,
+                 "--storage", f"sqlite:///{tmp_path}/optuna.db", *flags)
+    assert result.exit_code == code, result.output
+    lines = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert len(lines) == 1 and message in lines[0]
+    assert runs(tracking_uri, experiment) == ([], [])
+
+
+def test_bad_study_file_and_bad_cell_are_refused_with_exit_2(cli, tracking_uri, experiment, tmp_path):
+    bad = tmp_path / "bad.toml"
+    for text, message in (('name = "b"\n[grid]\nlr = [0.1\n', "is not valid TOML"),
+                          ('name = "b"\n[base]\nmodel = "lenet5"\ndataset = "digits"\n[grid]\n"model.kernel_size" = [5, 41]\n',
+                           "cell 'kernel_size=41': ")):
+        bad.write_text(text)
+        result = cli("study", "run", bad, "--tracking-uri", tracking_uri, "--experiment", experiment)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert runs(tracking_uri, experiment) == ([], [])
+
+
+def test_a_changed_definition_under_the_same_name_is_refused_naming_the_keys(cli, tracking_uri, experiment, study_file, tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    base = ["--tracking-uri", tracking_uri, "--experiment", experiment, "--storage", storage]
+    assert cli("study", "run", study_file(), *base).exit_code == 0
+    before = len(runs(tracking_uri, experiment)[1])
+    changed = cli("study", "run", study_file(epochs=2), *base)
+    assert changed.exit_code == 2
+    assert "was started with another definition (cell 'optimizer=sgd, batch_size=32': epochs 1 -> 2" in changed.output
+    assert "--study-name NEW" in changed.output and len(changed.output.strip().splitlines()) == 1
+    assert len(runs(tracking_uri, experiment)[1]) == before
