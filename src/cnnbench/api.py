@@ -56,8 +56,31 @@ def resolve(config: TrainConfig) -> Resolved:
     if config.data.image_size is not None:
         info = dataclasses.replace(info, height=config.data.image_size, width=config.data.image_size)
     resolved = config.replace(model={"options": model_opts}, data={"options": data_opts})
+    check_combinations(resolved)
     model = check_model_input(resolved, info)
+    check_layer_names(resolved, model)
     return Resolved(resolved, info, model)
+
+
+def check_combinations(config: TrainConfig) -> None:
+    """Options that cannot go together (each option's own range is checked by ``validate``)."""
+    if config.data.train_on == "train+val" and config.run.patience:
+        raise ConfigError("--train-on train+val leaves no validation images for early stopping; "
+                          "drop --patience (or use --train-on train)")
+
+
+def check_layer_names(config: TrainConfig, model) -> None:
+    """``--retrieval-layer`` / ``--tsne-layer`` / ``--freeze`` must name what the model has."""
+    from cnnbench.models.base import points
+
+    names = [n for n, _ in model.named_modules() if n]
+    for flag, name in (("--retrieval-layer", config.artifacts.retrieval_layer), ("--tsne-layer", config.artifacts.tsne_layer)):
+        if name is not None and name not in names:
+            shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
+            raise ConfigError(f"{flag} {name!r} is not a module of model {config.model.name!r}; its modules: {shown}")
+    if config.optim.freeze == "first_conv" and points(model).first_conv is None:
+        raise ConfigError(f"--freeze first_conv: model {config.model.name!r} has no convolution; "
+                          f"use --freeze features or none")
 
 
 def build_model(config: TrainConfig, info: DatasetInfo):
@@ -116,6 +139,7 @@ def load_data(config: TrainConfig):
     return prepare(
         bundle, val_split=config.data.val_split, seed=config.run.seed,
         train_size=config.data.train_size, image_size=config.data.image_size,
+        train_on=config.data.train_on, test_from_train=config.data.test_from_train,
     )
 
 

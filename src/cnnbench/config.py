@@ -190,6 +190,35 @@ def _uses_momentum(c: "TrainConfig") -> bool:
     return OPTIMIZERS[c.optim.optimizer].momentum
 
 
+def _crop_padding(value: str) -> str | None:
+    parts = value.replace(" ", "").split(",")
+    if len(parts) not in (1, 4) or not all(p.isdigit() for p in parts):
+        return "must be one padding in pixels (4) or four, left,top,right,bottom (0,2,3,4)"
+    if max(int(p) for p in parts) > 64:
+        return "must be at most 64 pixels a side"
+    return None
+
+
+def _optimizer_list(value: str) -> str | None:
+    names = [n.strip() for n in value.split(",")]
+    bad = [n for n in names if n not in OPTIMIZERS]
+    if value.strip() != "all" and (bad or not names):
+        return f"must be all or a comma-separated list of optimizers ({', '.join(OPTIMIZERS)})"
+    return None
+
+
+TSNE_STAGES = ("middle", "end")  # besides epoch numbers (0: before training)
+
+
+def _tsne_epochs(value: str) -> str | None:
+    parts = [p.strip() for p in value.split(",")]
+    if not parts or not all(p in TSNE_STAGES or p.isdigit() for p in parts):
+        return "must be a comma-separated list of epochs (0 = before training), middle and end, e.g. 0,20,end"
+    if len(set(parts)) != len(parts):
+        return "lists an epoch twice"
+    return None
+
+
 def _experiment_name(value: str) -> str | None:
     if not value.strip():
         return "must name an experiment (it is empty)"
@@ -220,6 +249,23 @@ class DataConfig:
                                     group="data", low=1, nullable=True, metavar="S")
     augment: str = option("none", "batched augmentation of training images: flip-crop (flip + 4-px padded crop), "
                           "strong (+ rotation, shear, scale)", type="str", group="data", choices=AUGMENTATIONS)
+    crop_padding: str = option("4", "zero padding of the random crop: N pixels a side, or left,top,right,bottom "
+                               "(torchvision's order; the CIFAR lab used 0,2,3,4)", type="str", group="data",
+                               check=_crop_padding, applies=lambda c: c.data.augment != "none", metavar="PX")
+    aug_rotation: float = option(15.0, "largest rotation of --augment strong, degrees either way", type="float",
+                                 group="data", low=0, high=180, applies=lambda c: c.data.augment == "strong")
+    aug_shear: float = option(10.0, "largest shear of --augment strong, degrees either way", type="float",
+                              group="data", low=0, high=80, applies=lambda c: c.data.augment == "strong")
+    aug_scale: float = option(0.1, "--augment strong scales by a factor in [1 - S, 1 + S]", type="float",
+                              group="data", low=0, high=1, high_open=True, applies=lambda c: c.data.augment == "strong",
+                              metavar="S")
+    train_on: str = option("train", "train+val: train on the training and validation images together, with no "
+                           "validation (early stopping is refused with it)", type="str", group="data",
+                           choices=("train", "train+val"))
+    test_from_train: float | None = option(None, "carve the test split out of the training images (this fraction, "
+                                           "stratified by seed) instead of using the dataset's test split",
+                                           type="float", group="data", low=0, high=1, low_open=True, high_open=True,
+                                           nullable=True, metavar="FRACTION")
     download: bool = option(True, "download missing dataset files (when the network allows)", type="bool",
                             group="data", vary=False, param=False)
 
@@ -239,6 +285,13 @@ class OptimConfig:
                              group="optimisation", low=0, applies=_uses_momentum)
     weight_decay: float = option(0.0, "weight decay of the optimizer (decoupled for adamw, in the gradient otherwise)",
                                  type="float", group="optimisation", low=0)
+    weight_decay_on: str = option("all", "optimizers --weight-decay applies to: all, or a comma-separated list "
+                                  "(adam: weight decay for Adam only, so an optimizer grid can give it to one)",
+                                  type="str", group="optimisation", check=_optimizer_list,
+                                  applies=lambda c: c.optim.weight_decay > 0, metavar="LIST")
+    freeze: str = option("none", "parameters kept at their initial values: first_conv (the first convolution) "
+                         "or features (everything but the classifier, the final linear layer)",
+                         type="str", group="model", choices=("none", "first_conv", "features"))
     l1: float = option(0.0, "L1 penalty weight added to the loss (sum |w| over --penalty-on)", type="float",
                        group="optimisation", low=0)
     l2: float = option(0.0, "L2 penalty weight added to the loss (sum w^2 over --penalty-on)", type="float",
@@ -276,6 +329,16 @@ class ArtifactConfig:
     retrieval: bool = _recorded(True, "log nearest-neighbour retrieval from the intermediate layer",
                                 artifact=_BUILDERS + "Retrieval")
     retrieval_k: int = _recorded(10, "neighbours per retrieval query", type="int", low=1, metavar="N")
+    retrieval_layer: str | None = _recorded(None, "module whose output (flattened, no pooling) retrieval compares "
+                                            "with the output layer, e.g. features.1 (default: the model's "
+                                            "intermediate block, pooled to 4x4)", type="str", nullable=True,
+                                            metavar="NAME")
+    tsne_layer: str | None = _recorded(None, "module whose output (flattened) the t-SNE maps show, e.g. head.5 "
+                                       "(default: the classifier's input)", type="str", nullable=True, metavar="NAME")
+    tsne_epochs: str = _recorded("0,middle,end", "when the t-SNE maps are made: epochs (0 = before training), "
+                                 "middle, end (the final model)", type="str", check=_tsne_epochs, metavar="LIST")
+    tsne_perplexity: float = _recorded(30.0, "t-SNE perplexity (capped at (points - 1) / 3)", type="float", low=1)
+    tsne_iterations: int = _recorded(350, "t-SNE optimisation iterations", type="int", low=250, metavar="N")
     predictions: bool = _recorded(True, "log a grid of test predictions")
     confusion: bool = _recorded(True, "log the confusion matrix and classification report")
     curves: bool = _recorded(True, "log learning curves and history.csv", artifact=_BUILDERS + "LearningCurves")

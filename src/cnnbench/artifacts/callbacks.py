@@ -83,7 +83,7 @@ def model_summary_text(run: RunState) -> str:
     torchinfo walks a CPU copy (it moves what it walks to its device) in eval mode with the RNG
     state forked, so neither the model being trained nor the training random stream changes.
     """
-    from cnnbench.info import summary_text
+    from cnnbench.models.summary import summary_text
 
     first = next(run.model.parameters(), None)
     model = run.model if first is None or first.device.type == "cpu" else copy.deepcopy(run.model).cpu()
@@ -167,69 +167,110 @@ class KernelSnapshots(ArtifactCallback):
 
 
 class LatentMaps(ArtifactCallback):
-    """``latent/tsne_{begin,middle,end}.png|csv``: penultimate features of a fixed test subset
-    before training, after the middle epoch and for the final (restored-best) model."""
+    """``latent/tsne_<stage>.png|csv``: features of a fixed test subset (the classifier's input, or
+    ``--tsne-layer``'s output) at the ``--tsne-epochs`` stages: ``begin`` (epoch 0, before
+    training), ``middle``, ``epochNNN`` and ``end`` (the final, restored-best model). A stage the
+    run never reaches (early stopping, fewer epochs) is named in a note instead."""
 
-    def __init__(self, samples: int = 2000) -> None:
+    def __init__(self, samples: int = 2000, epochs: str = "0,middle,end", layer: str | None = None,
+                 perplexity: float = 30.0, iterations: int = latent.TSNE_ITERATIONS) -> None:
         super().__init__()
         self.samples = samples
+        self.stages = [p.strip() for p in epochs.split(",")]
+        self.layer = layer
+        self.perplexity = perplexity
+        self.iterations = iterations
         self.indices: torch.Tensor | None = None
+        self.made: set[str] = set()
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "LatentMaps":
-        return cls(samples=config.artifacts.tsne_samples)
+        a = config.artifacts
+        return cls(samples=a.tsne_samples, epochs=a.tsne_epochs, layer=a.tsne_layer, perplexity=a.tsne_perplexity,
+                   iterations=a.tsne_iterations)
 
     @staticmethod
     def middle_epoch(epochs: int) -> int:
         return max(1, (epochs + 1) // 2)
 
+    def _epochs(self, run: RunState) -> dict[int, str]:
+        """Training epoch -> stage name of the maps made after it."""
+        out: dict[int, str] = {}
+        for stage in self.stages:
+            if stage == "middle":
+                out[self.middle_epoch(run.config.run.epochs)] = "middle"
+            elif stage.isdigit() and int(stage) > 0:
+                out.setdefault(int(stage), f"epoch{int(stage):03d}")
+        return out
+
     def _map(self, run: RunState, stage: str, title: str) -> None:
         if self.indices is None:
             self.indices = torch.as_tensor(latent.stratified_subset(run.data.test.labels, self.samples))
         if len(self.indices) < latent.MIN_POINTS:
-            run.notes.append(f"t-SNE skipped: {len(self.indices)} test images are too few")
+            run.notes.append(f"t-SNE {stage} skipped: {len(self.indices)} test images are too few")
             return
         test = run.data.test
+        which, modules = ((), (self.layer,)) if self.layer else (("penultimate",), ())
         feats = collect_features(run.model, test.images[self.indices], mean=run.data.mean, std=run.data.std,
-                                 device=run.device, which=("penultimate",))["penultimate"]
-        coords = latent.tsne_embed(feats, seed=run.config.run.seed)
+                                 device=run.device, which=which, modules=modules)[self.layer or "penultimate"]
+        coords = latent.tsne_embed(feats, seed=run.config.run.seed, perplexity=self.perplexity,
+                                   iterations=self.iterations)
         latent.write_tsne(coords, test.labels[self.indices], self.indices.tolist(), run.data.classes,
                           run.artifacts_dir / "latent" / f"tsne_{stage}", title)
+        self.made.add(stage)
+
+    def _what(self) -> str:
+        return f"{self.layer} outputs" if self.layer else "penultimate features"
 
     def on_run_start(self, run: RunState) -> None:
-        if run.start_epoch == 0:
+        if run.start_epoch == 0 and "0" in self.stages:
             with self.timed(run, "tsne_begin", end_of_run=False):
-                self._map(run, "begin", "penultimate features before training (epoch 0)")
+                self._map(run, "begin", f"{self._what()} before training (epoch 0)")
 
     def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch == self.middle_epoch(run.config.run.epochs):
-            with self.timed(run, "tsne_middle", end_of_run=False):
-                self._map(run, "middle", f"penultimate features after epoch {epoch}")
+        stage = self._epochs(run).get(epoch)
+        if stage is not None:
+            with self.timed(run, f"tsne_{stage}", end_of_run=False):
+                self._map(run, stage, f"{self._what()} after epoch {epoch}")
 
     def on_eval_end(self, run: RunState, result: EvalResult) -> None:
-        with self.timed(run, "tsne_end"):
-            self._map(run, "end", f"penultimate features of the final model (epoch {run.epoch})")
+        if result.split != "test":
+            return
+        for epoch, stage in sorted(self._epochs(run).items()):
+            if epoch > run.epoch and stage not in self.made:
+                why = "early stopping" if run.epoch < run.config.run.epochs else f"the run has {run.config.run.epochs} epochs"
+                run.notes.append(f"t-SNE map {stage} (after epoch {epoch}) not made: training ended at epoch "
+                                 f"{run.epoch} ({why})")
+        if "end" in self.stages:
+            with self.timed(run, "tsne_end"):
+                self._map(run, "end", f"{self._what()} of the final model (epoch {run.epoch})")
 
 
 class Retrieval(ArtifactCallback):
-    """``retrieval/<class>.png`` and ``retrieval/summary.json`` (intermediate block vs output)."""
+    """``retrieval/<class>.png`` and ``retrieval/summary.json`` (intermediate block, or the
+    ``--retrieval-layer`` module flattened, vs output); metric ``retrieval_<layer>_same_class``."""
 
-    def __init__(self, k: int = 10) -> None:
+    def __init__(self, k: int = 10, layer: str | None = None) -> None:
         super().__init__()
         self.k = k
+        self.layer = layer
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> "Retrieval":
-        return cls(k=config.artifacts.retrieval_k)
+        return cls(k=config.artifacts.retrieval_k, layer=config.artifacts.retrieval_layer)
 
     def on_eval_end(self, run: RunState, result: EvalResult) -> None:
         if result.split != "test" or len(result.labels) < 2:
             return
         with self.timed(run, "retrieval"):
             test = run.data.test
-            inter = collect_features(run.model, test.images, mean=run.data.mean, std=run.data.std,
-                                     device=run.device, which=("intermediate",))["intermediate"]
-            layers = {"intermediate": inter, "output": result.logits.float()}
+            if self.layer:  # a named module's output, flattened without pooling
+                inter = collect_features(run.model, test.images, mean=run.data.mean, std=run.data.std,
+                                         device=run.device, which=(), modules=(self.layer,))[self.layer]
+            else:
+                inter = collect_features(run.model, test.images, mean=run.data.mean, std=run.data.std,
+                                         device=run.device, which=("intermediate",))["intermediate"]
+            layers = {self.layer or "intermediate": inter, "output": result.logits.float()}
             summary = retrieval.write_retrieval(test.images, result.labels, layers, run.data.classes, self.k,
                                                 run.artifacts_dir / "retrieval")
             for name, stats in summary["layers"].items():

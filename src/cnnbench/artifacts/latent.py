@@ -34,8 +34,9 @@ def stratified_subset(labels: torch.Tensor, size: int) -> np.ndarray:
     return picked
 
 
-def tsne_embed(features, seed: int = 0) -> np.ndarray:
-    """(N, D) features -> (N, 2) t-SNE coordinates (PCA to <= 50 dims first)."""
+def tsne_embed(features, seed: int = 0, *, perplexity: float = 30.0, iterations: int = TSNE_ITERATIONS) -> np.ndarray:
+    """(N, D) features -> (N, 2) t-SNE coordinates (PCA to <= 50 dims first); the perplexity is
+    capped at (N - 1) / 3 (scikit-learn refuses more)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
@@ -46,8 +47,8 @@ def tsne_embed(features, seed: int = 0) -> np.ndarray:
         raise ValueError(f"t-SNE needs at least {MIN_POINTS} points; got {n}")
     if x.shape[1] > PCA_DIMS and n > PCA_DIMS:
         x = PCA(n_components=PCA_DIMS, random_state=seed).fit_transform(x)
-    perplexity = float(min(30.0, (n - 1) / 3))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", max_iter=TSNE_ITERATIONS,
+    perplexity = float(min(perplexity, (n - 1) / 3))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", max_iter=iterations,
                 random_state=seed, n_jobs=1)
     # One thread: OpenMP spinning on a busy or small machine made t-SNE many times slower.
     with threadpool_limits(limits=1):

@@ -9,6 +9,8 @@ fused into one gather (on uint8 they move a quarter of the bytes); the affine wa
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +19,28 @@ from cnnbench.config import AUGMENTATIONS
 from cnnbench.errors import ConfigError
 
 CROP_PADDING = 4  # pixels, as in the common CIFAR-10 recipe
-MAX_ROTATION_DEG = 15.0  # the three-conv study's RandomRotation(15)
+# defaults of --aug-rotation/--aug-shear/--aug-scale; the three-conv assignment (R3) used
+# RandomRotation(10) then RandomAffine(0, shear=10, scale=(0.8, 1.2)): --aug-rotation 10 --aug-scale 0.2
+MAX_ROTATION_DEG = 15.0
 MAX_SHEAR_DEG = 10.0
 SCALE_RANGE = (0.9, 1.1)
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """The knobs of the augmentations: crop padding (left, top, right, bottom, torchvision's order)
+    and the strong warp's largest rotation and shear (degrees) and scale range [1 - s, 1 + s]."""
+
+    padding: tuple[int, int, int, int] = (CROP_PADDING,) * 4
+    rotation: float = MAX_ROTATION_DEG
+    shear: float = MAX_SHEAR_DEG
+    scale: float = (SCALE_RANGE[1] - SCALE_RANGE[0]) / 2
+
+    @classmethod
+    def from_config(cls, data: Any) -> "AugmentParams":
+        """From a config's ``data`` section (``crop_padding`` "4" or "0,2,3,4", ``aug_*``)."""
+        parts = tuple(int(p) for p in str(data.crop_padding).replace(" ", "").split(","))
+        return cls(parts * 4 if len(parts) == 1 else parts, data.aug_rotation, data.aug_shear, data.aug_scale)
 
 
 def check_augmentation(name: str) -> str:
@@ -42,30 +63,36 @@ def random_crop(x: torch.Tensor, gen: torch.Generator, padding: int = CROP_PADDI
     return flip_crop(x, gen, padding=padding, flip=False)
 
 
-def flip_crop(x: torch.Tensor, gen: torch.Generator, padding: int = CROP_PADDING, flip: bool = True) -> torch.Tensor:
-    """Random horizontal flip (p=0.5) and random crop after ``padding`` zero pixels a side, per
-    image, as one ``torch.gather`` over the padded batch (no loop over images)."""
+def flip_crop(x: torch.Tensor, gen: torch.Generator, padding: int | tuple[int, int, int, int] = CROP_PADDING,
+              flip: bool = True) -> torch.Tensor:
+    """Random horizontal flip (p=0.5), then a random crop after zero ``padding`` (pixels a side, or
+    left, top, right, bottom), per image, as one ``torch.gather`` over a padded batch (no loop over
+    images). As torchvision's flip-then-crop: the padding is applied to the flipped image."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
-    hp, wp = h + 2 * padding, w + 2 * padding
-    dy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device, generator=gen)
-    dx = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device, generator=gen)
-    rows = torch.arange(h, device=x.device) + dy  # (N, H) rows of the padded image
-    cols = torch.arange(w, device=x.device) + dx  # (N, W)
-    if flip:  # reading columns right to left mirrors the crop (padding is symmetric)
+    left, top, right, bottom = (padding,) * 4 if isinstance(padding, int) else padding
+    p = max(left, top, right, bottom)
+    padded = F.pad(x, (p, p, p, p)) if p else x
+    hp, wp = h + 2 * p, w + 2 * p
+    dy = torch.randint(0, top + bottom + 1, (n, 1), device=x.device, generator=gen)
+    dx = torch.randint(0, left + right + 1, (n, 1), device=x.device, generator=gen)
+    rows = torch.arange(h, device=x.device) + dy - top + p  # (N, H) rows of the padded image
+    cols = torch.arange(w, device=x.device) + dx - left  # (N, W) columns of the (flipped) image, unpadded
+    if flip:  # column c of the flipped image is column w - 1 - c of the image
         mirrored = _rand(n, x, gen)[:, None] < 0.5
-        cols = torch.where(mirrored, (wp - 1) - cols, cols)
+        cols = torch.where(mirrored, (w - 1) - cols, cols)
+    cols = cols + p
     index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
     return torch.gather(padded.reshape(n, c, hp * wp), 2, index).view(n, c, h, w)
 
 
-def random_affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def random_affine(x: torch.Tensor, gen: torch.Generator, params: AugmentParams | None = None) -> torch.Tensor:
     """Small random rotation, shear and scale per image through one affine grid for the batch."""
+    params = params or AugmentParams()
     x = x.float()
     n = len(x)
-    angle = (2 * _rand(n, x, gen) - 1) * math.radians(MAX_ROTATION_DEG)
-    shear = (2 * _rand(n, x, gen) - 1) * math.radians(MAX_SHEAR_DEG)
-    lo, hi = SCALE_RANGE
+    angle = (2 * _rand(n, x, gen) - 1) * math.radians(params.rotation)
+    shear = (2 * _rand(n, x, gen) - 1) * math.radians(params.shear)
+    lo, hi = 1.0 - params.scale, 1.0 + params.scale
     scale = lo + (hi - lo) * _rand(n, x, gen)
     cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
@@ -78,13 +105,14 @@ def random_affine(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, kind: str, gen: torch.Generator, params: AugmentParams | None = None) -> torch.Tensor:
     """Apply the named augmentation to a raw-pixel batch (N, C, H, W): flip-crop keeps the dtype,
     strong returns float."""
     check_augmentation(kind)
     if kind == "none":
         return x
-    x = flip_crop(x, gen)
+    params = params or AugmentParams()
+    x = flip_crop(x, gen, padding=params.padding)
     if kind == "strong":
-        x = random_affine(x, gen)
+        x = random_affine(x, gen, params)
     return x

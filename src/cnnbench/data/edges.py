@@ -4,8 +4,11 @@ Each image is a flat background (intensity in [0, 0.2]) with bright bands (edge 
 [0.25, 1], width 1-4 px). Classes: horizontal, vertical, none; ``num_classes=4`` adds diagonal
 (bands turned by 30, 45, 120 or 135 degrees), 5 adds both (horizontal and vertical bands).
 ``possible_edge_location_ratio < 1`` confines training edges to the first part of the image while
-validation and test edges fall anywhere (a train/test domain shift; the bundle then carries its own
-``val`` split). ``use_permutation`` applies one fixed pixel permutation (by seed) to every image.
+validation and test edges fall anywhere, or with ``shifted_eval=unseen`` only in the rest of the
+image, as the homework (a train/test domain shift; the bundle then carries its own ``val`` split).
+``eval_per_class=N`` makes validation and test separately generated sets of N per class, fixed
+whatever ``data_per_class`` is (the homework's 50-per-class validation set), so training uses
+exactly ``data_per_class`` images per class. ``use_permutation`` applies one fixed pixel permutation (by seed) to every image.
 Train/val images and the permutation follow the seed; test images are the same for every seed.
 Generation is vectorised (a loop over edges per image, never over images).
 """
@@ -39,6 +42,12 @@ OPTIONS = (
     Option("possible_edge_location_ratio", "float", 1.0,
            "below 1: training edges only in this leading fraction of the image; val/test anywhere", low=0.01, high=1.0),
     Option("use_permutation", "bool", False, "apply one fixed random pixel permutation to every image"),
+    Option("shifted_eval", "str", "anywhere", "with possible_edge_location_ratio < 1: where validation/test edges "
+           "fall: anywhere, or unseen (only in the part training never sees, as the homework)",
+           choices=("anywhere", "unseen")),
+    Option("eval_per_class", "int", 0, "images per class of a separately generated validation set and of the test "
+           "set, the same for every data_per_class (the homework: 50); 0: data_per_class each, validation held "
+           "out of train", low=0),
 )
 DEFAULTS = {o.name: o.default for o in OPTIONS}
 
@@ -55,6 +64,10 @@ def _check(o: dict) -> None:
     if int(o["possible_edge_location_ratio"] * o["spatial_resolution"]) < 2:
         raise ConfigError(f"edges: possible_edge_location_ratio {o['possible_edge_location_ratio']} leaves no room "
                           f"for training edges at spatial_resolution {o['spatial_resolution']}; use a larger ratio")
+    if (o["shifted_eval"] == "unseen" and o["possible_edge_location_ratio"] < 1.0
+            and int(o["possible_edge_location_ratio"] * o["spatial_resolution"]) >= o["spatial_resolution"] - 1):
+        raise ConfigError(f"edges: shifted_eval=unseen leaves no unseen rows with possible_edge_location_ratio "
+                          f"{o['possible_edge_location_ratio']}; use a smaller ratio")
 
 
 def _generator(seed: int, stream: str):
@@ -65,15 +78,15 @@ def _generator(seed: int, stream: str):
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
 
-def _bands(n: int, k: int, o: dict, hi: int, gen, *, diagonal: bool = False):
-    """Start/end rows (N, K) of ``k`` bands per image inside rows [1, hi), and their intensities."""
+def _bands(n: int, k: int, o: dict, hi: int, gen, *, diagonal: bool = False, lo: int = 1):
+    """Start/end rows (N, K) of ``k`` bands per image inside rows [lo, hi), and their intensities."""
     import torch
 
     top = o["max_edge_width"]
     if diagonal:  # as in the study: a turned band looks wider, so narrow it by sqrt(2)
         top = max(o["min_edge_width"], int(top / math.sqrt(2)))
     width = torch.randint(o["min_edge_width"], top + 1, (n, k), generator=gen)
-    start = torch.randint(1, hi, (n, k), generator=gen)
+    start = torch.randint(lo, hi, (n, k), generator=gen)
     end = torch.minimum(start + width, torch.tensor(hi))  # never empty: start <= hi - 1
     lo_i, hi_i = o["min_edge_intensity"], o["max_edge_intensity"]
     intensity = lo_i + (hi_i - lo_i) * torch.rand((n, k), generator=gen, dtype=torch.float64)
@@ -90,8 +103,8 @@ def _paint(images, coord, start, end, intensity):
     return images
 
 
-def _class_images(kind: str, n: int, o: dict, hi: int, gen):
-    """(N, R, R) float64 images in [0, 1] of one class."""
+def _class_images(kind: str, n: int, o: dict, hi: int, gen, lo: int = 1):
+    """(N, R, R) float64 images in [0, 1] of one class, bands starting in [lo, hi)."""
     import torch
 
     r = o["spatial_resolution"]
@@ -101,11 +114,11 @@ def _class_images(kind: str, n: int, o: dict, hi: int, gen):
     rows = torch.arange(r, dtype=torch.float64)[None, :, None]
     cols = torch.arange(r, dtype=torch.float64)[None, None, :]
     if kind in ("horizontal", "both"):
-        images = _paint(images, rows, *_bands(n, o["num_horizontal_edge"], o, hi, gen))
+        images = _paint(images, rows, *_bands(n, o["num_horizontal_edge"], o, hi, gen, lo=lo))
     if kind in ("vertical", "both"):
-        images = _paint(images, cols, *_bands(n, o["num_vertical_edge"], o, hi, gen))
+        images = _paint(images, cols, *_bands(n, o["num_vertical_edge"], o, hi, gen, lo=lo))
     if kind == "diagonal":
-        start, end, intensity = _bands(n, o["num_diagonal_edge"], o, hi, gen, diagonal=True)
+        start, end, intensity = _bands(n, o["num_diagonal_edge"], o, hi, gen, diagonal=True, lo=lo)
         for j in range(start.shape[1]):
             pick = torch.randint(0, len(DIAGONAL_ANGLES_DEG), (n,), generator=gen)
             angle = torch.deg2rad(torch.tensor(DIAGONAL_ANGLES_DEG, dtype=torch.float64)[pick])[:, None, None]
@@ -120,12 +133,18 @@ def _split(split: str, o: dict, seed: int, permutation):
 
     from cnnbench.data.bundle import Split
 
-    r, n = o["spatial_resolution"], o["data_per_class"]
-    shifted = split == "train" and o["possible_edge_location_ratio"] < 1.0
-    hi = int(o["possible_edge_location_ratio"] * r) if shifted else r - 1
+    r = o["spatial_resolution"]
+    n = o["eval_per_class"] if split != "train" and o["eval_per_class"] else o["data_per_class"]
+    shift = o["possible_edge_location_ratio"] < 1.0
+    seen = int(o["possible_edge_location_ratio"] * r)  # training edges start in [1, seen) and end before it
+    lo, hi = 1, r - 1
+    if shift and split == "train":
+        hi = seen
+    elif shift and o["shifted_eval"] == "unseen":
+        lo = seen  # only where training never put an edge
     gen = _generator(TEST_SEED if split == "test" else seed, split)
     kinds = CLASS_ORDER[: o["num_classes"]]
-    images = torch.cat([_class_images(kind, n, o, hi, gen) for kind in kinds])
+    images = torch.cat([_class_images(kind, n, o, hi, gen, lo=lo) for kind in kinds])
     if permutation is not None:
         images = images.reshape(len(images), r * r)[:, permutation].reshape(len(images), r, r)
     pixels = (images * 255.0).round_().clamp_(0, 255).to(torch.uint8)[:, None]
@@ -142,7 +161,8 @@ def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True, 
     _check(o)
     r = o["spatial_resolution"]
     permutation = torch.randperm(r * r, generator=_generator(seed, "permutation")) if o["use_permutation"] else None
-    val = _split("val", o, seed, permutation) if o["possible_edge_location_ratio"] < 1.0 else None
+    own_val = o["possible_edge_location_ratio"] < 1.0 or o["eval_per_class"] > 0
+    val = _split("val", o, seed, permutation) if own_val else None
     return DatasetBundle(train=_split("train", o, seed, permutation), test=_split("test", o, seed, permutation),
                          classes=CLASS_ORDER[: o["num_classes"]], val=val)
 
@@ -150,8 +170,9 @@ def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True, 
 def describe(**options) -> DatasetInfo:
     o = {**DEFAULTS, **options}
     size = o["data_per_class"] * o["num_classes"]
+    test = (o["eval_per_class"] or o["data_per_class"]) * o["num_classes"]
     r = o["spatial_resolution"]
-    return DatasetInfo(1, r, r, o["num_classes"], CLASS_ORDER[: o["num_classes"]], size, size)
+    return DatasetInfo(1, r, r, o["num_classes"], CLASS_ORDER[: o["num_classes"]], size, test)
 
 
 EDGES = DatasetPlugin(

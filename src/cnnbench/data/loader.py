@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-from cnnbench.data.augment import augment
+from cnnbench.data.augment import AugmentParams, augment
 from cnnbench.data.bundle import Split
 
 
@@ -34,6 +34,7 @@ class DeviceLoader:
         augmentation: str = "none",
         seed: int = 0,
         channels_last: bool = False,
+        augment_params: AugmentParams | None = None,
     ) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
@@ -44,6 +45,7 @@ class DeviceLoader:
         self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1) * 255.0)
         self.shuffle = shuffle
         self.augmentation = augmentation
+        self.augment_params = augment_params
         self.seed = seed
         self.channels_last = channels_last
         self.epoch = 0
@@ -79,7 +81,7 @@ class DeviceLoader:
             idx = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
             x = self.images[idx]
             if self.augmentation != "none":
-                x = augment(x, self.augmentation, gen)
+                x = augment(x, self.augmentation, gen, self.augment_params)
             x = self.normalise(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

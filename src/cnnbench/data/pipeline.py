@@ -123,21 +123,34 @@ def prepare(
     seed: int,
     train_size: int | None = None,
     image_size: int | None = None,
+    train_on: str = "train",
+    test_from_train: float | None = None,
 ) -> PreparedData:
-    """Hold out ``val_split`` of train (stratified, by seed) unless the plugin gave a validation
-    set, then take a stratified ``train_size`` subset of the rest; resize all splits if asked.
-    The test split is never subsampled. Mean/std come from the final training split unless the
-    plugin declared them."""
+    """Carve the test split out of train when ``test_from_train`` is given (stratified, by seed;
+    the dataset's own test split is then unused), hold out ``val_split`` of train (stratified, by
+    seed) unless the plugin gave a validation set, then take a stratified ``train_size`` subset of
+    the rest; resize all splits if asked. ``train_on="train+val"`` trains on the training and
+    validation images together and leaves validation empty. The test split is never subsampled.
+    Mean/std come from the final training split unless the plugin declared them."""
     if not 0.0 < val_split < 1.0:
         raise ConfigError(f"--val-split must lie strictly between 0 and 1; got {val_split}")
     if image_size is not None and image_size < 1:
         raise ConfigError(f"--image-size must be positive; got {image_size}")
-    train, val = bundle.train, bundle.val
+    if train_on not in ("train", "train+val"):
+        raise ConfigError(f"unknown --train-on {train_on!r}; accepted: train, train+val")
+    train, val, test = bundle.train, bundle.val, bundle.test
+    if test_from_train is not None:
+        if not 0.0 < test_from_train < 1.0:
+            raise ConfigError(f"--test-from-train must lie strictly between 0 and 1; got {test_from_train}")
+        rest, picked = stratified_indices(train.labels, test_from_train, seed)
+        train, test = train.subset(torch.as_tensor(rest)), train.subset(torch.as_tensor(picked))
     if val is None:
         train, val = hold_out(train, val_split, seed)
     if train_size is not None:
         train = subsample(train, train_size, seed, held_out=bundle.val is None)
-    test = bundle.test
+    if train_on == "train+val":
+        train = Split(torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels]))
+        val = val.subset(torch.zeros(0, dtype=torch.int64))
     if image_size is not None:
         train, val, test = resize(train, image_size), resize(val, image_size), resize(test, image_size)
     if bundle.mean is not None and bundle.std is not None:

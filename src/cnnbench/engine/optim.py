@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from cnnbench.config import OPTIMIZERS, OptimConfig
-from cnnbench.models.base import penalty_parameters
+from cnnbench.errors import ConfigError
+from cnnbench.models.base import penalty_parameters, points
 
 
 def effective_lr(cfg: OptimConfig) -> float:
@@ -17,6 +18,36 @@ def effective_lr(cfg: OptimConfig) -> float:
     return cfg.lr
 
 
+def effective_weight_decay(cfg: OptimConfig) -> float:
+    """``cfg.weight_decay`` when ``cfg.weight_decay_on`` is ``all`` or lists ``cfg.optimizer``, else 0
+    (the three-conv assignment gave weight decay to Adam only)."""
+    chosen = {name.strip() for name in cfg.weight_decay_on.split(",")}
+    return cfg.weight_decay if "all" in chosen or cfg.optimizer in chosen else 0.0
+
+
+def freeze(model: nn.Module, what: str) -> list[str]:
+    """Keep parameters at their initial values (``requires_grad=False``): ``first_conv`` (the model's
+    marked first convolution) or ``features`` (everything but the classifier, its final linear
+    layer). Returns the frozen parameter names; ``none`` freezes nothing."""
+    if what == "none":
+        return []
+    pts = points(model)
+    if what == "first_conv":
+        if pts.first_conv is None:
+            raise ConfigError(f"--freeze first_conv: {type(model).__name__} has no convolution")
+        prefix = pts.first_conv + "."
+        chosen = [n for n, _ in model.named_parameters() if n.startswith(prefix)]
+    elif what == "features":
+        prefix = pts.classifier + "."
+        chosen = [n for n, _ in model.named_parameters() if not n.startswith(prefix)]
+    else:
+        raise ValueError(f"unknown --freeze {what!r}")
+    params = dict(model.named_parameters())
+    for name in chosen:
+        params[name].requires_grad_(False)
+    return chosen
+
+
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer ``cfg.optimizer`` names, as declared in :data:`cnnbench.config.OPTIMIZERS` (its
     ``torch.optim`` class, fixed arguments, whether it takes ``--momentum``), with ``cfg.lr`` and
@@ -25,7 +56,7 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
     if spec is None:  # config.validate() prevents this; kept for direct callers
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
     params = [p for p in model.parameters() if p.requires_grad]
-    kwargs = dict(spec.kwargs, lr=effective_lr(cfg), weight_decay=cfg.weight_decay)
+    kwargs = dict(spec.kwargs, lr=effective_lr(cfg), weight_decay=effective_weight_decay(cfg))
     if spec.momentum:
         kwargs["momentum"] = cfg.momentum
     return getattr(torch.optim, spec.torch_class)(params, **kwargs)

@@ -46,6 +46,10 @@ def pool_flatten(activation: torch.Tensor) -> torch.Tensor:
     return activation.flatten(1)
 
 
+def modules_by_name(model: nn.Module) -> dict[str, nn.Module]:
+    return dict(model.named_modules())
+
+
 def collect_features(
     model: nn.Module,
     images: torch.Tensor,
@@ -55,11 +59,13 @@ def collect_features(
     device: torch.device | str = "cpu",
     batch_size: int = 256,
     which: Sequence[str] = FEATURE_POINTS,
+    modules: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
-    """Activations of uint8 (N, C, H, W) ``images`` at the feature points ``which``.
+    """Activations of uint8 (N, C, H, W) ``images`` at the feature points ``which`` and at the
+    outputs of the named ``modules`` (as in ``model.named_modules()``; flattened, never pooled).
 
-    Returns float32 CPU tensors (N, D) keyed by feature point. Images are normalised exactly as
-    in training (the device loader's normalisation), in order, without augmentation.
+    Returns float32 CPU tensors (N, D) keyed by feature point or module name. Images are normalised
+    exactly as in training (the device loader's normalisation), in order, without augmentation.
     """
     unknown = sorted(set(which) - set(FEATURE_POINTS))
     if unknown:
@@ -75,15 +81,21 @@ def collect_features(
     if "intermediate" in which:
         handles.append(modules[pts.intermediate].register_forward_hook(
             lambda _m, _inputs, output: captured.__setitem__("intermediate", pool_flatten(output))))
+    for name in modules:
+        if name not in modules_by_name(model):
+            raise ValueError(f"{name!r} is not a module of {type(model).__name__}")
+        handles.append(modules_by_name(model)[name].register_forward_hook(
+            lambda _m, _inputs, output, name=name: captured.__setitem__(name, output.flatten(1))))
     labels = torch.zeros(len(images), dtype=torch.int64)
     loader = DeviceLoader(Split(images, labels), batch_size=batch_size, device=device, mean=mean, std=std)
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in which}
+    wanted = [*which, *modules]
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
     try:
         with evaluating(model):
             for x, _ in loader:
                 logits = model(x)
                 captured["logits"] = logits.flatten(1)
-                for name in which:
+                for name in wanted:
                     out[name].append(captured[name].float().cpu())
     finally:
         for handle in handles:
