@@ -282,3 +282,19 @@ def test_grad_accumulation_reaches_the_large_batch_weights_at_a_lower_peak():
     measured = measure("lenet5", shape, 32, "momentum", grad_accum=2).peak_mb
     assert measured < measure("lenet5", shape, 64, "momentum").peak_mb
     assert abs(two.peak_mb - measured) <= 0.10 * measured
+
+
+def test_prediction_for_a_train_config():
+    """What train --batch-size auto / predicted_peak_mb / info / study call: the config's model,
+    optimizer, precision and accumulation."""
+    from cnnbench import api
+    from cnnbench.memory.for_config import largest_batch_config, predict_config
+    from conftest import tiny_config
+
+    resolved = api.resolve(tiny_config(optim={"optimizer": "momentum", "batch_size": 48, "grad_accum": 2}))
+    pred = predict_config(resolved.config, resolved.info, torch.device("cpu"))
+    assert (pred.model, pred.batch_size, pred.optimizer, pred.grad_accum) == ("lenet5", 48, "momentum", 2)
+    assert pred.peak_mb == predict("lenet5", DIGITS, 48, "momentum", grad_accum=2).peak_mb
+    fit = largest_batch_config(resolved.config, resolved.info, "cpu", 8.0)
+    assert fit.optimizer == "momentum" and fit.predicted_peak_mb <= 8.0 < predict(
+        "lenet5", DIGITS, fit.batch_size + 1, "momentum", grad_accum=2).peak_mb

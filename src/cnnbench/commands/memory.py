@@ -51,7 +51,7 @@ def parse_optimizers(text: str) -> list[str]:
 @click.option("--dataset", default=None, help="take the input shape and classes from this dataset's metadata")
 @click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
               help="dataset option that changes its shape (e.g. size=32); repeatable")
-@click.option("--input-shape", default=None, metavar="C,H,W", help="input shape when no --dataset is given [3,32,32]")
+@click.option("--input-shape", default=None, metavar="C,H,W", help="input shape when no --dataset is given [the model's natural input]")
 @click.option("--image-size", type=click.IntRange(min=1), default=None, help="resize to S x S, as train --image-size does")
 @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="number of classes [the dataset's, else 10]")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="model option; repeatable")
