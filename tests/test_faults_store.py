@@ -159,3 +159,35 @@ def test_a_database_tracking_uri_password_is_masked_in_config_json_and_output():
     assert config.run.tracking_uri.endswith("PgPass123@db:5432/mlflow")  # the config itself still connects
     assert "PgPass123" not in ui_hint(config.run.tracking_uri)
     assert not any("PgPass123" in str(v) for v in config.flat_params().values())
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs (a full disk)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_under_the_sqlite_store_is_one_line(cli, small_tmpfs):
+    """K2: the store's disk fills up: one line naming the store, exit 1, not five tracebacks."""
+    from cnnbench.tracking.store import check_reachable
+
+    store = f"sqlite:///{small_tmpfs}/mlflow.db"
+    check_reachable(store)  # the schema fits; then the disk fills
+    with open(small_tmpfs / "filler", "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    result = cli("train", "--tracking-uri", store, "--epochs", "1", "--quiet", "--no-tsne", "--no-retrieval", "--no-log-model")
+    lines = [line for line in result.stderr.splitlines() if line.strip() and " INFO mlflow" not in line]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and "full" in lines[0] and str(small_tmpfs) in lines[0], lines

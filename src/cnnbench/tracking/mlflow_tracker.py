@@ -20,7 +20,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 import cnnbench
-from cnnbench.errors import TrackingError
+from cnnbench.errors import CnnbenchError, TrackingError
 from cnnbench.events import Callback, RunState
 from cnnbench.tracking import describe
 from cnnbench.tracking import runs as mlruns
@@ -84,6 +84,23 @@ class MlflowTracker(Callback):
 
     # -- events -----------------------------------------------------------------------------
     def on_run_start(self, run: RunState) -> None:
+        import logging
+
+        db_log = logging.getLogger("mlflow.store.db.utils")  # logs each SQL error with its traceback
+        level = db_log.level
+        db_log.setLevel(logging.CRITICAL)
+        try:
+            self._open(run)
+        except Exception as err:  # the store refused (disk full, locked, permissions): one line, not 5 tracebacks
+            if isinstance(err, CnnbenchError):
+                raise
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            first = lines[0][:300] if lines else type(err).__name__
+            raise TrackingError(f"the MLflow store {mask_uri(self.tracking_uri)} refused the run: {mask_uri(first)}") from None
+        finally:
+            db_log.setLevel(level)
+
+    def _open(self, run: RunState) -> None:
         mlflow.set_tracking_uri(self.tracking_uri)
         if self.run_id is None:
             exp = mlflow.set_experiment(self.experiment)
