@@ -22,6 +22,7 @@ LAZY_COMMANDS = {
     "tune": "cnnbench.commands.tune:command",
     "study": "cnnbench.study.command:command",
     "runs": "cnnbench.commands.runs:command",
+    "filters": "cnnbench.commands.filters:command",
 }
 
 
