@@ -171,6 +171,7 @@ def run(plan: Plan, *, stream=None) -> dict[str, Any]:
         print(f"{after['running'] + after['waiting']} runs are still with other workers; the last one to finish writes "
               f"the report and ends the parent run", file=stream, flush=True)
         return outcome
+    close_orphans(client, parent_id)
     changed = created or after != before or bool(requeued)
     status = "FINISHED" if after["finished"] else "FAILED"
     log = changed or was != status
@@ -179,6 +180,18 @@ def run(plan: Plan, *, stream=None) -> dict[str, Any]:
         parent.set_tags({"failure_reason": "every cell x seed failed; see the child runs' failure_reason"})
     parent.end(status)
     return outcome
+
+
+def close_orphans(client: MlflowClient, parent_id: str) -> None:
+    """With no job left anywhere, a child run still RUNNING lost its worker before the worker could
+    tell the queue which run it was (killed between creating the run and recording it): end it."""
+    from mlflow.entities import RunTag
+
+    exp_id = client.get_run(parent_id).info.experiment_id
+    for run in client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"):
+        client.log_batch(run.info.run_id, tags=[RunTag("failure_reason", "its worker stopped sending heartbeats (killed or "
+                                                       "lost) before ending it; the cell was given to another worker")])
+        client.set_terminated(run.info.run_id, "FAILED")
 
 
 def finish(plan: Plan, parent_id: str, *, status: str, log: bool) -> Any:
