@@ -149,7 +149,7 @@ class ParentRun:
         else:
             found = client.get_experiment_by_name(experiment)
             exp_id = found.experiment_id if found else client.create_experiment(experiment)
-            run_id = client.create_run(exp_id, run_name=run_name).info.run_id
+            run_id = client.create_run(exp_id, run_name=run_name, tags=describe.standard_tags()).info.run_id  # Source, user, commit
         exp_name = client.get_experiment(exp_id).name
         parent = cls(client, run_id, exp_name, metric)
         base_tags = {"cnnbench.version": cnnbench.__version__, TAG_ROLE: "study"}
