@@ -106,6 +106,7 @@ def test_tune_names_trials_and_stores_an_openable_storage(cli, tracking_uri, exp
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     parent = next(r for r in runs if r.data.tags.get("cnnbench.tune.role") == "study")
     assert parent.data.tags["cnnbench.tune.storage"] == absolute
+    assert parent.data.tags["mlflow.source.type"] == "LOCAL" and parent.data.tags["mlflow.user"] == getpass.getuser()
     study = optuna.load_study(study_name="named", storage=parent.data.tags["cnnbench.tune.storage"])
     assert study.metric_names == ["val_accuracy"]
     trials = sorted((r for r in runs if r.data.tags.get("cnnbench.tune.role") == "trial"),
