@@ -95,20 +95,26 @@ def test_interrupt_after_the_last_epoch_resumes_into_the_test_and_artifact_phase
         assert MlflowClient(store).search_logged_models([final.info.experiment_id]), "model not logged"
 
 
-def test_sigkill_leaves_a_resumable_run_that_runs_stale_lists_and_resume_takes_over(store):
+def test_sigkill_leaves_a_resumable_run_that_runs_stale_lists_and_resume_takes_over(store, tmp_path):
     """R4/R5: the checkpoint is uploaded as it is written, so a SIGKILLed run can be resumed; it is
-    RUNNING with its process gone, which ``cnnbench runs --stale`` reports and --resume takes over."""
-    done = signal_at(train_args(store, "kill", 6), r"^epoch 2/6", signal.SIGKILL, 0.3)
+    RUNNING with its process gone, which ``cnnbench runs --stale`` reports and --resume takes over;
+    the killed process's staging folder is removed by the next run (X8)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    environ = env(TMPDIR=str(scratch))
+    done = signal_at(train_args(store, "kill", 6), r"^epoch 2/6", signal.SIGKILL, 0.3, environ=environ)
     assert done.rc == -9
+    assert len(list(scratch.glob("cnnbench-run-*"))) == 1  # SIGKILL: no cleanup ran
     run = only_run(store, "kill")
     run_id = run.info.run_id
     assert run.info.status == "RUNNING" and "checkpoints/last.pt" in artifact_paths(store, run_id)
     listed = run_cli("runs", "--stale", "--tracking-uri", store)
     assert listed.rc == 0 and run_id in listed.output and "process" in listed.output and "gone" in listed.output, listed.output
-    resumed = run_cli("train", "--resume", run_id, "--tracking-uri", store)
+    resumed = run_cli("train", "--resume", run_id, "--tracking-uri", store, environ=environ)
     assert resumed.rc == 0, resumed.output
     assert MlflowClient(store).get_run(run_id).info.status == "FINISHED"
     assert set(steps(store, run_id, "train_loss")) == {1, 2, 3, 4, 5, 6}
+    assert list(scratch.glob("cnnbench-*")) == []  # the next run removed it; the resume left nothing
     assert "no stale runs" in run_cli("runs", "--stale", "--tracking-uri", store).output
 
 
@@ -182,3 +188,19 @@ def test_resume_leaves_no_temporary_copies(store, tmp_path):
     assert resumed.rc == 0, resumed.output
     time.sleep(0.2)
     assert list(scratch.iterdir()) == []
+
+
+def test_resume_of_a_tune_trial_or_parent_says_how_to_continue_the_study(cli, store):
+    """R20: not "ended before its first epoch" but what to do instead."""
+    client = MlflowClient(store)
+    exp = client.create_experiment("tuneruns")
+    trial = client.create_run(exp, tags={"cnnbench.version": "0.1.0", "cnnbench.tune.role": "trial",
+                                         "cnnbench.tune.study": "s1", "trial_number": "3"}).info.run_id
+    parent = client.create_run(exp, tags={"cnnbench.version": "0.1.0", "cnnbench.tune.role": "study",
+                                          "cnnbench.tune.study": "s1"}).info.run_id
+    for run_id in (trial, parent):
+        client.set_terminated(run_id, "KILLED")
+    result = cli("train", "--resume", trial, "--tracking-uri", store)
+    assert result.exit_code == 2 and "trial 3 of tune study 's1'" in result.stderr and "--study-name s1" in result.stderr
+    result = cli("train", "--resume", parent, "--tracking-uri", store)
+    assert result.exit_code == 2 and "parent run of tune study 's1'" in result.stderr

@@ -7,6 +7,7 @@ or any run exists, then load data, build the model and hand both to the engine.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import tempfile
 from contextlib import contextmanager
@@ -185,7 +186,8 @@ def train(
     if data is None:
         data = load_data(config)
     model = resolved.model.train()
-    with tempfile.TemporaryDirectory(prefix="cnnbench-run-") as staging, interrupt_signals():
+    _sweep_staging()
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-") as staging, interrupt_signals():
         run = RunState(config=config, model=model, data=data, device=device, artifacts_dir=Path(staging))
         run.params["param_count"] = count_parameters(model)
         run.params["device"] = str(device)  # resolved: "auto" is logged as what it chose
@@ -204,6 +206,26 @@ def train(
     )
 
 
+STAGING_PREFIX = "cnnbench-run-"  # + PID-: a SIGKILLed run's staging folder is removed by the next run
+
+
+def _sweep_staging() -> None:
+    """Remove staging folders left by cnnbench processes that no longer exist (killed by SIGKILL:
+    no cleanup ran). Their checkpoint was uploaded as it was written, so nothing is lost."""
+    import shutil
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
+
+
 INTERRUPT_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C, kill, a closed terminal / SSH session
 REDELIVER_AFTER_S = 1.0  # an interrupt nobody acknowledged (see cnnbench.engine.interrupts) is raised again
 
@@ -220,7 +242,6 @@ def interrupt_signals(stream=None) -> Iterator[None]:
     if _interrupt_depth:  # nested (tune around its trials): the outer handlers already count signals
         yield
         return
-    import os
     import threading
 
     from cnnbench.engine import interrupts
