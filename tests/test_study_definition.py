@@ -130,3 +130,23 @@ def test_toml_error_names_line_and_column():
 def test_unknown_budget_lists_the_accepted_ones():
     with pytest.raises(ConfigError, match="unknown --budget 'slow' for study 'regs'; accepted: quick"):
         load(budget="slow")
+
+
+def test_entry_point_objects_may_be_a_path_or_a_function(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "p"\n[grid]\nlr = [0.1]\n')
+    assert catalog._read(path) == catalog._read(str(path)) == catalog._read(lambda: path.read_text())
+    with pytest.raises(TypeError):
+        catalog._read(42)
+
+
+def test_unknown_study_name_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown study 'nope'.*known: .*digits-optimizers"):
+        catalog.source("nope")
+
+
+def test_study_list_shows_the_builtin_with_cells_and_seeds(cli):
+    result = cli("study", "list")
+    assert result.exit_code == 0
+    line = next(x for x in result.output.splitlines() if "digits-optimizers" in x)
+    assert "8 cells x 3 seeds" in line and "budgets: quick, faithful" in line

@@ -235,14 +235,21 @@ lr = [0.01, 1e12]
 """
 
 
-def test_a_failed_cell_ends_failed_the_study_goes_on_and_resume_retries_it_once(cli, tracking_uri, experiment, tmp_path):
+def test_a_failed_cell_ends_failed_the_study_goes_on_and_resume_retries_it_once(cli, tracking_uri, experiment, tmp_path, monkeypatch):
+    from cnnbench import api
+
     path = tmp_path / "failing.toml"
     path.write_text(FAILING)
     args = ["study", "run", path, "--tracking-uri", tracking_uri, "--experiment", experiment,
             "--storage", f"sqlite:///{tmp_path}/optuna.db", "--max-retries", "1"]
+    loads = []
+    real_load = api.load_data
+    monkeypatch.setattr(api, "load_data", lambda config: loads.append(config.data.name) or real_load(config))
     for attempt in (1, 2, 3):
         result = cli(*args)
         assert result.exit_code == 0, result.output
+        # the two cells share one data configuration: one load per worker (a new one per command), none when nothing runs
+        assert len(loads) == min(attempt, 2)
         parents, cells = runs(tracking_uri, experiment)
         failed = [r for r in cells if r.data.tags["cnnbench.study.cell"] == "lr=1000000000000.0"]
         assert [r.info.status for r in failed] == ["FAILED"] * min(attempt, 2)  # one retry, then no more
@@ -255,7 +262,7 @@ def test_a_failed_cell_ends_failed_the_study_goes_on_and_resume_retries_it_once(
     assert "failed: lr=1000000000000.0 / seed 0: TrainingError: non-finite loss" in result.output
 
 
-def test_ctrl_c_kills_the_running_cell_and_the_parent_and_the_same_command_resumes(tracking_uri, experiment, study_file, tmp_path):
+def test_ctrl_c_kills_the_running_cell_and_the_parent_and_the_same_command_resumes(cli, tracking_uri, experiment, study_file, tmp_path):
     path = study_file(epochs=3, train_size=600)
     cmd = command(tracking_uri, experiment, path, "--storage", f"sqlite:///{tmp_path}/optuna.db")
     MlflowClient(tracking_uri).search_experiments()
@@ -269,6 +276,10 @@ def test_ctrl_c_kills_the_running_cell_and_the_parent_and_the_same_command_resum
     assert client.get_run(running.info.run_id).info.status == "KILLED"
     parents, cells = runs(tracking_uri, experiment)
     assert parents[0].info.status == "KILLED" and not [r for r in cells if r.info.status == "RUNNING"]
+    partial = cli("study", "report", parents[0].info.run_id, "--tracking-uri", tracking_uri)  # a partial study reports
+    assert partial.exit_code == 0 and "[killed: partial]" in partial.output
+    done = sum(r.info.status == "FINISHED" for r in cells)
+    assert sum(r["n"] for r in report_json(cli, tracking_uri, parents[0].info.run_id)) == done
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     parent, _ = check_exactly_once(tracking_uri, experiment)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,7 +285,7 @@ def _notes(report: Report) -> list[str]:
     d = report.definition
     notes = []
     if report.best:
-        notes.append(f"* best cell by mean {d['metric']} ({'higher' if d.get('goal', 'max') == 'max' else 'lower'} is better): {report.best}")
+        notes.append(f"best cell (*) by mean {d['metric']} ({'higher' if d.get('goal', 'max') == 'max' else 'lower'} is better): {report.best}")
     if d.get("reference"):
         notes.append(f"Δ ref and p: difference of means to {d['reference']!r} and Welch's t-test p-value (n >= 2 each)")
     if d["published"]:
@@ -310,6 +311,7 @@ def figures(report: Report, client, folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     folder.mkdir(parents=True, exist_ok=True)
     t, m, d = report.table, report.metric, report.definition
@@ -319,10 +321,10 @@ def figures(report: Report, client, folder: Path) -> list[Path]:
     ax.bar(x, t["mean"].fillna(0), yerr=t["std"].fillna(0), capsize=3, color=np.where(t["best"], "tab:orange", "tab:blue"))
     if d["published"]:
         ax.scatter(x, t["published"], marker="x", color="black", zorder=3, label=f"published ({d.get('published_metric', m)})")
-        ax.legend()
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xticks(x, t["cell"], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(f"{m} (mean ± std over seeds)")
-    ax.set_title(report.title, fontsize=9)
+    ax.set_title(textwrap.fill(report.title, 60), fontsize=9)
     written.append(_save(fig, folder / "metric_by_cell.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -339,6 +341,7 @@ def figures(report: Report, client, folder: Path) -> list[Path]:
         if len(a) > 1:
             ax.fill_between(epochs, a.min(0), a.max(0), alpha=0.15, color=line.get_color())
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("val_accuracy (mean over seeds, band: min-max)")
     ax.legend(fontsize=7)
     written.append(_save(fig, folder / "learning_curves.png"))
