@@ -66,7 +66,7 @@ def main() -> None:
     """Train, tune and compare convolutional image classifiers; every run lands in MLflow."""
 
 
-RESUME_COMPATIBLE = {"tracking_uri", "quiet"}  # the only flags --resume takes: where the run is, how loud
+RESUME_COMPATIBLE = {"tracking_uri", "quiet", "verbose"}  # the only flags --resume takes: where the run is, how loud
 
 
 @main.command(cls=GroupedCommand)
@@ -77,6 +77,9 @@ RESUME_COMPATIBLE = {"tracking_uri", "quiet"}  # the only flags --resume takes: 
 def train(ctx: click.Context, resume: str | None, **params) -> None:
     """Train one model on one dataset as one MLflow run."""
     from cnnbench import api
+    from cnnbench.tracking.console import configure
+
+    configure(verbose=params.get("verbose", False), quiet=params.get("quiet", False))
 
     if resume:
         others = sorted(OPTIONS[n].flag for n in given_on_command_line(ctx) - RESUME_COMPATIBLE)
@@ -89,15 +92,18 @@ def train(ctx: click.Context, resume: str | None, **params) -> None:
     else:
         config = config_from_params(ctx, params)
         result = api.train(config, api.run_callbacks(config))
-    _report(result)
+    _report(result, quiet=params.get("quiet", False))
 
 
-def _report(result) -> None:
+def _report(result, *, quiet: bool = False) -> None:
     from cnnbench.tracking.store import mask_uri, ui_hint
 
     acc = result.metrics.get("test_accuracy")
+    click.echo(f"MLflow run: {result.run_id}  (tracking URI: {mask_uri(result.tracking_uri)})"
+               + (f"  test_accuracy {acc:.4f}" if quiet and acc is not None else ""))
+    if quiet:
+        return
     click.echo(f"test_accuracy: {acc:.4f}" if acc is not None else "finished")
-    click.echo(f"MLflow run: {result.run_id}  (tracking URI: {mask_uri(result.tracking_uri)})")
     click.echo(f"See it in the MLflow UI: {ui_hint(result.tracking_uri)}  (then open http://127.0.0.1:5000)"
                if not str(result.tracking_uri).startswith("http") else f"See it in the MLflow UI: {mask_uri(result.tracking_uri)}")
 

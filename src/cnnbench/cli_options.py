@@ -31,6 +31,19 @@ class KernelSize(click.ParamType):
             self.fail(f"{value!r} is not an integer kernel size or 'auto'", param, ctx)
 
 
+class OrWords(click.ParamType):
+    """The option's type, or one of its declared words (``--batch-size auto``)."""
+
+    def __init__(self, base: click.ParamType, words: tuple[str, ...]) -> None:
+        self.base, self.words = base, words
+        self.name = f"{base.name}|{'|'.join(words)}"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() in self.words:
+            return value.strip().lower()
+        return self.base.convert(value, param, ctx)
+
+
 def click_option(o: TrainOption) -> click.Option:
     """The Click option of one declared train option (checks stay in the declaration)."""
     if o.type == "bool":
@@ -39,6 +52,8 @@ def click_option(o: TrainOption) -> click.Option:
     else:
         decls = [o.flag]
         kind = click.Choice(o.choices) if o.choices else _CLICK_TYPES[o.type]
+        if o.words:
+            kind = OrWords(kind, o.words)
     option = click.Option([*decls, o.name], type=kind, default=o.default, help=o.help, metavar=o.metavar,
                           show_default=o.default is not None and o.type != "bool" or (o.type == "bool" and o.default))
     option.cnnbench_group = o.group  # type: ignore[attr-defined]
@@ -112,7 +127,7 @@ def config_from_params(ctx: click.Context, params: dict[str, Any]) -> TrainConfi
     for name, o in OPTIONS.items():
         if name in params and (use_all or explicit(name)):
             value = params[name]
-            if o.nullable and (value == "" or (name == "data_dir" and value == "auto")):
+            if o.nullable and o.check is None and (value == "" or (name == "data_dir" and value == "auto")):
                 value = None  # "not given": the MLproject passes data_dir "auto" (MLflow logs it as a param)
             sections.setdefault(o.section, {})[o.field] = o.validate(value)
     model_options = parse_key_values(params.get("model_options", ()), flag="--model-option")

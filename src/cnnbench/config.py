@@ -76,6 +76,7 @@ class TrainOption:
     check: Callable[[Any], str | None] | None = None  # extra check: the reason a value is refused
     metavar: str | None = None
     artifact: str | None = None  # for an artifact switch: the builder it turns on ("module:Class")
+    words: tuple[str, ...] = ()  # text values accepted besides the type (batch_size: "auto")
 
     @property
     def flag(self) -> str:
@@ -85,6 +86,8 @@ class TrainOption:
         """What the option accepts, for error messages."""
         if self.choices:
             return "one of " + ", ".join(map(str, self.choices))
+        if self.words:
+            return dataclasses.replace(self, words=()).describe() + " or " + " or ".join(self.words)
         kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}[self.type]
         bounds = []
         if self.low is not None:
@@ -97,10 +100,13 @@ class TrainOption:
         """``raw`` (text when ``text``, else an already-typed value from JSON/TOML) as this option's
         type, checked; a ConfigError saying what was given and what is accepted otherwise."""
         prefix = f"{where}: " if where else ""
-        if raw is None or (text and isinstance(raw, str) and raw.strip().lower() in ("", "none") and self.nullable):
+        if raw is None or (text and isinstance(raw, str) and raw.strip().lower() in ("", "none") and self.nullable
+                           and self.check is None):  # an option with its own check judges "" itself
             if self.nullable:
                 return None
             raise ConfigError(f"{prefix}{self.flag} needs a value ({self.describe()}); got null")
+        if isinstance(raw, str) and raw.strip().lower() in self.words:
+            return raw.strip().lower()
         try:
             value = self._convert(raw, text)
         except (TypeError, ValueError, OverflowError):
@@ -110,6 +116,8 @@ class TrainOption:
     def validate(self, value: Any, *, where: str = "") -> Any:
         prefix = f"{where}: " if where else ""
         if value is None and self.nullable:
+            return value
+        if value in self.words:
             return value
         if self.choices and value not in self.choices:
             raise ConfigError(f"{prefix}unknown {self.flag} value {value!r}; accepted: {', '.join(map(str, self.choices))}")
@@ -280,7 +288,14 @@ class OptimConfig:
                            choices=("none", "linear"))
     lr_reference_batch: int = option(64, "the batch size --lr is meant for, with --lr-scale linear", type="int",
                                      group="optimisation", low=1, applies=lambda c: c.optim.lr_scale != "none")
-    batch_size: int = option(64, "images per training batch", type="int", group="optimisation", low=1, metavar="N")
+    batch_size: int = option(64, "images per training batch, or auto: the largest whose predicted training-step "
+                             "peak fits --memory-budget (see cnnbench memory)", type="int", group="optimisation",
+                             low=1, metavar="N", words=("auto",))
+    memory_budget: float | None = option(None, "MiB a training step may take (allocator peak, predicted before "
+                                         "training): --batch-size auto picks the largest batch within it (default "
+                                         "there: 90% of the free CUDA memory); with a fixed batch, a run predicted "
+                                         "above it is refused", type="float", group="optimisation", low=0,
+                                         low_open=True, nullable=True, vary=False, metavar="MB")
     momentum: float = option(0.9, "momentum of the momentum and nesterov optimizers (others ignore it)", type="float",
                              group="optimisation", low=0, applies=_uses_momentum)
     weight_decay: float = option(0.0, "weight decay of the optimizer (decoupled for adamw, in the gradient otherwise)",
@@ -362,13 +377,19 @@ class RunConfig:
     amp: bool = option(False, "mixed precision (CUDA only; a logged no-op elsewhere)", type="bool", group="run")
     channels_last: bool = option(False, "channels-last memory format (CUDA only; a logged no-op elsewhere)",
                                  type="bool", group="run")
-    experiment: str = option("cnnbench", "MLflow experiment name", type="str", group="run", vary=False,
-                             param=False, check=_experiment_name)
+    experiment: str | None = option(None, "MLflow experiment name (default: $MLFLOW_EXPERIMENT_NAME, else cnnbench)",
+                                    type="str", group="run", nullable=True, vary=False, param=False,
+                                    check=_experiment_name, metavar="NAME")
     run_name: str | None = option(None, "MLflow run name", type="str", group="run", nullable=True, vary=False, param=False)
     tracking_uri: str | None = option(None, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                       "sqlite:///mlflow.db)", type="str", group="run", nullable=True, vary=False,
                                       param=False, metavar="URI")
-    quiet: bool = option(False, "no progress output", type="bool", group="run", vary=False, param=False)
+    quiet: bool = option(False, "no progress output: only errors and the final run lines", type="bool", group="run",
+                         vary=False, param=False)
+    verbose: bool = option(False, "show MLflow's INFO logs and library warnings", type="bool", group="run",
+                           vary=False, param=False)
+    register_model: str | None = option(None, "also register the logged model in the MLflow Model Registry under NAME",
+                                        type="str", group="run", nullable=True, vary=False, param=False, metavar="NAME")
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig,
@@ -428,7 +449,7 @@ class TrainConfig:
         for name, o in OPTIONS.items():
             if o.param and (o.applies is None or o.applies(self)):
                 params[name] = self.value(name)
-        if self.optim.grad_accum > 1:
+        if self.optim.grad_accum > 1 and isinstance(self.optim.batch_size, int):
             params["effective_batch_size"] = self.optim.batch_size * self.optim.grad_accum
         params.update({f"model.{k}": v for k, v in self.model.options.items()})
         params.update({f"data.{k}": v for k, v in self.data.options.items()})

@@ -48,6 +48,9 @@ def tune(**params) -> None:
     """Search hyper-parameters with Optuna: one parent MLflow run, a nested run per trial."""
     from cnnbench.tune.session import TuneRequest, prepare, run
 
+    from cnnbench.tracking.console import configure
+
+    configure(verbose=params.get("verbose", False), quiet=params.get("quiet", False))
     ctx = click.get_current_context()
     config = config_from_params(ctx, params)
     given = given_on_command_line(ctx) | {f"model.{k}" for k in config.model.options}

@@ -90,7 +90,9 @@ def prepare(request: RunRequest) -> Plan:
 def _base_experiment(study: Study) -> str | None:
     from cnnbench.config import OPTIONS
 
-    name = study.cells[0].config.run.experiment
+    from cnnbench.tracking.describe import experiment_name
+
+    name = experiment_name(study.cells[0].config.run.experiment)
     return None if name == OPTIONS["experiment"].default else name
 
 

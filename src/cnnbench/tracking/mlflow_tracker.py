@@ -77,7 +77,8 @@ class MlflowTracker(Callback):
         if adopted:  # only the RUNNING run `mlflow run` just created, never a leftover or finished one
             mlruns.check_mlflow_run_id(MlflowClient(uri), adopted)
         return cls(
-            tracking_uri=uri, experiment=config.run.experiment, run_name=config.run.run_name,
+            tracking_uri=uri, experiment=describe.experiment_name(config.run.experiment), run_name=config.run.run_name,
+            register_model=config.run.register_model,
             run_id=run_id or adopted, log_model=config.artifacts.model,
             system_metrics=config.artifacts.memory, **options,
         )

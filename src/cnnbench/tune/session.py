@@ -27,6 +27,7 @@ from cnnbench.tune.reporter import EPOCH_METRICS
 from cnnbench.tune.space import SearchSpace, parse_space, restrict
 from cnnbench.tune.study import WorkerSpec, build_pruner, build_sampler, open_study, quiet_optuna, run_workers, trials_of
 from cnnbench.tune.tracker import TAG_RETRAIN, TAG_STORAGE, TAG_STUDY, ParentRun, best_trial, close_dead_trial_run
+from cnnbench.tracking.describe import experiment_name
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def run(plan: Plan, *, stream=None) -> Outcome:
     print(f"study {name!r} ({'resumed, ' + str(len(plan.study.trials)) + ' trials so far' if plan.resumed else 'new'}) "
           f"in {storages.redact(plan.storage_url)}; searching {', '.join(plan.space.texts().values())}", file=stream)
     parent = ParentRun.start(
-        tracking_uri=plan.tracking_uri, experiment=req.config.run.experiment,
+        tracking_uri=plan.tracking_uri, experiment=experiment_name(req.config.run.experiment),
         run_name=req.config.run.run_name or f"tune-{name}", metric=req.metric,
         tags={TAG_STUDY: name, TAG_STORAGE: storages.redact(plan.storage_url), "cnnbench.tune.resumed": plan.resumed,
               "cnnbench.model": req.config.model.name, "cnnbench.dataset": req.config.data.name,
