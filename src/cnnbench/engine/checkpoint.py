@@ -57,7 +57,10 @@ def load(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        first = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(err).__name__)
+        named = next((line for line in lines if "GLOBAL" in line), None)
+        if named is None:  # not a pickle that names code, just not a checkpoint
+            raise ConfigError(f"--resume: cannot read checkpoint {path}: {lines[-1] if lines else type(err).__name__}") from None
+        first = named
         raise ConfigError(
             f"--resume: refusing checkpoint {path}: it holds objects other than tensors and plain values, "
             f"which a cnnbench checkpoint never does ({first})"
