@@ -308,7 +308,7 @@ def test_killed_run_resumes_in_place_in_mlflow(data, tracking_uri, experiment):
 
     steps_per_epoch = math.ceil(200 / 64)
     with pytest.raises(KeyboardInterrupt):
-        api.train(config, [Recorder(act_at_step=steps_per_epoch + 1, action=interrupt)], data=data)
+        api.train(config, [Recorder(act_at_step=steps_per_epoch + 1, action=interrupt), *api.run_callbacks(config)], data=data)
     client = MlflowClient(tracking_uri)
     (killed,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert killed.info.status == "KILLED"
