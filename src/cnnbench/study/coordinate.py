@@ -221,11 +221,20 @@ class Queue:
         return None
 
     def set_attr(self, claim: Claim, key: str, value: Any) -> None:
-        self.storage.set_trial_user_attr(claim.trial_id, key, value)
+        try:
+            self.storage.set_trial_user_attr(claim.trial_id, key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # failed as stale meanwhile: the trial is no longer ours
 
-    def finish(self, claim: Claim, value: float) -> None:
-        self.storage.set_trial_user_attr(claim.trial_id, U_OUTCOME, "finished")
-        self.storage.set_trial_state_values(claim.trial_id, TrialState.COMPLETE, [float(value)])
+    def finish(self, claim: Claim, value: float) -> bool:
+        """Mark the job done; False when its trial was meanwhile failed as stale (this worker
+        stalled past the grace period) and the job handed to another worker."""
+        try:
+            self.storage.set_trial_user_attr(claim.trial_id, U_OUTCOME, "finished")
+            self.storage.set_trial_state_values(claim.trial_id, TrialState.COMPLETE, [float(value)])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        return True
 
     def fail(self, claim: Claim, outcome: str, reason: str) -> None:
         self._end(claim.trial_id, outcome, reason)

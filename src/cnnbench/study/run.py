@@ -230,7 +230,9 @@ class Worker:
             _release_device_memory()
             return
         value = result.metrics.get(self.study.metric, float("nan"))
-        self.queue.finish(claim, value if value == value else 0.0)
+        if not self.queue.finish(claim, value if value == value else 0.0):
+            print(f"{self.label}note: {job.label} / seed {job.seed} finished after its heartbeat had lapsed (this worker "
+                  f"stalled over 2 x --heartbeat-interval); another worker was given the cell as well", file=self.stream)
         self.stats.finished += 1
         self.stats.seconds.append(time.perf_counter() - started)
         self._print(job, "FINISHED", f"{self.study.metric} {value:.4f}", started)
