@@ -1,4 +1,4 @@
-"""``cnnbench info`` and the summary behind it: counts, MACs, memory arithmetic, JSON, bad input."""
+"""``cnnbench info`` and the summary behind it: counts, MACs, the memory prediction, JSON, bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cnnbench.cli import main
-from cnnbench.models.summary import OPTIMIZER_STATE_COPIES, model_info, summary_text
+from cnnbench.models.summary import model_info, summary_text
 from cnnbench.models import build_model
 
 # strided_cnn on 3x32x32: (parameters, output pixels) of each conv, then the dense layer
@@ -38,23 +38,26 @@ def test_layers_carry_shape_params_and_macs(strided_info):
     assert by_name["features"]["macs"] == strided_info["macs"] - STRIDED_DENSE  # a container sums its leaves
 
 
-def test_memory_estimate_is_weights_grads_state_and_activations(strided_info):
-    weights_mb = 37_146 * 4 / 1e6
-    # per image: the float32 input plus every leaf layer's float32 output, kept for the backward pass
-    outputs = 16 * 32 * 32 * 2 + 16 * 16 * 16 * 2 + 32 * 16 * 16 * 2 + 32 * 8 * 8 * 4 + 10
-    activations_mb = 64 * (3 * 32 * 32 + outputs) * 4 / 1e6
-    assert strided_info["activations_mb"] == round(activations_mb, 2)
-    memory = strided_info["memory_estimate_mb"]
-    assert set(memory) == set(OPTIMIZER_STATE_COPIES) == {"sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"}
-    for optimizer, copies in OPTIMIZER_STATE_COPIES.items():
-        assert memory[optimizer] == pytest.approx(weights_mb * (2 + copies) + activations_mb, abs=0.006)
-    assert memory["sgd"] < memory["momentum"] == memory["rmsprop"] < memory["adam"] == memory["adamw"]
+def test_memory_is_the_prediction_with_its_state_sizes(strided_info):
+    """info shows cnnbench.memory's prediction (MiB), the state each optimizer keeps growing with it."""
+    from cnnbench.config import OPTIMIZERS
+    from cnnbench.memory import predict
+
+    memory, detail = strided_info["memory_estimate_mb"], strided_info["memory"]
+    assert set(memory) == set(OPTIMIZERS) == {"sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"}
+    assert memory["adam"] == round(predict("strided_cnn", (3, 32, 32), 64, "adam").peak_mb, 2)
+    weights_mib = 37_146 * 4 / 2**20
+    for optimizer, spec in OPTIMIZERS.items():
+        assert detail[optimizer]["optimizer_state_size_mb"] == pytest.approx(spec.state_copies * weights_mib, abs=0.01)
+    assert memory["sgd"] < memory["momentum"] == memory["nesterov"] < memory["adam"] == memory["adamw"]
+    assert strided_info["memory_unit"] == "MiB" and strided_info["memory_device"] == "cpu"
 
 
 def test_activation_memory_scales_with_batch_size():
     model = build_model("lenet5", num_classes=10, in_channels=1, image_size=(28, 28))
-    small, large = (model_info(model, (1, 28, 28), batch_size=b) for b in (10, 1000))
-    assert large["activations_mb"] == pytest.approx(100 * small["activations_mb"], rel=0.01)
+    small, large = (model_info(model, (1, 28, 28), batch_size=b, optimizers=("sgd",)) for b in (10, 1000))
+    saved = [info["memory"]["sgd"]["saved_activations_mb"] for info in (small, large)]
+    assert saved[1] == pytest.approx(100 * saved[0], rel=0.02)
     assert large["params"] == small["params"] == 61_706
 
 
@@ -62,12 +65,15 @@ def test_frozen_parameters_need_no_gradients_or_state():
     model = build_model("lenet5", num_classes=10, in_channels=1, image_size=(28, 28))
     for p in model.features.parameters():
         p.requires_grad_(False)
-    info = model_info(model, (1, 28, 28), batch_size=1)
+    info = model_info(model, (1, 28, 28), batch_size=1, optimizers=("adam",))
     frozen = 61_706 - info["trainable_params"]
     assert frozen == 156 + 2_416 + 48_120
-    full = model_info(build_model("lenet5", num_classes=10, in_channels=1, image_size=(28, 28)), (1, 28, 28), 1)
-    # adam: a trainable weight costs gradient + 2 states (12 bytes) beyond the weight itself
-    assert full["memory_estimate_mb"]["adam"] - info["memory_estimate_mb"]["adam"] == pytest.approx(frozen * 12 / 1e6, abs=0.011)
+    full = model_info(build_model("lenet5", num_classes=10, in_channels=1, image_size=(28, 28)), (1, 28, 28), 1,
+                      optimizers=("adam",))
+    # adam: a trainable weight keeps 2 states of 4 bytes; a frozen one none
+    state = [i["memory"]["adam"]["optimizer_state_size_mb"] for i in (full, info)]
+    assert state[0] - state[1] == pytest.approx(frozen * 8 / 2**20, abs=0.01)
+    assert info["memory_estimate_mb"]["adam"] < full["memory_estimate_mb"]["adam"]
 
 
 def test_summary_text_lists_layers_and_totals():

@@ -298,3 +298,57 @@ def test_prediction_for_a_train_config():
     fit = largest_batch_config(resolved.config, resolved.info, "cpu", 8.0)
     assert fit.optimizer == "momentum" and fit.predicted_peak_mb <= 8.0 < predict(
         "lenet5", DIGITS, fit.batch_size + 1, "momentum", grad_accum=2).peak_mb
+
+
+# -- wired into train and studies -----------------------------------------------------------------
+def test_train_batch_size_auto_picks_the_largest_fitting_batch():
+    from cnnbench import api
+    from conftest import tiny_config
+
+    config = tiny_config(optim={"batch_size": "auto", "memory_budget": 8.0, "optimizer": "momentum"}, run={"epochs": 1})
+    resolved = api.resolve(config)
+    batch = resolved.config.optim.batch_size
+    assert isinstance(batch, int) and batch > 1
+    assert predict("lenet5", DIGITS, batch, "momentum").peak_mb <= 8.0 < predict("lenet5", DIGITS, batch + 1, "momentum").peak_mb
+    result = api.train(config)
+    assert result.metrics["predicted_peak_mb"] == resolved.memory["predicted_peak_mb"] <= 8.0
+
+
+def test_train_memory_budget_refuses_a_batch_predicted_above_it_and_auto_needs_a_budget_off_cuda():
+    from cnnbench import api
+    from conftest import tiny_config
+
+    with pytest.raises(ConfigError, match=r"--batch-size 512 is predicted to need .* above --memory-budget 5 MiB"):
+        api.resolve(tiny_config(optim={"batch_size": 512, "memory_budget": 5.0}))
+    with pytest.raises(ConfigError, match="smaller than the weights of lenet5 alone"):
+        api.resolve(tiny_config(optim={"batch_size": "auto", "memory_budget": 0.1}))
+    if NO_GPU:
+        with pytest.raises(ConfigError, match="--batch-size auto needs --memory-budget MB when training on cpu"):
+            api.resolve(tiny_config(optim={"batch_size": "auto"}))
+
+
+def test_every_train_that_records_memory_logs_the_prediction(cli, tracking_uri, experiment, runs_in, fast_flags):
+    flags = [f for f in fast_flags if f != "--no-memory"]
+    result = cli("train", "--model", "lenet5", "--dataset", "digits", "--train-size", "200", "--epochs", "1",
+                 "--batch-size", "auto", "--memory-budget", "6", "--optimizer", "sgd", "--tracking-uri", tracking_uri,
+                 "--experiment", experiment, *flags)
+    assert result.exit_code == 0, result.output
+    (run,) = runs_in(experiment)
+    batch = int(run.data.params["batch_size"])
+    assert run.data.params["batch_size_auto"] == "True" and float(run.data.params["memory_budget"]) == 6.0
+    assert run.data.metrics["predicted_peak_mb"] == predict("lenet5", DIGITS, batch, "sgd").peak_mb <= 6.0
+    assert "peak_rss_mb" in run.data.metrics  # the measured peak beside it
+    assert f"--batch-size auto: {batch}" in run.data.tags["cnnbench.notes"]
+
+
+def test_study_cell_fit_check():
+    from cnnbench import api
+    from cnnbench.memory.for_config import cell_fits
+    from conftest import tiny_config
+
+    resolved = api.resolve(tiny_config(optim={"batch_size": 256}))
+    fits, predicted, budget, reason = cell_fits(resolved.config, resolved.info, torch.device("cpu"), budget_mb=5.0)
+    assert not fits and predicted > 5.0 and budget == 5.0 and "not launched" in reason
+    assert cell_fits(resolved.config, resolved.info, torch.device("cpu"), budget_mb=500.0)[0]
+    if NO_GPU:
+        assert cell_fits(resolved.config, resolved.info, torch.device("cpu")) == (True, predicted, None, "")

@@ -38,6 +38,7 @@ class Resolved:
     config: TrainConfig
     info: DatasetInfo
     model: Any  # the model built and checked on the input shape (in eval mode); train() trains it
+    memory: dict[str, Any] | None = None  # --batch-size auto / --memory-budget: what was predicted
 
 
 def resolve(config: TrainConfig) -> Resolved:
@@ -60,7 +61,31 @@ def resolve(config: TrainConfig) -> Resolved:
     check_combinations(resolved)
     model = check_model_input(resolved, info)
     check_layer_names(resolved, model)
-    return Resolved(resolved, info, model)
+    memory = None
+    if resolved.optim.batch_size == "auto" or resolved.optim.memory_budget is not None:
+        resolved, memory = _fit_memory(resolved, info)
+    return Resolved(resolved, info, model, memory)
+
+
+def _fit_memory(config: TrainConfig, info: DatasetInfo) -> tuple[TrainConfig, dict[str, Any]]:
+    """``--batch-size auto``: the largest batch predicted to fit ``--memory-budget`` (default: 90% of
+    the free CUDA memory); a fixed batch with a budget: refused when predicted above it."""
+    from cnnbench.memory.for_config import default_budget_mb, largest_batch_config, predict_config
+
+    device = resolve_device(config.run.device)
+    budget = config.optim.memory_budget
+    if config.optim.batch_size == "auto":
+        budget = budget if budget is not None else default_budget_mb(device)
+        fit = largest_batch_config(config, info, device, budget)
+        if fit.batch_size == 0:
+            raise ConfigError(f"--batch-size auto: no batch fits --memory-budget {budget:g} MiB ({fit.note})")
+        config = config.replace(optim={"batch_size": fit.batch_size})
+        return config, {"batch_size_auto": True, "memory_budget_mb": budget, "predicted_peak_mb": fit.predicted_peak_mb}
+    predicted = predict_config(config, info, device).peak_mb
+    if predicted > budget:
+        raise ConfigError(f"--batch-size {config.optim.batch_size} is predicted to need {predicted:.1f} MiB, above "
+                          f"--memory-budget {budget:g} MiB; use a smaller batch or --batch-size auto")
+    return config, {"memory_budget_mb": budget, "predicted_peak_mb": predicted}
 
 
 def check_combinations(config: TrainConfig) -> None:
@@ -191,6 +216,7 @@ def train(
         run = RunState(config=config, model=model, data=data, device=device, artifacts_dir=Path(staging))
         run.params["param_count"] = count_parameters(model)
         run.params["device"] = str(device)  # resolved: "auto" is logged as what it chose
+        _predicted_memory(run, resolved)
         try:
             result = fit(run, list(callbacks), resume_state=resume_state)
         except KeyboardInterrupt as err:
@@ -204,6 +230,25 @@ def train(
         run_id=run.run_id, metrics={**result.summary, **run.summary_metrics}, history=result.history,
         model=model, model_uri=run.model_uri, tracking_uri=run.tracking_uri,
     )
+
+
+def _predicted_memory(run, resolved: Resolved) -> None:
+    """``predicted_peak_mb`` (see ``cnnbench memory``) as a summary metric of every run that records
+    memory, beside the measured peaks; the --batch-size auto choice as a param and a note."""
+    memory = dict(resolved.memory or {})
+    if "predicted_peak_mb" not in memory and run.config.artifacts.memory:
+        from cnnbench.memory.for_config import predict_config
+
+        try:
+            memory["predicted_peak_mb"] = predict_config(run.config, resolved.info, run.device).peak_mb
+        except Exception as err:  # a prediction must never stop a run (e.g. a device it does not model)
+            run.notes.append(f"no memory prediction: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    if "predicted_peak_mb" in memory:
+        run.summary_metrics["predicted_peak_mb"] = memory["predicted_peak_mb"]
+    if memory.get("batch_size_auto"):
+        run.params["batch_size_auto"] = True
+        run.notes.append(f"--batch-size auto: {run.config.optim.batch_size}, predicted {memory['predicted_peak_mb']:.1f} "
+                         f"MiB within --memory-budget {memory['memory_budget_mb']:g} MiB")
 
 
 STAGING_PREFIX = "cnnbench-run-"  # + PID-: a SIGKILLed run's staging folder is removed by the next run

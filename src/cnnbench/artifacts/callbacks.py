@@ -88,7 +88,13 @@ def model_summary_text(run: RunState) -> str:
     first = next(run.model.parameters(), None)
     model = run.model if first is None or first.device.type == "cpu" else copy.deepcopy(run.model).cpu()
     with torch.random.fork_rng(devices=[]), evaluating(model):
-        text = summary_text(model, (run.data.channels, *run.data.image_size), batch_size=run.config.optim.batch_size)
+        cfg = run.config
+        memory = {"device": run.device.type if run.device.type in ("cpu", "cuda") else "cpu",
+                  "num_classes": len(run.data.classes), "grad_accum": cfg.optim.grad_accum, "amp": cfg.run.amp,
+                  "channels_last": cfg.run.channels_last, "lr": cfg.optim.lr, "momentum": cfg.optim.momentum}
+        text = summary_text(model, (run.data.channels, *run.data.image_size), batch_size=cfg.optim.batch_size,
+                            optimizers=tuple(dict.fromkeys([cfg.optim.optimizer, "sgd", "momentum", "adam"])),
+                            memory_options=memory)
     return text + "\n"
 
 

@@ -76,12 +76,14 @@ def input_spec(model: str, dataset: str | None, dataset_options: tuple[str, ...]
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="model option; repeatable")
 @click.option("--kernel-size", type=click.IntRange(min=1), default=None, help="sets the model's kernel_size option")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="batch size for the training-memory estimate")
+              help="batch size of the training-memory prediction")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="device the memory prediction is for (cuda needs no GPU; see cnnbench memory)")
 @click.option("--depth", type=click.IntRange(min=1), default=None, help="show layers up to this nesting depth [all]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
 def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], data_dir: str | None, input_shape: str | None,
             image_size: int | None, num_classes: int | None, model_options: tuple[str, ...], kernel_size: int | None, batch_size: int,
-            depth: int | None, as_json: bool) -> None:
+            device: str, depth: int | None, as_json: bool) -> None:
     """Summarise MODEL: its options, layers (output shape, parameters, MACs), size and training memory.
 
     Nothing is downloaded or loaded: shapes come from the dataset's declared metadata or --input-shape.
@@ -98,7 +100,7 @@ def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], d
         given["kernel_size"] = kernel_size  # --kernel-size is shorthand for the model option
     plugin, resolved = resolve_model_options(model, given)
     net = build_model(model, num_classes=classes, in_channels=shape[0], image_size=shape[1:], options=resolved)
-    info = model_info(net, shape, batch_size)
+    info = model_info(net, shape, batch_size, memory_options={"device": device, "num_classes": classes})
     if as_json:
         click.echo(json.dumps({"model": model, "options": _jsonable(resolved), "num_classes": classes, **info}))
         return

@@ -64,7 +64,8 @@ def smallest_step(predictor: Callable[..., Prediction], model, input_shape, opti
 
 def largest_batch(model, input_shape: tuple[int, int, int], budget_mb: float, optimizer: str = "adam", *,
                   max_batch: int = DEFAULT_MAX_BATCH, measure: bool = False, measure_device: str = "cpu",
-                  predictor: Callable[..., Prediction] = predict, **options: Any) -> BatchFit:
+                  predictor: Callable[..., Prediction] = predict, budget_flag: str = "--budget-mb",
+                  **options: Any) -> BatchFit:
     """The largest batch of ``model`` on ``input_shape`` images that trains with ``optimizer`` within
     ``budget_mb`` MiB (allocator peak); ``options`` go to :func:`~cnnbench.memory.predict.predict`
     (``num_classes``, ``amp``, ``device``, ...) and, with ``measure``, to the measurement."""
@@ -79,7 +80,7 @@ def largest_batch(model, input_shape: tuple[int, int, int], budget_mb: float, op
 
     first = smallest_step(predictor, model, input_shape, optimizer, **options)
     probes[first.batch_size] = first.peak_mb
-    check_budget(budget_mb, first)
+    check_budget(budget_mb, first, budget_flag)
     fit = BatchFit(optimizer=optimizer, budget_mb=budget_mb, batch_size=0, predicted_peak_mb=None, probes=probes)
     if first.peak_mb > budget_mb:
         fit.note = f"batch {first.batch_size} needs {first.peak_mb:.1f} MiB with {optimizer}"

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnnbench.errors import ConfigError
 from cnnbench.memory.fits import BatchFit, largest_batch
 from cnnbench.memory.predict import Prediction, predict
+from cnnbench.memory.step import MB
+
+DEFAULT_BUDGET_SHARE = 0.9  # of the free CUDA memory: the caching allocator's slack and cuDNN need the rest
 
 
 def options(config, info, device) -> dict[str, Any]:
@@ -36,5 +40,34 @@ def largest_batch_config(config, info, device, budget_mb: float, *, max_batch: i
                          measure: bool = False) -> BatchFit:
     """The largest batch ``config`` trains with within ``budget_mb`` MiB (its optimizer and precision)."""
     return largest_batch(config.model.name, shape(info), budget_mb, config.optim.optimizer, max_batch=max_batch,
-                         measure=measure, measure_device=str(getattr(device, "type", device)),
+                         measure=measure, measure_device=str(getattr(device, "type", device)), budget_flag="--memory-budget",
                          **options(config, info, device))
+
+
+def default_budget_mb(device) -> float:
+    """The budget --batch-size auto uses without --memory-budget: 90% of the free memory of the CUDA
+    device; elsewhere there is no device memory to size against (ConfigError)."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return round(DEFAULT_BUDGET_SHARE * free / MB, 1)
+    raise ConfigError(f"--batch-size auto needs --memory-budget MB when training on {getattr(device, 'type', device)} "
+                      f"(only a CUDA device has a memory size to fit); e.g. --memory-budget 4000")
+
+
+def cell_fits(config, info, device, budget_mb: float | None = None) -> tuple[bool, float, float | None, str]:
+    """For a study cell: (fits, predicted peak MiB, budget MiB, reason when it does not fit). The
+    budget is ``budget_mb`` (a study's --memory-budget), else the cell's own --memory-budget, else
+    the CUDA device's total memory; on CPU without a budget every cell fits."""
+    import torch
+
+    pred = predict_config(config, info, device).peak_mb
+    budget = budget_mb if budget_mb is not None else config.optim.memory_budget
+    dev_type = getattr(device, "type", str(device))
+    if budget is None and dev_type == "cuda" and torch.cuda.is_available():
+        budget = torch.cuda.get_device_properties(device).total_memory / MB
+    if budget is None or pred <= budget:
+        return True, pred, budget, ""
+    return False, pred, budget, (f"predicted to need {pred:.1f} MiB (allocator peak, cnnbench memory) but the "
+                                 f"budget is {budget:.0f} MiB; not launched")

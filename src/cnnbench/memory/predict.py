@@ -236,7 +236,7 @@ def _track(setup: StepSetup, tracker: LiveTensorBytes, *, grad_accum: int,
         tracker.category = "input" if phase == "batch" else "activations"
 
     try:
-        with tracker:
+        with tracker, torch.enable_grad():  # callers may sit in no_grad (model/summary.txt is made so)
             train_steps(setup, steps=STEPS, grad_accum=grad_accum, on_phase=phase_hook)
             state = tracker.live()["optimizer_state"]
             tracker.phase = "eval"

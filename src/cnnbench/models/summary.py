@@ -1,41 +1,41 @@
-"""Model summary: layer table, parameter counts, size and a training-memory estimate (no data needed).
+"""Model summary: layer table, parameter counts, size and the predicted training memory (no data needed).
 
 torchinfo walks the model with one zero image (eval mode, so BatchNorm statistics stay put); this
 module turns its result into a plain dict (:func:`model_info`, what ``cnnbench info --json`` prints)
 and text (:func:`format_info`; :func:`summary_text` does both, for ``model/summary.txt``).
 
-Units: ``macs`` are multiply-accumulates for ONE image; sizes are MB = 10**6 bytes (torchinfo's
+Units: ``macs`` are multiply-accumulates for ONE image; ``size_mb`` is MB = 10**6 bytes (torchinfo's
 unit: resnet152 with 10 classes is 58,164,298 float32 parameters = 232.66 MB).
-Training memory for a batch of B images with optimizer o, in MB:
-    weights + gradients (trainable weights) + o's state (copies of the trainable weights:
-    sgd 0, momentum/nesterov/rmsprop 1, adam/adamw 2) + B * (input image + every leaf layer's output)
-The activation term counts what autograd keeps for the backward pass; allocator slack, cuDNN
-workspaces and the data set itself are not included, so read it as a lower bound.
+Training memory (``memory_estimate_mb``, MiB = 2**20 bytes) is :func:`cnnbench.memory.predict`: the
+real training step run on fake tensors, per optimizer, at the batch size given: the allocator's
+peak (what ``torch.cuda.max_memory_allocated`` measures), not device-level memory (the CUDA context
+and the allocator's cache come on top). ``cnnbench memory MODEL`` shows its breakdown.
 """
 
 from __future__ import annotations
 
-from math import prod
 from typing import Any
 
 from torch import nn
 
 from cnnbench.config import OPTIMIZERS
 
-# copies of the trainable weights each optimizer keeps (momentum buffer, squared averages, ...)
-OPTIMIZER_STATE_COPIES = {name: spec.state_copies for name, spec in OPTIMIZERS.items()}
 BYTES_PER_MB = 1e6
-FLOAT32_BYTES = 4  # images reach the model as float32
 
 
-def model_info(model: nn.Module, input_shape: tuple[int, int, int], batch_size: int = 64) -> dict[str, Any]:
+def model_info(model: nn.Module, input_shape: tuple[int, int, int], batch_size: int = 64, *,
+               optimizers: tuple[str, ...] | None = None, memory_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Summary of ``model`` on (C, H, W) inputs as a JSON-ready dict.
 
     Keys: ``params``, ``trainable_params``, ``size_mb`` (all parameters), ``macs`` (per image),
     ``layers`` (every module torchinfo saw: ``name``, ``type``, ``depth``, ``output_shape`` per image,
-    ``params``, ``macs``, ``leaf``), ``memory_estimate_mb`` ({optimizer: MB}), plus ``input_shape``,
-    ``batch_size``, ``activations_mb`` (for the whole batch).
+    ``params``, ``macs``, ``leaf``), ``memory_estimate_mb`` ({optimizer: predicted peak MiB} for
+    ``optimizers``, default every optimizer), ``memory`` ({optimizer: the prediction's breakdown}),
+    ``memory_device``, plus ``input_shape``, ``batch_size``. ``memory_options`` go to
+    :func:`cnnbench.memory.predict` (``device``, ``amp``, ``grad_accum``, ...; default device cpu).
     """
+    from cnnbench.memory import predict
+
     from torchinfo import summary
 
     # device=None: torchinfo runs where the model already is instead of moving it
@@ -48,14 +48,8 @@ def model_info(model: nn.Module, input_shape: tuple[int, int, int], batch_size: 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     moving = keras_moving_statistics(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    leaf_output_bytes = sum(layer.output_bytes for layer in stats.summary_list if layer.is_leaf_layer)
-    input_bytes = prod(input_shape) * FLOAT32_BYTES  # torchinfo's total_input adds Python object overhead
-    activation_bytes = batch_size * (input_bytes + leaf_output_bytes)
-    memory = {
-        optimizer: round((weight_bytes + trainable_bytes * (1 + copies) + activation_bytes) / BYTES_PER_MB, 2)
-        for optimizer, copies in OPTIMIZER_STATE_COPIES.items()
-    }
+    options = {"device": "cpu", **(memory_options or {})}
+    predictions = {o: predict(model, tuple(input_shape), batch_size, o, **options) for o in (optimizers or OPTIMIZERS)}
     return {
         "params": params,
         "trainable_params": trainable,
@@ -65,8 +59,13 @@ def model_info(model: nn.Module, input_shape: tuple[int, int, int], batch_size: 
         "size_mb": round(weight_bytes / BYTES_PER_MB, 2),
         "macs": int(stats.total_mult_adds),
         "layers": layers,
-        "memory_estimate_mb": memory,
-        "activations_mb": round(activation_bytes / BYTES_PER_MB, 2),
+        "memory_estimate_mb": {o: round(p.peak_mb, 2) for o, p in predictions.items()},
+        "memory": {o: {k: round(v, 2) for k, v in {**p.breakdown(), "saved_activations_mb": p.saved_activations_mb,
+                                                    "optimizer_state_size_mb": p.optimizer_state_size_mb,
+                                                    "eval_peak_mb": p.eval_peak_mb}.items()}
+                   for o, p in predictions.items()},
+        "memory_device": options["device"],
+        "memory_unit": "MiB",
         "input_shape": list(input_shape),
         "batch_size": batch_size,
     }
@@ -133,14 +132,19 @@ def format_info(info: dict[str, Any], *, max_depth: int | None = None) -> str:
         f"Model size (float32 weights): {info['size_mb']:.2f} MB",
         f"MACs per image: {info['macs']:,}",
         rule,
-        f"Estimated training memory, batch size {info['batch_size']} "
-        f"(weights + gradients + optimizer state + {info['activations_mb']:.2f} MB activations):",
+        f"Predicted training memory, batch size {info['batch_size']}, on {info['memory_device']}: the allocator's peak "
+        f"in MiB, not device-level memory (the CUDA context comes on top); cnnbench memory shows the breakdown",
     ]
-    lines += [f"  {optimizer:<9} {mb:>10.2f} MB" for optimizer, mb in info["memory_estimate_mb"].items()]
+    lines += [f"  {optimizer:<9} {mb:>10.2f} MiB  (activations saved for backward "
+              f"{info['memory'][optimizer]['saved_activations_mb']:.2f}, optimizer state "
+              f"{info['memory'][optimizer]['optimizer_state_size_mb']:.2f})"
+              for optimizer, mb in info["memory_estimate_mb"].items()]
     return "\n".join(lines)
 
 
 def summary_text(model: nn.Module, input_shape: tuple[int, int, int], batch_size: int = 64,
-                 *, max_depth: int | None = None) -> str:
+                 *, max_depth: int | None = None, optimizers: tuple[str, ...] | None = None,
+                 memory_options: dict[str, Any] | None = None) -> str:
     """:func:`model_info` formatted as text; what ``model/summary.txt`` holds."""
-    return format_info(model_info(model, input_shape, batch_size), max_depth=max_depth)
+    info = model_info(model, input_shape, batch_size, optimizers=optimizers, memory_options=memory_options)
+    return format_info(info, max_depth=max_depth)
