@@ -231,8 +231,15 @@ class Worker:
             return
         value = result.metrics.get(self.study.metric, float("nan"))
         if not self.queue.finish(claim, value if value == value else 0.0):
-            print(f"{self.label}note: {job.label} / seed {job.seed} finished after its heartbeat had lapsed (this worker "
-                  f"stalled over 2 x --heartbeat-interval); another worker was given the cell as well", file=self.stream)
+            # this worker stalled past the heartbeat grace: the cell was failed and handed on meanwhile, so this
+            # run is not the cell's (exactly one FINISHED run per cell x seed)
+            reason = ("the worker stopped sending heartbeats (paused) and the cell was given to another worker "
+                      "meanwhile; these metrics are not the study's")
+            if result.run_id:
+                self.client.log_batch(result.run_id, tags=[RunTag("failure_reason", reason)])
+                self.client.set_terminated(result.run_id, "FAILED")
+            self._print(job, "FAILED", reason, started)
+            return
         self.stats.finished += 1
         self.stats.seconds.append(time.perf_counter() - started)
         self._print(job, "FINISHED", f"{self.study.metric} {value:.4f}", started)

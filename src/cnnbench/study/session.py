@@ -88,12 +88,10 @@ def prepare(request: RunRequest) -> Plan:
 
 
 def _base_experiment(study: Study) -> str | None:
-    from cnnbench.config import OPTIONS
+    """The study's [base] experiment, else $MLFLOW_EXPERIMENT_NAME; None: use the study's name."""
+    import os
 
-    from cnnbench.tracking.describe import experiment_name
-
-    name = experiment_name(study.cells[0].config.run.experiment)
-    return None if name == OPTIONS["experiment"].default else name
+    return study.cells[0].config.run.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
 
 
 def create_parent(plan: Plan) -> tuple[str, str]:
