@@ -150,3 +150,16 @@ def test_study_list_shows_the_builtin_with_cells_and_seeds(cli):
     assert result.exit_code == 0
     line = next(x for x in result.output.splitlines() if "digits-optimizers" in x)
     assert "8 cells x 3 seeds" in line and "budgets: quick, faithful" in line
+
+
+def test_study_show_lists_cells_runs_published_and_an_estimate(cli, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(STUDY.replace('model = "block_cnn"', 'model = "lenet5"').replace('"model.blocks" = [2, 3]', 'lr = [0.01, 0.001]')
+                    .replace('"model.batch_norm" = true', '"model.dropout" = 0.5').replace("blocks=2 / none", "lr=0.01 / none")
+                    .replace("blocks=3 / batch norm", "lr=0.001 / batch norm"))
+    result = cli("study", "show", path, "--budget", "quick")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "runs: 6 cells x 2 seeds = 12; rough estimate" in out
+    assert "lr=0.001 / batch norm" in out and "published 0.7845" in out and "s/run" in out
+    assert "published (R2, test_accuracy): lr=0.01 / none = 0.7393" in out
