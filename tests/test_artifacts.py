@@ -334,7 +334,7 @@ def test_tracked_run_uploads_every_artifact(tracking_uri, experiment, tmp_path):
         data={"train_size": 300}, run={"epochs": 2, "quiet": True, "device": "cpu", "tracking_uri": tracking_uri, "experiment": experiment},
         artifacts={"tsne_samples": 100, "model": False},
     )
-    result = api.train(config)
+    result = api.train(config, api.run_callbacks(config))
     client = MlflowClient(tracking_uri)
 
     def walk(path=None):

@@ -29,7 +29,7 @@ def run_train(tmp_path, *extra: str, verbose: bool = False, quiet: bool = False)
 
 def test_default_console_has_no_mlflow_info(tmp_path):
     out = run_train(tmp_path)
-    assert "epoch 1/1" in out and "MLflow run:" in out
+    assert "epoch 1/1" in out and "MLflow run:" in out and "mlflow ui --backend-store-uri sqlite:" in out
     for noise in ("INFO mlflow", "Creating initial MLflow database tables", "Downloading artifacts", "UserWarning",
                   "type hints"):
         assert noise not in out, out

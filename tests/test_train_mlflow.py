@@ -27,7 +27,9 @@ def test_train_logs_params_metrics_tags(cli, tracking_uri, experiment, runs_in, 
     assert result.exit_code == 0, result.output
     run = _run(runs_in, experiment)
     assert run.info.status == "FINISHED"
-    assert run.info.run_id in result.output and "mlflow ui --backend-store-uri" in result.output
+    # --quiet (in fast_flags): the one run line, with the id and the test accuracy
+    assert result.output.strip().splitlines() == [line for line in result.output.strip().splitlines() if line.startswith("MLflow run: ")]
+    assert run.info.run_id in result.output and "test_accuracy" in result.output
     p = run.data.params
     expected = {"model": "lenet5", "dataset": "digits", "epochs": "2", "batch_size": "32", "lr": "0.002",
                 "optimizer": "adam", "model.kernel_size": "5", "seed": "3", "val_split": "0.1", "param_count": "61706",
