@@ -30,10 +30,18 @@ def shape(info) -> tuple[int, int, int]:
     return (info.channels, info.height, info.width)
 
 
+_PREDICTIONS: dict[str, Prediction] = {}  # per process: a study's seeds and a tune's repeats cost one prediction
+
+
 def predict_config(config, info, device, *, batch_size: int | None = None) -> Prediction:
-    """The predicted memory of training ``config`` (at ``batch_size``, default its own)."""
-    return predict(config.model.name, shape(info), batch_size or config.optim.batch_size, config.optim.optimizer,
-                   **options(config, info, device))
+    """The predicted memory of training ``config`` (at ``batch_size``, default its own); cached per
+    process on everything the prediction depends on (a study's seeds of one cell share it)."""
+    batch = batch_size or config.optim.batch_size
+    kwargs = options(config, info, device)
+    key = repr((config.model.name, shape(info), batch, config.optim.optimizer, sorted(kwargs.items(), key=str)))
+    if key not in _PREDICTIONS:
+        _PREDICTIONS[key] = predict(config.model.name, shape(info), batch, config.optim.optimizer, **kwargs)
+    return _PREDICTIONS[key]
 
 
 def largest_batch_config(config, info, device, budget_mb: float, *, max_batch: int = 65536,
