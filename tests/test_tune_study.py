@@ -258,3 +258,25 @@ def test_two_commands_share_one_postgresql_study(postgres_url, tracking_uri, exp
     stored = postgres_url.replace("postgresql://", "postgresql+psycopg2://")  # the form optuna.load_study takes
     assert len(parents) == 2 and all(p.data.tags["cnnbench.tune.storage"] == stored for p in parents)
     check_children_match_study(tracking_uri, children, study, {p.info.run_id for p in parents})
+
+
+def test_trials_record_the_cheap_artifacts_and_trials_csv_has_a_column_per_metric(cli, tracking_uri, experiment, tmp_path):
+    """A trial is a train run: its curves, confusion matrix and memory peaks are there (t-SNE and
+    retrieval stay off unless asked for); the study table unpacks each trial's results."""
+    result = cli("tune", "--tracking-uri", tracking_uri, "--experiment", experiment, "--storage", f"sqlite:///{tmp_path}/o.db",
+                 "--trials", "2", "--epochs", "1", "--train-size", "200", "--pruner", "none", "--no-log-model",
+                 "--search", "lr=choice(0.001,0.003)", "--quiet")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
+    for child in children:
+        paths = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"metrics", "eval", "memory", "config.json"} <= paths and not {"latent", "retrieval", "checkpoints"} & paths
+        assert "peak_rss_mb" in child.data.metrics and "test_macro_f1" in child.data.metrics
+    parent = next(r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
+    folder = Path(client.download_artifacts(parent.info.run_id, "study", str(tmp_path / "dl")))
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
+    assert len(rows) == 2 and all(float(r["result_test_accuracy"]) > 0 for r in rows)
+    assert "user_attrs_result" not in rows[0]

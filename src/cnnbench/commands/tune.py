@@ -11,6 +11,7 @@ import click
 from cnnbench.cli_options import GroupedCommand, config_from_params, given_on_command_line, train_parameters
 from cnnbench.tune import OBJECTIVES, PRUNERS, SAMPLERS
 
+TRIAL_ARTIFACTS_OFF = ("tsne", "retrieval", "kernels", "predictions")  # off in trials unless given
 TRIAL_EPOCHS = 3  # per trial: enough on the small data sets for epoch-1 pruning to separate settings
 SEARCH_HELP = (
     "search expression NAME=loguniform(LOW,HIGH) | uniform(LOW,HIGH) | int(LOW,HIGH[,STEP]) | choice(V1,...), "
@@ -53,6 +54,10 @@ def tune(**params) -> None:
     configure(verbose=params.get("verbose", False), quiet=params.get("quiet", False))
     ctx = click.get_current_context()
     config = config_from_params(ctx, params)
+    # Per trial, the cheap artifacts only, unless asked for: t-SNE, retrieval and kernel images cost
+    # seconds a trial (the same defaults as a study's cells).
+    asked = given_on_command_line(ctx)
+    config = config.replace(artifacts={n: False for n in TRIAL_ARTIFACTS_OFF if n not in asked})
     given = given_on_command_line(ctx) | {f"model.{k}" for k in config.model.options}
     request = TuneRequest(
         config=config, search=tuple(params["search"]), fixed=frozenset(given), trials=params["trials"],

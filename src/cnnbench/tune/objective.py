@@ -76,7 +76,10 @@ class Objective:
         try:
             data = self.data_for(config)
             # the tracker before the reporter: an epoch's metrics are logged before it may be pruned
-            result = api.train(config, [tracker, reporter], data=data)
+            from cnnbench.artifacts import artifact_callbacks
+
+            # artifacts first (the tracker uploads what they wrote), the reporter last (it may prune)
+            result = api.train(config, [*artifact_callbacks(config), tracker, reporter], data=data)
         except optuna.TrialPruned:
             trial.set_user_attr("result", {"trial_seconds": time.perf_counter() - started})
             raise

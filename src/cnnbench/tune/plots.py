@@ -52,8 +52,15 @@ class _Computed(optuna.importance.BaseImportanceEvaluator):
 
 
 def write_trials_csv(study: optuna.Study, path: Path) -> None:
+    """One row per trial, one column per value: params, the trial's result metrics (test_accuracy,
+    fit_time_s, ... from its ``result`` attribute, unpacked) and the other user attributes."""
+    import pandas as pd
+
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "intermediate_values",
                                           "datetime_start", "datetime_complete", "duration"))
+    if "user_attrs_result" in frame:
+        results = pd.json_normalize([r if isinstance(r, dict) else {} for r in frame.pop("user_attrs_result")])
+        frame = pd.concat([frame.reset_index(drop=True), results.add_prefix("result_")], axis=1)
     frame.to_csv(path, index=False)
 
 

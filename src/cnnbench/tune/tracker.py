@@ -75,8 +75,29 @@ class TrialTracker(MlflowTracker):
         tags = {"trial_state": "COMPLETE", **run.tags}
         if run.notes:
             tags["cnnbench.notes"] = "\n".join(run.notes)[:FAILURE_REASON_MAX_CHARS]
+        status = "FINISHED"
+        if self._failed_meanwhile():  # this worker was paused past the heartbeat grace: Optuna failed and retried it
+            tags.update(trial_state="FAIL", failure_reason="the worker stopped sending heartbeats (paused) and the trial "
+                        "was failed and retried meanwhile; these metrics are not the study's")
+            status = "FAILED"
         self._log({**summary, **run.summary_metrics}, step=run.epoch, tags=tags)
-        self._end("FINISHED")
+        self._upload(run)
+        self._end(status)
+
+    def _upload(self, run: RunState) -> None:
+        """The trial's artifacts (curves, confusion, memory, ... as the study's switches say); no
+        checkpoints: a trial is retried by Optuna, never resumed."""
+        import shutil
+
+        shutil.rmtree(Path(run.artifacts_dir) / "checkpoints", ignore_errors=True)
+        if any(p.is_file() for p in Path(run.artifacts_dir).rglob("*")):
+            self.client.log_artifacts(self.run_id, str(run.artifacts_dir))
+
+    def _failed_meanwhile(self) -> bool:
+        try:
+            return self.trial.study._storage.get_trial(self.trial._trial_id).state.name != "RUNNING"
+        except Exception:  # a storage hiccup must not fail a trial that trained
+            return False
 
     def on_failure(self, run: RunState, error: BaseException, status: str) -> None:
         """Pruned: ``trial_state`` PRUNED and the run FINISHED (its metrics are real, just fewer
