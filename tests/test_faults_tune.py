@@ -139,8 +139,11 @@ def test_a_paused_worker_does_not_crash_and_the_count_completes(where):
     study = optuna.load_study(study_name="t8", storage=where["storage"])
     mine = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(mine) >= 8 and "RUNNING" not in {t.state.name for t in study.trials}
-    parents, _ = runs_by_role(where, "t8")
+    parents, children = runs_by_role(where, "t8")
     assert [p.info.status for p in parents] == ["FINISHED"]
+    states = {t.number: t.state.name for t in study.trials}
+    for child in children:  # the paused worker's late result does not mark its failed trial COMPLETE
+        assert child.data.tags["trial_state"] == states[int(child.data.tags["trial_number"])], child.data.tags
 
 
 def test_a_study_whose_every_trial_failed_ends_its_parent_failed(where):
