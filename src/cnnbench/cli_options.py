@@ -12,7 +12,6 @@ from cnnbench.config import GROUPS, OPTIONS, TrainConfig, TrainOption
 
 # Parameters of the command line that are not config fields: where they are listed in --help.
 CLI_ONLY_GROUPS = {"config_file": "run", "model_options": "model", "dataset_options": "data", "kernel_size": "model"}
-_CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "str": click.STRING}
 
 
 class KernelSize(click.ParamType):
@@ -31,17 +30,20 @@ class KernelSize(click.ParamType):
             self.fail(f"{value!r} is not an integer kernel size or 'auto'", param, ctx)
 
 
-class OrWords(click.ParamType):
-    """The option's type, or one of its declared words (``--batch-size auto``)."""
+class Declared(click.ParamType):
+    """Parses a flag's text with its declaration, so a bad value is the declaration's one-line
+    ConfigError (exit 2, what is accepted), the same message a --config file or a study gets."""
 
-    def __init__(self, base: click.ParamType, words: tuple[str, ...]) -> None:
-        self.base, self.words = base, words
-        self.name = f"{base.name}|{'|'.join(words)}"
+    def __init__(self, option: TrainOption) -> None:
+        self.option = option
+        kind = "|".join(map(str, option.choices)) if option.choices else {"int": "INTEGER", "float": "FLOAT", "str": "TEXT"}[option.type]
+        self.name = "|".join([kind, *option.words])
+
+    def get_metavar(self, param, ctx=None):  # Click 8.1 and 8.2 signatures
+        return self.option.metavar or (f"[{self.name}]" if self.option.choices else self.name)
 
     def convert(self, value, param, ctx):
-        if isinstance(value, str) and value.strip().lower() in self.words:
-            return value.strip().lower()
-        return self.base.convert(value, param, ctx)
+        return self.option.parse(value)
 
 
 def click_option(o: TrainOption) -> click.Option:
@@ -51,9 +53,7 @@ def click_option(o: TrainOption) -> click.Option:
         kind: Any = click.BOOL
     else:
         decls = [o.flag]
-        kind = click.Choice(o.choices) if o.choices else _CLICK_TYPES[o.type]
-        if o.words:
-            kind = OrWords(kind, o.words)
+        kind = Declared(o)
     option = click.Option([*decls, o.name], type=kind, default=o.default, help=o.help, metavar=o.metavar,
                           show_default=o.default is not None and o.type != "bool" or (o.type == "bool" and o.default))
     option.cnnbench_group = o.group  # type: ignore[attr-defined]
