@@ -185,7 +185,9 @@ class MlflowTracker(Callback):
         self.status = "FINISHED"
 
     def on_failure(self, run: RunState, error: BaseException, status: str) -> None:
-        if self._ended or mlflow.active_run() is None:
+        # By run id, not MLflow's active run: an interrupt inside end_run() can land after MLflow
+        # popped the run but before it wrote the status, which used to leave it RUNNING.
+        if self._ended or run.run_id is None:
             return
         self._stop_heartbeat()
         self.status = status
@@ -193,16 +195,20 @@ class MlflowTracker(Callback):
             if self._store_error is not None:
                 raise self._store_error  # the store is down: do not wait minutes on each write
             reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-            mlflow.set_tag("failure_reason", reason[:FAILURE_REASON_MAX_CHARS])
+            tags = {"failure_reason": reason[:FAILURE_REASON_MAX_CHARS]}
             if run.notes:
-                mlflow.set_tag("cnnbench.notes", "\n".join(run.notes)[:FAILURE_REASON_MAX_CHARS])
+                tags["cnnbench.notes"] = "\n".join(run.notes)[:FAILURE_REASON_MAX_CHARS]
+            mlruns.set_tags(self.client, run.run_id, tags)
             self._upload(run)  # keeps the checkpoint for --resume
         except Exception as err:  # the store refused: keep the checkpoint on this machine instead
             self._store_error = self._store_error or err
             self.local_checkpoint = _keep_locally(run)
         finally:
             try:
-                mlflow.end_run(status)
+                active = mlflow.active_run()
+                if active is not None and active.info.run_id == run.run_id:
+                    mlflow.end_run(status)
+                self.client.set_terminated(run.run_id, status)
             except Exception:  # the store is down: the run stays RUNNING there; --resume takes it over
                 self.status = "RUNNING"
             self._ended = True
@@ -287,7 +293,7 @@ class MlflowTracker(Callback):
         if folder.exists():
             describe.prune_empty_dirs(folder)  # e.g. checkpoints/ once last.pt is gone
         if folder.exists() and any(folder.iterdir()):
-            mlflow.log_artifacts(str(folder))
+            self.client.log_artifacts(run.run_id, str(folder))
 
     def _log_model(self, run: RunState, metrics: dict[str, float]) -> str | None:
         from cnnbench.tracking import model_export
