@@ -168,7 +168,7 @@ def test_unreachable_storage_fails_in_seconds_naming_it(cli, tracking_uri, exper
     result = cli("tune", "--tracking-uri", tracking_uri, "--experiment", experiment,
                  "--storage", "postgresql://me:secret@127.0.0.1:1/optuna")
     assert result.exit_code == 2
-    assert "cannot open the study storage postgresql://me:***@127.0.0.1:1/optuna" in result.output
+    assert "cannot open the study storage postgresql+psycopg2://me:***@127.0.0.1:1/optuna" in result.output  # canonical, masked
     assert "secret" not in result.output
     assert time.perf_counter() - started < 15
     assert runs_in(experiment) == []
