@@ -16,13 +16,13 @@ import os
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from cnnbench.processes import JsonSpec
 from cnnbench.config import TrainConfig
 from cnnbench.errors import ConfigError
 from cnnbench.events import Callback, RunState
@@ -49,7 +49,7 @@ def worker_id(index: int) -> str:
 
 
 @dataclass
-class WorkerSpec:
+class WorkerSpec(JsonSpec):
     """Everything one worker needs (JSON-able: extra local workers are processes)."""
 
     source: str
@@ -67,14 +67,6 @@ class WorkerSpec:
     workers: int = 1
     parent_pid: int | None = None
     device: str | None = None
-
-    def save(self, path: Path) -> Path:
-        path.write_text(json.dumps(asdict(self)))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "WorkerSpec":
-        return cls(**json.loads(Path(path).read_text()))
 
 
 @dataclass

@@ -7,7 +7,6 @@ whichever command creates the queue; a command joining it (another machine, a re
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 import cnnbench
+from cnnbench.processes import stop_workers
 from cnnbench.errors import CnnbenchError, ConfigError, RunInterrupted
 from cnnbench.study import coordinate
 from cnnbench.study.definition import Study
@@ -217,14 +217,7 @@ def run_workers(spec: WorkerSpec, storage, *, stream) -> int:
             stats = Worker(WorkerSpec(**{**asdict(spec), "index": 0}), storage=storage, stream=stream).run()
             codes = [p.wait() for p in procs]
         except BaseException:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)  # they end their cell KILLED and exit
-            for p in procs:
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_workers(procs)  # they end their cell KILLED and exit
             raise
     if any(c not in (0,) for c in codes):
         print(f"note: worker exit codes {codes} (a worker that stopped early leaves its cell to the others)", file=stream)

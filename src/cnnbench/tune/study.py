@@ -9,10 +9,8 @@ worker on another machine is the same thing started by hand.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ from typing import Any
 
 import optuna
 
+from cnnbench.processes import JsonSpec, stop_workers
 from cnnbench.config import TrainConfig
 from cnnbench.errors import ConfigError
 from cnnbench.tune import PRUNERS, SAMPLERS
@@ -118,7 +117,7 @@ def check_resume(study: optuna.Study, *, direction: str, space: SearchSpace, met
 
 
 @dataclass
-class WorkerSpec:
+class WorkerSpec(JsonSpec):
     """Everything one worker process needs (JSON-able)."""
 
     config: dict[str, Any]
@@ -139,14 +138,6 @@ class WorkerSpec:
     index: int = 0
     n_jobs: int = 1
     notes: list[str] = field(default_factory=list)
-
-    def save(self, path: Path) -> Path:
-        path.write_text(json.dumps(asdict(self)))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "WorkerSpec":
-        return cls(**json.loads(Path(path).read_text()))
 
 
 def run_worker(spec: WorkerSpec, storage=None) -> None:
@@ -232,14 +223,7 @@ def run_workers(spec: WorkerSpec, storage) -> list[int]:
                 from cnnbench.engine import interrupts
 
                 interrupts.acknowledge()  # stopping the workers: further signals wait for it
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)  # they end their trial KILLED and exit
-            for p in procs:
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_workers(procs)  # they end their trial KILLED and exit
             raise
 
 
