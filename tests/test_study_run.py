@@ -325,3 +325,43 @@ def test_a_changed_definition_under_the_same_name_is_refused_naming_the_keys(cli
     assert "was started with another definition (cell 'optimizer=sgd, batch_size=32': epochs 1 -> 2" in changed.output
     assert "--study-name NEW" in changed.output and len(changed.output.strip().splitlines()) == 1
     assert len(runs(tracking_uri, experiment)[1]) == before
+
+
+OVERSIZED = """
+name = "memory-skip"
+metric = "test_accuracy"
+seeds = 1
+[base]
+model = "lenet5"
+dataset = "digits"
+epochs = 1
+train_size = 200
+memory_budget = 20
+kernels = false
+predictions = false
+[grid]
+batch_size = [16, 4096]
+"""
+
+
+def test_a_cell_predicted_not_to_fit_the_memory_budget_is_skipped_not_launched(cli, tracking_uri, experiment, tmp_path):
+    """lenet5 at batch 4096 is predicted far above a 20 MiB budget: that cell ends FAILED with the
+    prediction as its reason and never trains; the cell that fits trains; the study goes on."""
+    from cnnbench.memory.for_config import predict_config
+    from cnnbench import api
+    from cnnbench.config import TrainConfig
+
+    big = api.resolve(TrainConfig().replace(optim={"batch_size": 4096}))
+    assert predict_config(big.config, big.info, api.resolve_device("cpu")).peak_mb > 20  # the premise
+    path = tmp_path / "skip.toml"
+    path.write_text(OVERSIZED)
+    result = cli("study", "run", path, "--tracking-uri", tracking_uri, "--experiment", experiment,
+                 "--storage", f"sqlite:///{tmp_path}/optuna.db", "--max-retries", "0")
+    assert result.exit_code == 0, result.output
+    _, cells = runs(tracking_uri, experiment)
+    by_cell = {r.data.tags["cnnbench.study.cell"]: r for r in cells}
+    assert by_cell["batch_size=16"].info.status == "FINISHED"
+    skipped = by_cell["batch_size=4096"]
+    assert skipped.info.status == "FAILED" and skipped.data.tags["cnnbench.study.skipped"] == "memory"
+    assert "predicted to need" in skipped.data.tags["failure_reason"] and "budget is 20 MiB" in skipped.data.tags["failure_reason"]
+    assert "train_loss" not in skipped.data.metrics  # never trained

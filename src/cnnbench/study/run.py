@@ -205,6 +205,13 @@ class Worker:
                                 nested=True, parent_run_id=spec.parent_run_id, log_model=config.artifacts.model,
                                 system_metrics=False, extra_tags=tags)
         callbacks = [*api.run_callbacks(config, tracker=False), EpochClock(), tracker, CellRecord(self.queue, claim)]
+        skip = memory_skip(config)
+        if skip:  # predicted not to fit: not launched into an out-of-memory
+            self.record_failed(config, {**tags, "cnnbench.study.skipped": "memory"}, skip)
+            self.queue.fail(claim, "failed", skip)
+            self.stats.failed += 1
+            self._print(job, "SKIPPED", skip, started)
+            return
         try:
             data = self.data_for(config)
             self.warm_up(config, data)
@@ -289,6 +296,27 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def memory_skip(config: TrainConfig) -> str:
+    """Why a cell is not launched ("" when it fits): with a --memory-budget, or on a CUDA device (its
+    total memory), the cell's predicted training peak (``cnnbench memory``) must fit."""
+    from cnnbench import api
+
+    device = api.resolve_device(config.run.device)
+    budget = config.optim.memory_budget
+    if (budget is None and device.type != "cuda") or config.optim.batch_size == "auto":
+        return ""  # nothing to fit against, or the batch is already chosen to fit
+    from cnnbench.memory.for_config import cell_fits
+
+    resolved = api.resolve(config.replace(optim={"memory_budget": None}))
+    fits, _, _, reason = cell_fits(resolved.config, resolved.info, device, budget_mb=budget)
+    return "" if fits else f"skipped: {reason}"
+
+
+def _without_fixed_budget(config: TrainConfig) -> TrainConfig:
+    """A fixed batch above --memory-budget is a cell to skip (memory_skip), not a bad study."""
+    return config if config.optim.batch_size == "auto" else config.replace(optim={"memory_budget": None})
+
+
 def resolve_cells(study: Study) -> None:
     """``api.resolve`` every cell (plugin options typed, model fits the input) before anything runs;
     the first bad cell is one ConfigError naming it."""
@@ -296,6 +324,6 @@ def resolve_cells(study: Study) -> None:
 
     for cell in study.cells:
         try:
-            api.resolve(cell.config)
+            api.resolve(_without_fixed_budget(cell.config))
         except ConfigError as err:
             raise type(err)(f"cell {cell.label!r}: {err}") from None
