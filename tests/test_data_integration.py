@@ -128,7 +128,7 @@ def test_cli_edges_with_permutation_and_domain_shift(cli, tracking_uri, experime
     (["--train-size", "5000"], "--train-size must be between 1 and 1293 (the training images left after the validation hold-out); got 5000"),
     (["--val-split", "1.5"], "--val-split must lie strictly between 0 and 1; got 1.5"),
     (["--val-split", "0"], "--val-split must lie strictly between 0 and 1; got 0.0"),
-    (["--augment", "mixup"], "'mixup' is not one of 'none', 'flip-crop', 'strong'"),
+    (["--augment", "mixup"], "unknown --augment value 'mixup'; accepted: none, flip-crop, strong"),
     (["--dataset", "edges", "--dataset-option", "colour=red"], "unknown option(s) colour for dataset 'edges'; valid options: data_per_class"),
     (["--dataset", "edges", "--dataset-option", "num_classes=7"], "must be one of 3, 4, 5"),
     (["--model", "maxpool_cnn", "--model-option", "modules=4", "--dataset", "edges", "--image-size", "8"],
