@@ -76,3 +76,12 @@ def runs_in(tracking_uri):
         return client.search_runs([exp.experiment_id])
 
     return search
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_environment(monkeypatch):
+    """MLflow's fluent API exports MLFLOW_EXPERIMENT_ID (and mlflow run's MLFLOW_RUN_ID) into
+    os.environ; an earlier in-process test's values must not steer a later test's runs (a leaked
+    experiment id makes start_run(run_id=...) refuse a run of another experiment)."""
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
