@@ -62,17 +62,31 @@ def input_spec(model: str, dataset: str | None, dataset_options: tuple[str, ...]
     return tuple(plugin.natural_input), num_classes or plugin.natural_classes or 10, "the model's natural input"
 
 
+INPUT_OPTIONS = [
+    click.option("--dataset", default=None, help="take the input shape and classes from this dataset's metadata"),
+    click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
+                 help="dataset option that changes its shape (e.g. size=32); repeatable"),
+    click.option("--data-dir", default=None, metavar="DIR",
+                 help="the dataset's files, for datasets whose shape comes from them (imagefolder)"),
+    click.option("--input-shape", default=None, metavar="C,H,W",
+                 help="input shape when no --dataset is given [the model's natural input]"),
+    click.option("--image-size", type=click.IntRange(min=1), default=None,
+                 help="resize to S x S, as cnnbench train --image-size does"),
+    click.option("--num-classes", type=click.IntRange(min=1), default=None,
+                 help="number of classes [the dataset's, else 10]"),
+]
+
+
+def input_options(func):
+    """The input-shape options ``info`` and ``memory`` share (read by :func:`input_spec`)."""
+    for option in reversed(INPUT_OPTIONS):
+        func = option(func)
+    return func
+
+
 @click.command(name="info")
 @click.argument("model")
-@click.option("--dataset", default=None, help="take the input shape and classes from this dataset's metadata")
-@click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
-              help="dataset option that changes its shape (e.g. size=32); repeatable")
-@click.option("--data-dir", default=None, metavar="DIR", help="the dataset's files, for datasets whose shape comes from them (imagefolder)")
-@click.option("--input-shape", default=None, metavar="C,H,W", help="input shape when no --dataset is given [the model's natural input]")
-@click.option("--image-size", type=click.IntRange(min=1), default=None,
-              help="resize to S x S, as cnnbench train --image-size does")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None,
-              help="number of classes [the dataset's, else 10]")
+@input_options
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="model option; repeatable")
 @click.option("--kernel-size", type=click.IntRange(min=1), default=None, help="sets the model's kernel_size option")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,

@@ -11,6 +11,7 @@ import json
 
 import click
 
+from cnnbench.commands.info import input_options
 from cnnbench.errors import ConfigError
 
 DEFAULT_BATCHES = "8,16,64"
@@ -48,12 +49,7 @@ def parse_optimizers(text: str) -> list[str]:
 
 @click.command(name="memory")
 @click.argument("model")
-@click.option("--dataset", default=None, help="take the input shape and classes from this dataset's metadata")
-@click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
-              help="dataset option that changes its shape (e.g. size=32); repeatable")
-@click.option("--input-shape", default=None, metavar="C,H,W", help="input shape when no --dataset is given [the model's natural input]")
-@click.option("--image-size", type=click.IntRange(min=1), default=None, help="resize to S x S, as train --image-size does")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="number of classes [the dataset's, else 10]")
+@input_options
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="model option; repeatable")
 @click.option("--batch-sizes", default=DEFAULT_BATCHES, show_default=True, help="batch sizes to predict, comma-separated")
 @click.option("--optimizers", default=DEFAULT_OPTIMIZERS, show_default=True, help="optimizers to predict, comma-separated")
@@ -73,7 +69,7 @@ def parse_optimizers(text: str) -> list[str]:
 @click.option("--no-track", is_flag=True, help="do not log an MLflow run")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI [$MLFLOW_TRACKING_URI, else ./mlruns]")
 @click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name")
-def command(model: str, dataset, dataset_options, input_shape, image_size, num_classes, model_options, batch_sizes: str,
+def command(model: str, dataset, dataset_options, data_dir, input_shape, image_size, num_classes, model_options, batch_sizes: str,
             optimizers: str, lr: float, grad_accum: int, device: str, amp: bool, channels_last: bool, measure: bool,
             budget_mb: float | None, max_batch: int, as_json: bool, no_track: bool, tracking_uri: str | None,
             experiment: str) -> None:
@@ -96,7 +92,7 @@ def command(model: str, dataset, dataset_options, input_shape, image_size, num_c
     dev = target_device(device)
     if measure:
         measure_device(dev)
-    shape, classes, origin = input_spec(model, dataset, dataset_options, input_shape, num_classes)
+    shape, classes, origin = input_spec(model, dataset, dataset_options, input_shape, num_classes, data_dir)
     if image_size is not None:
         shape, origin = (shape[0], image_size, image_size), f"{origin}, resized by --image-size"
     _, resolved = resolve_model_options(model, parse_key_values(model_options, flag="--model-option"))
