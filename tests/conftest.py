@@ -85,3 +85,6 @@ def _no_leaked_mlflow_environment(monkeypatch):
     experiment id makes start_run(run_id=...) refuse a run of another experiment)."""
     for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
+    import mlflow.tracking.fluent as fluent
+
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)  # what set_experiment() chose

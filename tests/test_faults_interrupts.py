@@ -9,6 +9,7 @@ import time
 
 import pytest
 from faultkit import FAST, Proc, artifact_paths, env, only_run, run_cli, signal_at, steps
+import mlflow
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -170,7 +171,10 @@ def test_leftover_mlflow_run_id_of_a_finished_run_is_refused(cli, store, monkeyp
     assert [m.value for m in client.get_metric_history(finished, "test_accuracy")] == [0.7]
     fresh = client.create_run(exp, tags={"mlflow.source.type": "PROJECT"}).info.run_id  # what `mlflow run` creates
     monkeypatch.setenv("MLFLOW_RUN_ID", fresh)
-    assert cli("train", "--tracking-uri", store, "--epochs", "1", *fast_flags).exit_code == 0
+    mlflow.set_tracking_uri(store)
+    mlflow.set_experiment("elsewhere")  # an in-process caller's fluent state must not block the adoption
+    adopted = cli("train", "--tracking-uri", store, "--epochs", "1", *fast_flags)
+    assert adopted.exit_code == 0, adopted.output
     assert client.get_run(fresh).info.status == "FINISHED" and "test_accuracy" in client.get_run(fresh).data.metrics
     monkeypatch.setenv("MLFLOW_RUN_ID", fresh)  # the same run again: it now holds a training
     again = cli("train", "--tracking-uri", store, "--epochs", "1", *fast_flags)

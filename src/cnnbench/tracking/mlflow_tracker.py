@@ -109,6 +109,8 @@ class MlflowTracker(Callback):
             created = self.client.create_run(exp.experiment_id, run_name=self.run_name or describe.run_name(run.config),
                                              tags=describe.standard_tags(tags))
             self.run_id = created.info.run_id
+        else:  # fluent start_run refuses a run outside the experiment an earlier set_experiment chose
+            mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
         active = mlflow.start_run(run_id=self.run_id, nested=self.nested or mlflow.active_run() is not None, log_system_metrics=self.system_metrics or None)
         run.run_id = active.info.run_id
         run.tracking_uri = self.tracking_uri
