@@ -58,7 +58,7 @@ class Recorder(Callback):
         self.events.append(("checkpoint", torch.load(path, weights_only=False)["epoch"]))
 
     def on_run_end(self, run, summary):
-        self.notes = list(run.notes)
+        self.notes, self.params = list(run.notes), dict(run.params)
 
     def on_failure(self, run, error, status):
         self.status, self.notes = status, list(run.notes)
@@ -252,12 +252,26 @@ def test_label_smoothing_bounds_the_training_loss(data):
     assert result.history[-1]["val_loss"] < floor  # validation loss is plain cross-entropy
 
 
-def test_cuda_only_flags_are_noted_no_ops_on_cpu(data):
+def test_amp_is_a_noted_no_op_on_cpu_and_channels_last_applies_there(data):
     rec = Recorder()
-    flagged = train(tiny(run={"amp": True, "channels_last": True, "epochs": 1}), data, [rec])
+    flagged = train(tiny(run={"amp": True, "channels_last": "on", "epochs": 1}), data, [rec])
     assert any(n.startswith("--amp is a no-op on cpu") for n in rec.notes)
-    assert any(n.startswith("--channels-last is a no-op on cpu") for n in rec.notes)
-    assert flagged.metrics["test_loss"] == train(tiny(run={"epochs": 1}), data).metrics["test_loss"]
+    assert rec.params["memory_format"] == "channels_last"
+    plain = Recorder()
+    reference = train(tiny(run={"channels_last": "off", "epochs": 1}), data, [plain])
+    assert plain.params["memory_format"] == "contiguous"
+    # the same float32 training in another layout: equal up to the kernels' summation order
+    assert abs(flagged.metrics["test_loss"] - reference.metrics["test_loss"]) < 1e-3
+
+
+def test_channels_last_auto_follows_the_device_and_the_model_declaration():
+    from cnnbench.engine.precision import channels_last_for
+
+    assert channels_last_for("auto", "cuda", "lenet5") is True
+    assert channels_last_for("auto", "cpu", "fast_cnn") is True  # declared faster on CPU
+    assert channels_last_for("auto", "cpu", "mlp") is False
+    assert channels_last_for("auto", "mps", "fast_cnn") is False
+    assert channels_last_for("off", "cuda", "fast_cnn") is False and channels_last_for("on", "cpu", "mlp") is True
 
 
 def test_progress_bar_on_a_terminal_only(data):
@@ -327,7 +341,7 @@ def test_killed_run_resumes_in_place_in_mlflow(data, tracking_uri, experiment):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_amp_and_channels_last_on_cuda(data):
     rec = Recorder()
-    result = train(tiny(run={"device": "cuda", "amp": True, "channels_last": True, "epochs": 2}), data, [rec])
+    result = train(tiny(run={"device": "cuda", "amp": True, "channels_last": "on", "epochs": 2}), data, [rec])
     assert any(n.startswith("--amp: autocast to") for n in rec.notes)
     assert not any("no-op" in n for n in rec.notes)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]

@@ -87,6 +87,16 @@ def test_study_list_shows_every_recipe():
     assert out.returncode == 0, out.stderr
     for name in EXPECTED:
         assert name in out.stdout
+    # grouped by source report: each recipe under the heading of the report its study id names
+    heading = None
+    for line in out.stdout.splitlines():
+        if not line.startswith("  "):
+            heading = line.split(" ", 1)[0]
+            continue
+        name, description = line.split()[0], line.split("seeds", 1)[1].strip()
+        expected = description.split("-", 1)[0] if description[:2] in ("R0", "R1", "R2", "R3", "R4") else "other"
+        assert heading == expected, (name, heading)
+    assert out.stdout.index("R0 — CS7CS4") < out.stdout.index("R4 — CS182")
 
 
 def run_study(name: str, tmp_path: Path, *sets: str) -> tuple[str, MlflowClient, object]:

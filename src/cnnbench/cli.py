@@ -91,7 +91,7 @@ def train(ctx: click.Context, resume: str | None, **params) -> None:
         result = api.resume(resume, tracking_uri=params.get("tracking_uri"), quiet=params.get("quiet", False))
     else:
         config = config_from_params(ctx, params)
-        result = api.train(config, api.run_callbacks(config))
+        result = api.train(config, api.run_callbacks(config, startup=True))  # time_startup_s: this process
     _report(result, quiet=params.get("quiet", False))
 
 
@@ -109,13 +109,22 @@ def _report(result, *, quiet: bool = False) -> None:
 
 
 @main.command(name="list")
-@click.argument("kind", required=False, type=click.Choice(["models", "datasets"]))
+@click.argument("kind", required=False, type=click.Choice(["models", "datasets", "presets"]))
 def list_(kind: str | None) -> None:
-    """List the registered models and datasets (name, description, source distribution)."""
+    """List the registered models and datasets (name, description, source distribution) and the
+    presets (name, description, the options each sets)."""
     from cnnbench.registry import DATASETS, MODELS
 
-    kinds = [kind] if kind else ["models", "datasets"]
+    kinds = [kind] if kind else ["models", "datasets", "presets"]
     for k in kinds:
+        if k == "presets":
+            from cnnbench.presets import PRESETS
+
+            click.echo("presets (train --preset NAME; flags given beside it override its values):")
+            for name, preset in PRESETS.items():
+                click.echo(f"  {name:<14} {preset.description}")
+                click.echo("                 " + "; ".join(preset.lines()))
+            continue
         registry = MODELS if k == "models" else DATASETS
         click.echo(f"{k}:")
         for entry in registry.entries():
@@ -123,6 +132,8 @@ def list_(kind: str | None) -> None:
                 click.echo(f"  {entry.name:<14} BROKEN  [{entry.distribution}] {entry.error}")
                 continue
             extra = _dataset_summary(entry.plugin) if k == "datasets" else ""
+            if k == "models" and entry.plugin.channels_last_cpu:
+                extra += " (channels-last on CPU)"
             click.echo(f"  {entry.name:<14} {entry.plugin.description}{extra}  [{entry.distribution}]")
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from cnnbench.config import GROUPS, OPTIONS, TrainConfig, TrainOption
+from cnnbench.config import GROUPS, OPTIONS, TrainConfig, TrainOption, apply_values
 
 # Parameters of the command line that are not config fields: where they are listed in --help.
 CLI_ONLY_GROUPS = {"config_file": "run", "model_options": "model", "dataset_options": "data", "kernel_size": "model"}
@@ -122,7 +122,10 @@ def config_from_params(ctx: click.Context, params: dict[str, Any]) -> TrainConfi
     explicit = lambda name: ctx.get_parameter_source(name) not in (  # noqa: E731
         click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP, None
     )
-    use_all = not params.get("config_file")
+    preset = params.get("preset") if "preset" in params and explicit("preset") else None
+    if preset:  # the preset over the --config file (or the defaults); the flags given over both
+        base = apply_values(base, {"preset": preset}, where="--preset", text=False)
+    use_all = not params.get("config_file") and not preset
     sections: dict[str, dict[str, Any]] = {}
     for name, o in OPTIONS.items():
         if name in params and (use_all or explicit(name)):

@@ -47,6 +47,8 @@ SCHEDULERS = ("none", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PENALTY_TARGETS = ("head", "all")
 AUGMENTATIONS = ("none", "flip-crop", "strong")
+TTA = ("none", "flip")
+CHANNELS_LAST = ("auto", "on", "off")
 GROUPS = ("model", "data", "optimisation", "run", "artifacts")  # the sections of `train --help`
 OPTION_KINDS = ("int", "float", "bool", "str")
 MAX_EXPERIMENT_NAME = 500  # MLflow refuses longer experiment names
@@ -227,6 +229,14 @@ def _tsne_epochs(value: str) -> str | None:
     return None
 
 
+def _preset_known(value: str) -> str | None:
+    from cnnbench.presets import PRESETS
+
+    if value not in PRESETS:
+        return f"is not a preset; accepted: {', '.join(PRESETS)} (cnnbench list presets)"
+    return None
+
+
 def _experiment_name(value: str) -> str | None:
     if not value.strip():
         return "must name an experiment (it is empty)"
@@ -274,6 +284,8 @@ class DataConfig:
                                            "stratified by seed) instead of using the dataset's test split",
                                            type="float", group="data", low=0, high=1, low_open=True, high_open=True,
                                            nullable=True, metavar="FRACTION")
+    tta: str = option("none", "test-time augmentation of validation and test: flip (the mean of each image's "
+                      "and its mirror image's logits)", type="str", group="data", choices=TTA)
     download: bool = option(True, "download missing dataset files (when the network allows)", type="bool",
                             group="data", vary=False, param=False)
 
@@ -370,13 +382,22 @@ class RunConfig:
     patience: int = option(0, "early stopping after N epochs without a better val_accuracy; the best "
                            "checkpoint is restored before testing (0: off)", type="int", group="optimisation",
                            low=0, metavar="N")
+    test_every_epoch: bool = option(False, "also evaluate the test split after every epoch (epoch_test_accuracy, "
+                                    "with run_time_s: seconds since the process started, these evaluations not "
+                                    "counted): a time-to-accuracy curve, never used for model selection",
+                                    type="bool", group="run", vary=False)
     seed: int = option(0, "random seed of weights, splits, shuffling and augmentation (same seed + CPU = "
                        "identical metrics)", type="int", group="run", low=0)
     device: str = option("auto", "device to train on (auto: cuda, else mps, else cpu)", type="str", group="run",
                          choices=DEVICES, vary=False)
     amp: bool = option(False, "mixed precision (CUDA only; a logged no-op elsewhere)", type="bool", group="run")
-    channels_last: bool = option(False, "channels-last memory format (CUDA only; a logged no-op elsewhere)",
-                                 type="bool", group="run")
+    channels_last: str = option("auto", "channels-last (NHWC) memory format: auto uses it on CUDA, and on CPU "
+                                "for the models it is measured faster for there (cnnbench list models); the "
+                                "layout used is logged as memory_format", type="str", group="run",
+                                choices=CHANNELS_LAST)
+    preset: str | None = option(None, "a named bundle of options (cnnbench list presets); flags given with it "
+                                "override its values", type="str", group="run", nullable=True, check=_preset_known,
+                                applies=lambda c: c.run.preset is not None, metavar="NAME")
     experiment: str | None = option(None, "MLflow experiment name (default: $MLFLOW_EXPERIMENT_NAME, else cnnbench)",
                                     type="str", group="run", nullable=True, vary=False, param=False,
                                     check=_experiment_name, metavar="NAME")
@@ -517,6 +538,8 @@ def _legacy(section: str, values: dict[str, Any], source: str) -> None:
             options = values.setdefault("options", {})
             if isinstance(options, dict):
                 options.setdefault("kernel_size", kernel)
+    if section == "run" and isinstance(values.get("channels_last"), bool):  # a bool before "auto" existed
+        values["channels_last"] = "on" if values["channels_last"] else "off"
     if section == "run" and "resume" in values:
         if values.pop("resume") is not None:
             raise ConfigError(f"{source}: run.resume is not a setting a config can carry (it would train into an "
@@ -529,6 +552,9 @@ def apply_values(config: TrainConfig, values: Mapping[str, Any], *, where: str =
     ``kernel_size``) or plugin options ``model.<key>`` / ``data.<key>``; values are text (``text``)
     or typed (TOML/JSON). With ``varying``, only options studies/tune may vary are accepted.
     Plugin options are checked against their declaration later, by ``api.resolve``."""
+    if values.get("preset") not in (None, "", "none"):  # the preset's values first, the others over them
+        name = OPTIONS["preset"].parse(values["preset"], where=f"{where} preset".strip(), text=text)
+        config = apply_values(config, preset_values(name), where=f"preset {name}", text=False)
     sections: dict[str, dict[str, Any]] = {}
     prefix = f"{where}: " if where else ""
     keyed = {ALIASES.get(k, k): (k, v) for k, v in values.items()}
@@ -550,6 +576,13 @@ def apply_values(config: TrainConfig, values: Mapping[str, Any], *, where: str =
                               f"or a plugin option model.<key> / data.<key>")
         sections.setdefault(o.section, {})[o.field] = o.parse(value, where=f"{where} {raw_key}".strip(), text=text)
     return config.replace(**sections)
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The typed option values of preset ``name`` (see :mod:`cnnbench.presets`)."""
+    from cnnbench.presets import PRESETS
+
+    return dict(PRESETS[name].values)
 
 
 def _show(v: Any) -> str:

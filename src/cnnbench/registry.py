@@ -165,6 +165,9 @@ class ModelPlugin:
     # when no --dataset / --input-shape is given (None: it asks for one).
     natural_input: tuple[int, int, int] | None = None
     natural_classes: int | None = None
+    # --channels-last auto on CPU: NHWC is faster for this model there (benchmarks/bench_channels_last.py
+    # measured it); on CUDA auto always uses NHWC.
+    channels_last_cpu: bool = False
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)

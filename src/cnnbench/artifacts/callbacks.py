@@ -91,7 +91,7 @@ def model_summary_text(run: RunState) -> str:
         cfg = run.config
         memory = {"device": run.device.type if run.device.type in ("cpu", "cuda") else "cpu",
                   "num_classes": len(run.data.classes), "grad_accum": cfg.optim.grad_accum, "amp": cfg.run.amp,
-                  "channels_last": cfg.run.channels_last, "lr": cfg.optim.lr, "momentum": cfg.optim.momentum}
+                  "channels_last": run.params.get("memory_format") == "channels_last", "lr": cfg.optim.lr, "momentum": cfg.optim.momentum}
         text = summary_text(model, (run.data.channels, *run.data.image_size), batch_size=cfg.optim.batch_size,
                             optimizers=tuple(dict.fromkeys([cfg.optim.optimizer, "sgd", "momentum", "adam"])),
                             memory_options=memory)

@@ -54,8 +54,10 @@ def make_loaders(run: RunState, channels_last: bool = False) -> dict[str, Device
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, split: str, prec: precision.Precision | None = None) -> EvalResult:
-    """Loss (plain cross-entropy, no label smoothing, so runs compare), accuracy and logits of a split."""
+def evaluate(model: nn.Module, loader: DeviceLoader, split: str, prec: precision.Precision | None = None,
+             tta: str = "none") -> EvalResult:
+    """Loss (plain cross-entropy, no label smoothing, so runs compare), accuracy and logits of a split;
+    ``tta="flip"``: the logits are the mean of each image's and its mirror image's."""
     prec = prec or precision.Precision()
     was_training = model.training
     model.eval()
@@ -63,7 +65,10 @@ def evaluate(model: nn.Module, loader: DeviceLoader, split: str, prec: precision
     try:
         with prec.autocast():
             for x, _ in loader:
-                logits.append(model(x).float())
+                out = model(x).float()
+                if tta == "flip":
+                    out = (out + model(torch.flip(x, dims=(3,))).float()) / 2
+                logits.append(out)
     finally:
         model.train(was_training)
     labels = loader.labels
@@ -83,7 +88,9 @@ class Trainer:
     def __init__(self, run: RunState, callbacks: list[Callback]) -> None:
         cfg = run.config
         self.run, self.callbacks, self.cfg = run, callbacks, cfg
-        self.prec = precision.setup(amp=cfg.run.amp, channels_last=cfg.run.channels_last, device=run.device, notes=run.notes)
+        nhwc = precision.channels_last_for(cfg.run.channels_last, run.device.type, cfg.model.name)
+        run.params["memory_format"] = "channels_last" if nhwc else "contiguous"
+        self.prec = precision.setup(amp=cfg.run.amp, channels_last=nhwc, device=run.device, notes=run.notes)
         self.model = run.model.to(run.device)
         if self.prec.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -105,6 +112,7 @@ class Trainer:
         self.written_at = time.perf_counter()
         self.train_time_s = 0.0
         self.train_images = 0
+        self.curve_eval_s = 0.0  # --test-every-epoch evaluations, left out of run_time_s
         # on_step_end gets the loss tensor (no device sync unless a listener asks for a float)
         self.step_listeners = [cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end]
         run.steps_per_epoch = steps
@@ -165,6 +173,8 @@ class Trainer:
         run, cfg = self.run, self.cfg
         if resume_state is not None:
             self.restore(resume_state)
+        else:
+            self.init_from_data()
         self.snapshot()  # an interrupt in the first epoch still leaves something to resume
         dispatch(self.callbacks, "on_run_start", run)
         # A run interrupted after its epochs (testing, artifacts, model logging) resumes right here.
@@ -194,7 +204,7 @@ class Trainer:
         if cfg.run.patience and self.best_state is not None:
             checkpoint.save(self.ckpt_dir / checkpoint.BEST, self.best_state)  # kept as an artifact
             self.model.load_state_dict(self.best_state)
-        test = evaluate(self.model, self.loaders["test"], "test", self.prec)
+        test = evaluate(self.model, self.loaders["test"], "test", self.prec, cfg.data.tta)
         dispatch(self.callbacks, "on_eval_end", run, test)
         summary = {
             "test_loss": test.loss,
@@ -207,6 +217,23 @@ class Trainer:
         dispatch(self.callbacks, "on_run_end", run, summary)
         return FitResult(run.history, test, summary)
 
+    def init_from_data(self) -> None:
+        """A model that sets weights from the training images (``init_from_data``, e.g. fast_cnn's
+        patch whitening) gets the first training images, normalised, unaugmented, before epoch 1."""
+        hook = getattr(self.model, "init_from_data", None)
+        if hook is None:
+            return
+        loader = self.loaders["train"]
+        batches, seen = [], 0
+        for x, _ in DeviceLoader(self.run.data.train, batch_size=loader.batch_size, device=self.run.device,
+                                 mean=self.run.data.mean, std=self.run.data.std):
+            batches.append(x)
+            seen += len(x)
+            if seen >= 5000:
+                break
+        if batches:
+            hook(torch.cat(batches))
+
     def epoch(self, epoch: int) -> dict[str, float]:
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with (onecycle: its start)
         t0 = time.perf_counter()
@@ -216,8 +243,17 @@ class Trainer:
         self.train_images += n
         if self.scheduler is not None and not self.per_step:
             self.scheduler.step()
-        val = evaluate(self.model, self.loaders["val"], "val", self.prec)
+        val = evaluate(self.model, self.loaders["val"], "val", self.prec, self.cfg.data.tta)
+        curve = {}
+        if self.cfg.run.test_every_epoch:  # the time-to-accuracy curve: its own cost is left out of run_time_s
+            t1 = time.perf_counter()
+            curve["epoch_test_accuracy"] = evaluate(self.model, self.loaders["test"], "test", self.prec,
+                                                    self.cfg.data.tta).accuracy
+            self.curve_eval_s += time.perf_counter() - t1
+            curve["run_time_s"] = time.time() - _process_start() - self.curve_eval_s
+            curve["curve_eval_s"] = self.curve_eval_s
         return {
+            **curve,
             "train_loss": train_loss,
             "train_accuracy": train_acc,
             "val_loss": val.loss,
@@ -313,6 +349,13 @@ def fit(run: RunState, callbacks: list[Callback], *, resume_state: dict | None =
         _save_for_resume(trainer)
         dispatch(callbacks, "on_failure", run, err, "FAILED")
         raise
+
+
+def _process_start() -> float:
+    """When this process started (epoch seconds): the origin of ``run_time_s``."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def _cpu_copy(obj):

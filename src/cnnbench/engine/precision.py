@@ -1,8 +1,9 @@
 """Mixed precision and memory layout on CUDA; logged no-ops elsewhere.
 
 ``--amp`` autocasts the forward pass to bfloat16 where the GPU supports it (no loss scaling
-needed) and to float16 with a gradient scaler otherwise. ``--channels-last`` converts the model
-and the batches to NHWC, which tensor-core convolutions prefer.
+needed) and to float16 with a gradient scaler otherwise (CUDA only). ``--channels-last`` converts the
+model and the batches to NHWC, which tensor-core convolutions prefer and oneDNN's CPU convolutions
+run faster for some models (``auto`` decides per device and model, see :func:`channels_last_for`).
 """
 
 from __future__ import annotations
@@ -45,16 +46,35 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
+def channels_last_for(setting: str | bool, device_type: str, model: str) -> bool:
+    """Whether ``--channels-last SETTING`` trains ``model`` in NHWC on ``device_type``: on / off as
+    said; auto: always on CUDA (tensor-core convolutions prefer it), on CPU when the model plugin
+    declares it faster there (``ModelPlugin.channels_last_cpu``, from benchmarks/bench_channels_last.py),
+    never on MPS (not measured)."""
+    if isinstance(setting, bool) or setting in ("on", "off"):
+        return setting in (True, "on")
+    if device_type == "cuda":
+        return True
+    if device_type != "cpu":
+        return False
+    from cnnbench.registry import MODELS
+
+    try:
+        return bool(MODELS.get(model).channels_last_cpu)
+    except Exception:  # an unknown/broken plugin is reported where the model is built
+        return False
+
+
 def setup(*, amp: bool, channels_last: bool, device: torch.device, notes: list[str]) -> Precision:
-    """The precision settings for ``device``; CUDA-only requests elsewhere add a note (and a log line)."""
+    """The precision settings for ``device`` (``channels_last`` resolved by :func:`channels_last_for`);
+    AMP requested off CUDA adds a note (and a log line)."""
     cuda = device.type == "cuda"
-    for flag, wanted in (("--amp", amp), ("--channels-last", channels_last)):
-        if wanted and not cuda:
-            note = f"{flag} is a no-op on {device.type}: it applies to CUDA only; trained in float32, NCHW"
-            notes.append(note)
-            log.warning(note)
+    if amp and not cuda:
+        note = f"--amp is a no-op on {device.type}: it applies to CUDA only; trained in float32"
+        notes.append(note)
+        log.warning(note)
     if not cuda:
-        return Precision()
+        return Precision(channels_last=channels_last)
     dtype = None
     scaler = None
     if amp:

@@ -12,6 +12,7 @@ from typing import Any
 
 from cnnbench.errors import ConfigError
 from cnnbench.memory.fits import BatchFit, largest_batch
+from cnnbench.engine.precision import channels_last_for
 from cnnbench.memory.predict import Prediction, predict
 from cnnbench.memory.step import MB
 
@@ -23,7 +24,8 @@ def options(config, info, device) -> dict[str, Any]:
     o, r = config.optim, config.run
     return dict(num_classes=info.num_classes, model_options=dict(config.model.options), lr=o.lr, momentum=o.momentum,
                 weight_decay=o.weight_decay, label_smoothing=o.label_smoothing, amp=r.amp,
-                channels_last=r.channels_last, device=str(getattr(device, "type", device)), grad_accum=o.grad_accum)
+                channels_last=channels_last_for(r.channels_last, str(getattr(device, "type", device)), config.model.name),
+                device=str(getattr(device, "type", device)), grad_accum=o.grad_accum)
 
 
 def shape(info) -> tuple[int, int, int]:

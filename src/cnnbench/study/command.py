@@ -25,23 +25,47 @@ def command() -> None:
     """Declarative studies: a grid of cells x seeds, each run exactly once across workers, one report."""
 
 
+# The source reports of the built-in recipes (../shared/docs/STUDIES.md); a recipe's description
+# starts with its study id, e.g. "R2-A (...)".
+REPORTS = {
+    "R0": "CS7CS4 week 8 assignment (Keras strided CIFAR-10 CNN)",
+    "R1": "Homework 4 Spring 2022 (Fashion-MNIST: numpy MLP, MLP, LeNet-5)",
+    "R2": "CSCI 5922 Lab 2 (CIFAR-10 conv blocks x regularisers, retrieval)",
+    "R3": "CMPE 597 Assignment 2 (three-conv CIFAR-10 CNN)",
+    "R4": "CS182 Homework 4 (inductive bias on synthetic edges; GPU memory of ResNets)",
+}
+
+
+def report_of(description: str) -> str | None:
+    head = description.split("-", 1)[0].strip()
+    return head if head in REPORTS else None
+
+
 @command.command(name="list")
 def list_() -> None:
-    """Built-in studies and those of installed plugins (entry-point group cnnbench.studies)."""
+    """Built-in studies and those of installed plugins (entry-point group cnnbench.studies), grouped by
+    the source report they reproduce."""
     from cnnbench.errors import ConfigError
     from cnnbench.study import catalog, definition
 
+    groups: dict[str | None, list[str]] = {key: [] for key in [*REPORTS, None]}
     for entry in catalog.entries():
         if entry.text is None:
-            click.echo(f"  {entry.name:<24} BROKEN  [{entry.distribution}] {entry.error}")
+            groups[None].append(f"  {entry.name:<24} BROKEN  [{entry.distribution}] {entry.error}")
             continue
         try:
             study = definition.load(entry.name, entry.text)
             budgets = definition.read_text(entry.name, entry.text)[0].get("budgets", {})
-            click.echo(f"  {entry.name:<24} {len(study.cells):>3} cells x {len(study.seeds)} seeds  {study.description}"
-                       f"  (budgets: {', '.join(budgets) or 'none'})  [{entry.distribution}]")
+            groups[report_of(study.description)].append(
+                f"  {entry.name:<24} {len(study.cells):>3} cells x {len(study.seeds)} seeds  {study.description}"
+                f"  (budgets: {', '.join(budgets) or 'none'})  [{entry.distribution}]")
         except ConfigError as err:
-            click.echo(f"  {entry.name:<24} BROKEN  [{entry.distribution}] {err}")
+            groups[None].append(f"  {entry.name:<24} BROKEN  [{entry.distribution}] {err}")
+    for key, lines in groups.items():
+        if lines:
+            click.echo(f"{key} — {REPORTS[key]}:" if key else "other studies:")
+            for line in lines:
+                click.echo(line)
 
 
 @command.command()
