@@ -10,6 +10,7 @@ import dataclasses
 import os
 import signal
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,18 +171,27 @@ def load_data(config: TrainConfig):
 
 
 def run_callbacks(config: TrainConfig, *, tracker: bool = True, run_id: str | None = None,
-                  **tracker_options: Any) -> list[Callback]:
+                  startup: bool = False, **tracker_options: Any) -> list[Callback]:
     """What ``cnnbench train`` records: the artifact builders ``config.artifacts`` switches on, the
     console progress, and (last, so it uploads what the others wrote) the MLflow tracker, whose
-    store is checked now, before any data is loaded. ``run_id`` attaches the tracker to that run."""
+    store is checked now, before any data is loaded. ``run_id`` attaches the tracker to that run.
+    A :class:`~cnnbench.tracking.phases.PhaseTimer` brackets the builders (``time_<phase>_s``
+    metrics); ``startup`` (the CLI) also records the process's seconds before this call."""
+    from cnnbench.tracking.phases import PhaseTimer
+
+    timer = PhaseTimer(startup=startup)
     from cnnbench.artifacts import artifact_callbacks
     from cnnbench.tracking.progress import ConsoleProgress
 
-    callbacks: list[Callback] = [*artifact_callbacks(config), ConsoleProgress(quiet=config.run.quiet)]
+    callbacks: list[Callback] = [timer, *artifact_callbacks(config), ConsoleProgress(quiet=config.run.quiet), timer.tail]
     if tracker:
         from cnnbench.tracking.mlflow_tracker import MlflowTracker
 
-        callbacks.append(MlflowTracker.for_config(config, run_id=run_id, **tracker_options))
+        timer.lap("imports")
+        callbacks.append(MlflowTracker.for_config(config, run_id=run_id, **tracker_options))  # times its store check
+        timer.skip()
+    else:
+        timer.lap("imports")
     return callbacks
 
 
@@ -197,19 +207,31 @@ def train(
     ``data`` lets tune and studies reuse one loaded :class:`PreparedData` across runs;
     ``resume_state`` (a checkpoint) continues a run at the epoch after the one it saved.
     """
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}  # time_<phase>_s (see cnnbench.tracking.phases)
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] = seconds.get(phase, 0.0) + now - clock
+        clock = now
+
     import torch
 
     from cnnbench.engine.fit import fit
     from cnnbench.events import RunState
     from cnnbench.models.base import count_parameters
 
+    lap("imports")
     # Seeded before resolve: the model resolve builds (and checks on the input) is the one trained.
     torch.manual_seed(config.run.seed)
     resolved = resolve(config)
     config = resolved.config
     device = resolve_device(config.run.device)
+    lap("setup")
     if data is None:
         data = load_data(config)
+        lap("data")
     model = resolved.model.train()
     _sweep_staging()
     with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-") as staging, interrupt_signals():
@@ -217,6 +239,9 @@ def train(
         run.params["param_count"] = count_parameters(model)
         run.params["device"] = str(device)  # resolved: "auto" is logged as what it chose
         _predicted_memory(run, resolved)
+        lap("setup")
+        for phase, spent in seconds.items():
+            run.summary_metrics[f"time_{phase}_s"] = run.summary_metrics.get(f"time_{phase}_s", 0.0) + spent
         try:
             result = fit(run, list(callbacks), resume_state=resume_state)
         except KeyboardInterrupt as err:

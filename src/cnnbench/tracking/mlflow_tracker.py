@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from mlflow.tracking import MlflowClient
 import cnnbench
 from cnnbench.errors import CnnbenchError, TrackingError
 from cnnbench.events import Callback, RunState
-from cnnbench.tracking import describe
+from cnnbench.tracking import describe, phases
 from cnnbench.tracking import runs as mlruns
 from cnnbench.tracking.store import mask_uri, recorded_config
 
@@ -62,6 +63,7 @@ class MlflowTracker(Callback):
         self._store_error: BaseException | None = None  # the store stopped answering mid-run
         self.local_checkpoint: Path | None = None  # kept on disk when the store could not take it
         self.status: str | None = None  # how the run ended
+        self.store_check_s = 0.0  # for_config's store check (schema creation on a new SQLite file)
 
     @classmethod
     def for_config(cls, config, *, run_id: str | None = None, adopt_mlflow_run: bool = True,
@@ -71,17 +73,20 @@ class MlflowTracker(Callback):
         ``mlflow run`` created (``MLFLOW_RUN_ID``), else a new run in ``config.run.experiment``."""
         from cnnbench.tracking.store import check_reachable, resolve_uri
 
+        started = time.perf_counter()
         uri = resolve_uri(config.run.tracking_uri)
         check_reachable(uri)
         adopted = os.environ.get("MLFLOW_RUN_ID") if adopt_mlflow_run and not run_id else None
         if adopted:  # only the RUNNING run `mlflow run` just created, never a leftover or finished one
             mlruns.check_mlflow_run_id(MlflowClient(uri), adopted)
-        return cls(
+        tracker = cls(
             tracking_uri=uri, experiment=describe.experiment_name(config.run.experiment), run_name=config.run.run_name,
             register_model=config.run.register_model,
             run_id=run_id or adopted, log_model=config.artifacts.model,
             system_metrics=config.artifacts.memory, **options,
         )
+        tracker.store_check_s = time.perf_counter() - started
+        return tracker
 
     # -- events -----------------------------------------------------------------------------
     def on_run_start(self, run: RunState) -> None:
@@ -90,8 +95,10 @@ class MlflowTracker(Callback):
         db_log = logging.getLogger("mlflow.store.db.utils")  # logs each SQL error with its traceback
         level = db_log.level
         db_log.setLevel(logging.CRITICAL)
+        started = time.perf_counter()
         try:
             self._open(run)
+            phases.add(run, "store", self.store_check_s + time.perf_counter() - started)
         except Exception as err:  # the store refused (disk full, locked, permissions): one line, not 5 tracebacks
             if isinstance(err, CnnbenchError):
                 raise
@@ -165,7 +172,7 @@ class MlflowTracker(Callback):
         metrics = {**summary, **run.summary_metrics}
         # the test metrics are logged with the model (linked to it), once
         model_metrics = {k: v for k, v in metrics.items() if k.startswith("test_")} if self.log_model_enabled else {}
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k not in model_metrics}, step=run.epoch)
+        summary_batch = {k: float(v) for k, v in metrics.items() if k not in model_metrics}
         if run.tags:
             mlflow.set_tags(run.tags)
         if run.notes:
@@ -174,9 +181,23 @@ class MlflowTracker(Callback):
         # Adam, hundreds of MB for a ResNet-152) would be dead weight; best.pt, when early stopping
         # wrote one, stays.
         (Path(run.artifacts_dir) / "checkpoints" / "last.pt").unlink(missing_ok=True)
-        self._upload(run)
-        if self.log_model_enabled:
-            self.model_uri = run.model_uri = self._log_model(run, model_metrics)
+        # The summary is logged after the upload and the model, in one batch with their seconds
+        # (time_upload_s, time_model_log_s); when either fails it is still logged, before the error.
+        try:
+            started = time.perf_counter()
+            self._upload(run)
+            summary_batch[phases.metric("upload")] = time.perf_counter() - started
+            if self.log_model_enabled:
+                started = time.perf_counter()
+                self.model_uri = run.model_uri = self._log_model(run, model_metrics)
+                summary_batch[phases.metric("model_log")] = time.perf_counter() - started
+        except BaseException:
+            try:
+                mlflow.log_metrics(summary_batch, step=run.epoch)
+            except Exception:  # the store is down: the run's own error is the one to report
+                pass
+            raise
+        mlflow.log_metrics(summary_batch, step=run.epoch)
         self._stop_heartbeat()
         mlruns.delete_artifact(self.client, run.run_id, "checkpoints/last.pt")  # uploaded during training
         if run.start_epoch > 0:
