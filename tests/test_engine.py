@@ -354,3 +354,26 @@ def test_linear_lr_scaling_trains_with_the_scaled_rate(data):
     assert result.history[0]["lr"] == pytest.approx(2e-3)
     assert config.flat_params()["lr_reference_batch"] == 64
     assert "lr_reference_batch" not in tiny().flat_params()
+
+
+def test_cpu_training_pins_the_threads_to_the_physical_cores_unless_the_user_set_them(data, monkeypatch):
+    import psutil
+
+    from cnnbench.engine.precision import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        rec = Recorder()
+        train(tiny(run={"epochs": 1}), data, [rec])
+        expected = min(psutil.cpu_count(logical=False) or 1, len(psutil.Process().cpu_affinity()))
+        assert rec.params["cpu_threads"] == expected
+        monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 1)  # one physical core, 2+ logical
+        if (psutil.Process().cpu_affinity() and len(psutil.Process().cpu_affinity()) > 1):
+            assert cpu_threads() == 1 == torch.get_num_threads()
+        torch.set_num_threads(before)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice wins: nothing is changed
+        assert cpu_threads() == before == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

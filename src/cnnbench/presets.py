@@ -29,7 +29,7 @@ PRESETS: dict[str, Preset] = {
         (
             ("model", "fast_cnn"), ("model.widths", (32, 64, 128)), ("dataset", "cifar10"),
             ("optimizer", "nesterov"), ("lr", 0.4), ("momentum", 0.9), ("weight_decay", 5e-4),
-            ("batch_size", 512), ("scheduler", "onecycle"), ("label_smoothing", 0.2), ("epochs", 8),
+            ("batch_size", 512), ("scheduler", "onecycle"), ("label_smoothing", 0.2), ("epochs", 5),
             ("augment", "flip-crop"), ("crop_padding", "2"), ("tta", "flip"), ("train_on", "train+val"),
             ("tsne", False), ("retrieval", False),
         ),

@@ -90,6 +90,8 @@ class Trainer:
         self.run, self.callbacks, self.cfg = run, callbacks, cfg
         nhwc = precision.channels_last_for(cfg.run.channels_last, run.device.type, cfg.model.name)
         run.params["memory_format"] = "channels_last" if nhwc else "contiguous"
+        if run.device.type == "cpu":
+            run.params["cpu_threads"] = precision.cpu_threads()
         self.prec = precision.setup(amp=cfg.run.amp, channels_last=nhwc, device=run.device, notes=run.notes)
         self.model = run.model.to(run.device)
         if self.prec.channels_last:

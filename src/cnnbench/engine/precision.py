@@ -65,6 +65,28 @@ def channels_last_for(setting: str | bool, device_type: str, model: str) -> bool
         return False
 
 
+def cpu_threads() -> int:
+    """Pin torch's intra-op CPU threads for training to the physical cores this process may use (not
+    hyper-threads, whose shared FPUs slow convolutions); inter-op threads stay torch's default (eager
+    training runs no parallel graph branches, and setting them changed oneDNN's workspace sizes, which
+    the memory prediction calibrates). ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` set by the user win.
+    Returns the thread count trained with."""
+    import os
+
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        return torch.get_num_threads()
+    import psutil
+
+    allowed = len(psutil.Process().cpu_affinity()) if hasattr(psutil.Process, "cpu_affinity") else os.cpu_count()
+    physical = psutil.cpu_count(logical=False) or allowed or 1
+    wanted = max(1, min(physical, allowed or physical))
+    # torch starts with one thread per logical CPU; touch its pool only when that is not what is wanted
+    # (querying it early changed oneDNN's workspace sizes in the same process, which memory prediction calibrates)
+    if wanted != os.cpu_count():
+        torch.set_num_threads(wanted)
+    return wanted
+
+
 def setup(*, amp: bool, channels_last: bool, device: torch.device, notes: list[str]) -> Precision:
     """The precision settings for ``device`` (``channels_last`` resolved by :func:`channels_last_for`);
     AMP requested off CUDA adds a note (and a log line)."""

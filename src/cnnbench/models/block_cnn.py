@@ -59,7 +59,7 @@ def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], bl
 BLOCK_CNN = ModelPlugin(
     build=build,
     description="regularisation lab: 2-3 conv blocks (32/64, 128/128, 256/256) + FC 1024, 512",
-    natural_input=(3, 32, 32), natural_classes=10,
+    natural_input=(3, 32, 32), natural_classes=10, channels_last_cpu=True,  # 1.15x (bench_channels_last.py)
     options=(
         Option("blocks", "int", 2, "number of conv blocks", choices=BLOCKS),
         Option("kernel_size", "int", 3, "convolution kernel size (odd; 'same' padding)", low=1),

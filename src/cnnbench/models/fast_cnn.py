@@ -96,7 +96,7 @@ def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], wi
 FAST_CNN = ModelPlugin(
     build=build,
     description="speed-run CIFAR-10 net: 2x2 patch-whitening conv + 3 conv-pool-BN groups (airbench-style)",
-    natural_input=(3, 32, 32), natural_classes=10, channels_last_cpu=True,
+    natural_input=(3, 32, 32), natural_classes=10, channels_last_cpu=True,  # 1.15x (bench_channels_last.py)
     options=(
         Option("widths", "ints", (64, 256, 256), "filters of the three conv groups (airbench: 64,256,256; "
                "the fast-cifar10 preset sizes them for a 2-core CPU)", low=1, high=4096),

@@ -34,10 +34,12 @@ def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], de
 
 
 def _plugin(depth: int) -> ModelPlugin:
+    # NHWC on CPU: measured 1.11x for resnet18 at 32 px (benchmarks/bench_channels_last.py); the deeper
+    # ones share the builder but were not measured, so auto keeps them NCHW on CPU
     return ModelPlugin(
         build=partial(build, depth=depth),
         description=f"torchvision ResNet-{depth} (random init), stem=cifar for small images",
-        natural_input=(3, 224, 224), natural_classes=10,
+        natural_input=(3, 224, 224), natural_classes=10, channels_last_cpu=depth == 18,
         options=(Option("stem", "str", "imagenet", "first layers: imagenet (7x7/2 conv + max-pool) or cifar (3x3/1 conv, no pool)", choices=("imagenet", "cifar")),),
     )
 

@@ -104,7 +104,7 @@ def build(*, num_classes: int, in_channels: int, image_size: tuple[int, int], ke
 THREE_CONV = ModelPlugin(
     build=build,
     description="three convolutions only: convs of 256/128/64 filters + FC 512, 128 (or a dense block)",
-    natural_input=(3, 32, 32), natural_classes=10,
+    natural_input=(3, 32, 32), natural_classes=10, channels_last_cpu=True,  # 1.19x (bench_channels_last.py)
     options=(
         Option("kernel_size", "int", 3, "convolution kernel size (odd; 'same' padding)", low=1),
         Option("batch_norm", "bool", False, "BatchNorm2d after each conv, BatchNorm1d after each hidden FC"),
