@@ -221,17 +221,19 @@ class Trainer:
 
     def init_from_data(self) -> None:
         """A model that sets weights from the training images (``init_from_data``, e.g. fast_cnn's
-        patch whitening) gets the first training images, normalised, unaugmented, before epoch 1."""
+        patch whitening) gets its ``init_images`` first training images (default all), normalised and
+        unaugmented, before epoch 1."""
         hook = getattr(self.model, "init_from_data", None)
         if hook is None:
             return
         loader = self.loaders["train"]
+        wanted = getattr(self.model, "init_images", None) or len(self.run.data.train.labels)
         batches, seen = [], 0
         for x, _ in DeviceLoader(self.run.data.train, batch_size=loader.batch_size, device=self.run.device,
                                  mean=self.run.data.mean, std=self.run.data.std):
             batches.append(x)
             seen += len(x)
-            if seen >= 5000:
+            if seen >= wanted:
                 break
         if batches:
             hook(torch.cat(batches))

@@ -56,6 +56,7 @@ class FastCNN(nn.Sequential):
     """nn.Sequential (whiten, groups, pool, classifier) with the whitening initialisation."""
 
     whiten_from_data: bool = False
+    init_images: int = WHITEN_IMAGES  # how many training images init_from_data wants (the trainer reads it)
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor) -> None:
