@@ -87,6 +87,25 @@ def run(name: str, args) -> tuple[float, str]:
     return wall, out.stdout
 
 
+def rerender(name: str, args) -> bool:
+    """Replace a page's report with `cnnbench study report` read from the run's store (no training):
+    for when the report grows a line after the runs were made. The header (command, machine, wall
+    time) is kept as it was measured."""
+    page = DOCS / f"{name}.md"
+    store = Path(args.store) / name
+    cmd = [CNNBENCH, "study", "report", name, "--budget", args.budget, "--tracking-uri",
+           f"sqlite:///{store}/mlflow.db", "--format", "md", "--log"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=store)
+    if out.returncode != 0 or not page.exists():
+        print(f"{name}: exit {out.returncode}\n{out.stderr[-3000:]}", file=sys.stderr)
+        return False
+    text = page.read_text()
+    header = text[: text.index("\n# study ") + 1]
+    kept = "\n" + text[text.index(KEEP):] if KEEP in text else ""
+    page.write_text(header + out.stdout.rstrip() + "\n" + kept)
+    return True
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*")
@@ -97,10 +116,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each worker")
     p.add_argument("--set", action="append", default=[], help="extra --set KEY=VALUE for every recipe")
     p.add_argument("--store", default=tempfile.mkdtemp(prefix="cnnbench-evidence-"))
+    p.add_argument("--rerender", action="store_true",
+                   help="re-read each report from --store (no training) and keep the measured header")
     args = p.parse_args()
     names = (cifar_recipes() if args.all_cifar else []) + args.names
     DOCS.mkdir(parents=True, exist_ok=True)
     for name in names:
+        if args.rerender:
+            print(f"{name}\t{'ok' if rerender(name, args) else 'FAILED'}", flush=True)
+            continue
         wall, report = run(name, args)
         status = "ok" if report else "FAILED"
         print(f"{name}\t{status}\t{wall:.0f} s", flush=True)

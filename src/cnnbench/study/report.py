@@ -17,6 +17,7 @@ import json
 import math
 import tempfile
 import textwrap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,31 @@ def _pivot(d: dict[str, Any], table: pd.DataFrame) -> pd.DataFrame | None:
     return pivot
 
 
+def published_order(report: Report) -> tuple[int, int, float]:
+    """How far the measured figures rank the cells as the published ones do: (pairs in the published
+    order, pairs compared, Kendall's tau-b). Only cells with both a published and a measured figure
+    count, and pairs whose published figures tie are left out - the reading a quick budget can
+    honestly give when its absolute numbers are far from a faithful run's."""
+    t = report.table
+    pub = t["published"].to_numpy(dtype=float)
+    meas = pub + t["measured_minus_published"].to_numpy(dtype=float)
+    keep = ~(np.isnan(pub) | np.isnan(meas))
+    pub, meas = pub[keep], meas[keep]
+    agree = total = 0
+    for i in range(len(pub)):
+        for j in range(i + 1, len(pub)):
+            if pub[i] == pub[j]:
+                continue
+            total += 1
+            agree += int(np.sign(meas[i] - meas[j]) == np.sign(pub[i] - pub[j]))
+    tau = math.nan
+    if total:
+        from scipy.stats import kendalltau
+
+        tau = float(kendalltau(pub, meas).statistic)
+    return agree, total, tau
+
+
 def _num(v: float, digits: int = 4) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -290,6 +316,9 @@ def _notes(report: Report) -> list[str]:
         notes.append(f"Δ ref and p: difference of means to {d['reference']!r} and Welch's t-test p-value (n >= 2 each)")
     if d["published"]:
         notes.append(f"published: {d.get('published_source') or 'the study file'} ({d.get('published_metric', d['metric'])})")
+        agree, total, tau = published_order(report)
+        if total:
+            notes.append(f"order vs published: {agree} of {total} cell pairs ranked as published (Kendall tau {tau:+.2f})")
     for c in report.cells:
         for seed, reason in c.failed.items():
             notes.append(f"failed: {c.label} / seed {seed}: {reason.splitlines()[0][:160] if reason else 'unknown'}")
@@ -405,7 +434,15 @@ def log_to_parent(client, parent_run_id: str, report: Report) -> None:
         (folder / "report.md").write_text(md)
         (folder / "cells.csv").write_text(render(report, "csv"))
         client.log_artifacts(parent_run_id, str(folder), artifact_path="report")
-    if report.best:
-        from mlflow.entities import RunTag
+    from mlflow.entities import Metric, RunTag
 
-        client.log_batch(parent_run_id, tags=[RunTag("cnnbench.study.best_cell", report.best)])
+    tags = [RunTag("cnnbench.study.best_cell", report.best)] if report.best else []
+    metrics = []
+    agree, total, tau = published_order(report) if report.definition["published"] else (0, 0, math.nan)
+    if total:
+        now = int(time.time() * 1000)
+        metrics = [Metric("published_pairs_in_order", agree / total, now, 0)]
+        if not math.isnan(tau):
+            metrics.append(Metric("published_kendall_tau", tau, now, 0))
+    if tags or metrics:
+        client.log_batch(parent_run_id, metrics=metrics, tags=tags)
