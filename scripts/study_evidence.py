@@ -51,6 +51,11 @@ def cifar_recipes() -> list[str]:
     return names
 
 
+def page_path(name: str, budget: str) -> Path:
+    """docs/studies/NAME.md for the quick budget (every recipe has one), NAME-BUDGET.md for others."""
+    return DOCS / (f"{name}.md" if budget == "quick" else f"{name}-{budget}.md")
+
+
 def run(name: str, args) -> tuple[float, str]:
     store = Path(args.store) / name
     store.mkdir(parents=True, exist_ok=True)
@@ -79,7 +84,7 @@ def run(name: str, args) -> tuple[float, str]:
               f"Python {platform.python_version()}, `OMP_NUM_THREADS={args.threads}`.\n\n"
               f"```\nOMP_NUM_THREADS={args.threads} {shown}\n```\n\n"
               f"Wall time: {wall // 60:.0f} min {wall % 60:.0f} s ({wall:.0f} s), {args.workers} worker(s).\n\n")
-    page = DOCS / f"{name}.md"
+    page = page_path(name, args.budget)
     kept = ""
     if page.exists() and KEEP in page.read_text():
         kept = "\n" + page.read_text()[page.read_text().index(KEEP):]
@@ -91,7 +96,7 @@ def rerender(name: str, args) -> bool:
     """Replace a page's report with `cnnbench study report` read from the run's store (no training):
     for when the report grows a line after the runs were made. The header (command, machine, wall
     time) is kept as it was measured."""
-    page = DOCS / f"{name}.md"
+    page = page_path(name, args.budget)
     store = Path(args.store) / name
     cmd = [CNNBENCH, "study", "report", name, "--budget", args.budget, "--tracking-uri",
            f"sqlite:///{store}/mlflow.db", "--format", "md", "--log"]
