@@ -238,6 +238,22 @@ def test_retrieval_layer_is_flattened_without_pooling():
     assert feats.shape == (3, 6 * 14 * 14)  # lenet5 on digits (28x28): pool1 output 6x14x14, flattened, not pooled to 4x4
 
 
+def test_named_layer_features_hook_only_that_layer():
+    """Only the asked-for points and modules are captured: a module the forward pass never calls
+    (three_conv's discarded fc2 BatchNorm with fc_batch_norm=fc1, R3's tsne-over-training recipe)
+    is neither hooked nor expected (it was: KeyError 'head.6.unused')."""
+    from cnnbench.engine.probes import collect_features
+    from cnnbench.models import build_model
+
+    model = build_model("three_conv", num_classes=10, in_channels=3, image_size=(32, 32),
+                        options={"batch_norm": True, "fc_batch_norm": "fc1", "channels": (8, 8, 8), "hidden": (16, 12)})
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    feats = collect_features(model, images, mean=(0.5,) * 3, std=(0.25,) * 3, which=("logits",), modules=("head.5",))
+    assert set(feats) == {"logits", "head.5"}
+    assert feats["head.5"].shape == (5, 12) and feats["logits"].shape == (5, 10)
+    assert set(collect_features(model, images, mean=(0.5,) * 3, std=(0.25,) * 3)) == {"penultimate", "intermediate", "logits"}
+
+
 def test_new_options_are_train_flags_with_one_line_errors(tmp_path):
     for name in ("train_on", "test_from_train", "freeze", "weight_decay_on", "crop_padding", "aug_rotation",
                  "retrieval_layer", "tsne_layer", "tsne_epochs"):

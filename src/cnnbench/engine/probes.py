@@ -46,10 +46,6 @@ def pool_flatten(activation: torch.Tensor) -> torch.Tensor:
     return activation.flatten(1)
 
 
-def modules_by_name(model: nn.Module) -> dict[str, nn.Module]:
-    return dict(model.named_modules())
-
-
 def collect_features(
     model: nn.Module,
     images: torch.Tensor,
@@ -72,19 +68,19 @@ def collect_features(
         raise ValueError(f"unknown feature point(s) {unknown}; accepted: {', '.join(FEATURE_POINTS)}")
     device = torch.device(device)
     pts = points(model)
-    modules = dict(model.named_modules())
+    named = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}
     handles = []
     if "penultimate" in which:
-        handles.append(modules[pts.classifier].register_forward_pre_hook(
+        handles.append(named[pts.classifier].register_forward_pre_hook(
             lambda _m, inputs: captured.__setitem__("penultimate", inputs[0].flatten(1))))
     if "intermediate" in which:
-        handles.append(modules[pts.intermediate].register_forward_hook(
+        handles.append(named[pts.intermediate].register_forward_hook(
             lambda _m, _inputs, output: captured.__setitem__("intermediate", pool_flatten(output))))
     for name in modules:
-        if name not in modules_by_name(model):
+        if name not in named:
             raise ValueError(f"{name!r} is not a module of {type(model).__name__}")
-        handles.append(modules_by_name(model)[name].register_forward_hook(
+        handles.append(named[name].register_forward_hook(
             lambda _m, _inputs, output, name=name: captured.__setitem__(name, output.flatten(1))))
     labels = torch.zeros(len(images), dtype=torch.int64)
     loader = DeviceLoader(Split(images, labels), batch_size=batch_size, device=device, mean=mean, std=std)
