@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -161,3 +162,53 @@ def test_fashion_recipe_runs_at_quick_budget_on_fake_files(fake_fashion, tmp_pat
     assert {r.data.tags["cnnbench.study.cell"] for r in children} == {"vanilla", "dropout 0.5", "batch norm"}
     epochs = {r.data.tags["cnnbench.study.cell"]: r.data.params["epochs"] for r in children}
     assert epochs == {"vanilla": "10", "dropout 0.5": "15", "batch norm": "15"}  # per-variant epochs of R1-D
+
+
+CIFAR_RECIPES = [n for n in sorted(EXPECTED) if load(n, "quick").cells[0].config.data.name == "cifar10"]
+
+
+def distinct_cells(study) -> list:
+    """One cell per distinct model, data and artifact setup (cells that differ only in optimizer,
+    learning rate, batch size or training-set size train the same code path)."""
+    seen, out = set(), []
+    for cell in study.cells:
+        c = cell.config
+        key = repr((c.model, c.artifacts, dataclasses.replace(c.data, train_size=None)))
+        if key not in seen:
+            seen.add(key)
+            out.append(cell)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fake_cifar(tmp_path_factory):
+    from test_data_files import write_cifar
+
+    root = tmp_path_factory.mktemp("fake-cifar")
+    write_cifar(root, per_batch=200)  # the standard pickled batches: 1,000 training and 200 test images
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CIFAR_RECIPES)
+def test_cifar_recipe_cells_train_at_quick_budget_on_fake_files(name, fake_cifar, tmp_path):
+    """Every distinct cell of each CIFAR-10 recipe at its quick budget, shrunk to 1 epoch on at most
+    120 images of fake CIFAR-10 files (the real ones are in ../shared, not in CI): the model, the
+    data options (carved test split, train+val, crop padding, image size) and the artifacts the recipe
+    asks for (a t-SNE layer and epochs, a retrieval layer) run end to end into a real MLflow store."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for cell in distinct_cells(load(name, "quick")):
+        c = cell.config
+        config = c.replace(data={"data_dir": str(fake_cifar), "train_size": min(c.data.train_size or 120, 120)},
+                           run={"epochs": 1, "patience": 0, "tracking_uri": uri, "experiment": name, "quiet": True},
+                           artifacts={"tsne_samples": min(c.artifacts.tsne_samples, 60)})
+        result = api.train(config, api.run_callbacks(config))
+        assert 0.0 <= result.metrics["test_accuracy"] <= 1.0, cell.label
+        files = {f.path for f in MlflowClient(uri).list_artifacts(result.run_id, "latent")}
+        if config.artifacts.tsne:  # one map per stage the run reaches (epoch 0 and the end here)
+            stages = {s for s in config.artifacts.tsne_epochs.split(",") if s in ("0", "end")}
+            assert {f"latent/tsne_{'begin' if s == '0' else s}.png" for s in stages} <= files, (cell.label, files)
+        if config.artifacts.retrieval:
+            layer = config.artifacts.retrieval_layer or "intermediate"
+            assert 0.0 <= result.metrics[f"retrieval_{layer}_same_class"] <= 1.0, cell.label
+        assert MlflowClient(uri).get_run(result.run_id).info.status == "FINISHED"

@@ -262,6 +262,73 @@ def test_a_failed_cell_ends_failed_the_study_goes_on_and_resume_retries_it_once(
     assert "failed: lr=1000000000000.0 / seed 0: TrainingError: non-finite loss" in result.output
 
 
+TWO_AXES_VARIANTS = """
+name = "two-axes"
+description = "two numeric axes x two variants (the shape of domain-shift)"
+seeds = 1
+
+[base]
+dataset = "digits"
+epochs = 1
+train_size = 100
+kernels = false
+predictions = false
+memory = false
+confusion = false
+summary = false
+
+[grid]
+lr = [0.01, 0.1]
+batch_size = [32]
+
+[[variants]]
+name = "LeNet-5"
+model = "lenet5"
+
+[[variants]]
+name = "MLP"
+model = "mlp"
+"""
+
+
+def test_two_numeric_axes_with_variants_get_one_heatmap_panel_per_variant_and_a_failed_report_never_leaves_the_parent_running(
+        cli, tracking_uri, experiment, tmp_path, monkeypatch):
+    """domain-shift (ratio x data_per_class x 3 variants) once failed in the heatmap ("Index contains
+    duplicate entries") after every cell had finished, and left its parent run RUNNING."""
+    from cnnbench.study import report as reports
+
+    path = tmp_path / "two-axes.toml"
+    path.write_text(TWO_AXES_VARIANTS)
+    args = ["study", "run", path, "--tracking-uri", tracking_uri, "--experiment", experiment,
+            "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    real = reports.figures
+
+    def broken(*a, **k):
+        raise ValueError("figure failed")
+
+    monkeypatch.setattr(reports, "figures", broken)
+    with pytest.raises(ValueError, match="figure failed"):
+        cli(*args)
+    parents, cells = runs(tracking_uri, experiment)
+    assert [r.info.status for r in cells] == ["FINISHED"] * 4
+    assert parents[0].info.status == "FAILED"
+    assert "the study report could not be written (ValueError: figure failed)" in parents[0].data.tags["failure_reason"]
+
+    monkeypatch.setattr(reports, "figures", real)
+    result = cli(*args)  # the same command: nothing trains, the report is written, the parent ends FINISHED
+    assert result.exit_code == 0, result.output
+    parents, cells = runs(tracking_uri, experiment)
+    assert len(cells) == 4 and parents[0].info.status == "FINISHED"
+    client = MlflowClient(tracking_uri)
+    files = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert {"report/heatmap.png", "report/vs_lr.png", "report/vs_batch_size.png"} <= files
+    from PIL import Image
+
+    local = client.download_artifacts(parents[0].info.run_id, "report/heatmap.png", str(tmp_path))
+    width, height = Image.open(local).size
+    assert width > 1.5 * height  # two panels side by side (one per variant), not one pivot of all four cells
+
+
 def test_ctrl_c_kills_the_running_cell_and_the_parent_and_the_same_command_resumes(cli, tracking_uri, experiment, study_file, tmp_path):
     path = study_file(epochs=3, train_size=600)
     cmd = command(tracking_uri, experiment, path, "--storage", f"sqlite:///{tmp_path}/optuna.db")

@@ -396,17 +396,24 @@ def figures(report: Report, client, folder: Path) -> list[Path]:
             left.legend(fontsize=7)
         written.append(_save(fig, folder / f"vs_{axis.removeprefix('axis.')}.png"))
     if len(numeric) == 2:
-        piv = t.pivot(index=numeric[0], columns=numeric[1], values="mean")
-        fig, ax = plt.subplots(figsize=(6, 5))
-        im = ax.imshow(piv.values.astype(float), cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(piv.columns)), [str(v) for v in piv.columns])
-        ax.set_yticks(range(len(piv.index)), [str(v) for v in piv.index])
-        ax.set_xlabel(numeric[1].removeprefix("axis."))
-        ax.set_ylabel(numeric[0].removeprefix("axis."))
-        for (i, j), v in np.ndenumerate(piv.values.astype(float)):
-            if not math.isnan(v):
-                ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white", fontsize=8)
-        fig.colorbar(im, ax=ax, label=m)
+        # one heatmap per combination of the other axes / variants: pivoting the whole table would put
+        # several cells on one square (domain-shift: ratio x data_per_class for each of three variants)
+        others = [a for a in t.columns if a.startswith("axis.") and a not in numeric] + (["variant"] if d["has_variants"] else [])
+        groups = list(t.groupby([t[o].astype(str) for o in others], sort=False)) if others else [("", t)]
+        fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 5), squeeze=False)
+        for ax, (key, g) in zip(axes[0], groups):
+            piv = g.pivot_table(index=numeric[0], columns=numeric[1], values="mean", aggfunc="mean")
+            im = ax.imshow(piv.values.astype(float), cmap="viridis", aspect="auto")
+            ax.set_xticks(range(len(piv.columns)), [str(v) for v in piv.columns])
+            ax.set_yticks(range(len(piv.index)), [str(v) for v in piv.index])
+            ax.set_xlabel(numeric[1].removeprefix("axis."))
+            ax.set_ylabel(numeric[0].removeprefix("axis."))
+            if others:
+                ax.set_title(", ".join(key) if isinstance(key, tuple) else str(key), fontsize=9)
+            for (i, j), v in np.ndenumerate(piv.values.astype(float)):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white", fontsize=8)
+            fig.colorbar(im, ax=ax, label=m)
         written.append(_save(fig, folder / "heatmap.png"))
     return written
 

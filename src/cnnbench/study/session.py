@@ -175,7 +175,13 @@ def run(plan: Plan, *, stream=None) -> dict[str, Any]:
     changed = created or after != before or bool(requeued)
     status = "FINISHED" if after["finished"] else "FAILED"
     log = changed or was != status
-    outcome["report"] = finish(plan, parent_id, status=status, log=log)
+    try:
+        outcome["report"] = finish(plan, parent_id, status=status, log=log)
+    except Exception as err:  # every cell is kept; the parent must not stay RUNNING without its report
+        parent.set_tags({"failure_reason": f"the study report could not be written ({type(err).__name__}: {err}); "
+                                           f"the cells are kept and the same command writes it again"})
+        parent.end("FAILED")
+        raise
     if status == "FAILED":
         parent.set_tags({"failure_reason": "every cell x seed failed; see the child runs' failure_reason"})
     parent.end(status)
