@@ -319,6 +319,7 @@ def test_two_numeric_axes_with_variants_get_one_heatmap_panel_per_variant_and_a_
     assert result.exit_code == 0, result.output
     parents, cells = runs(tracking_uri, experiment)
     assert len(cells) == 4 and parents[0].info.status == "FINISHED"
+    assert "failure_reason" not in parents[0].data.tags  # the earlier command's reason no longer holds
     client = MlflowClient(tracking_uri)
     files = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/heatmap.png", "report/vs_lr.png", "report/vs_batch_size.png"} <= files

@@ -184,6 +184,8 @@ def run(plan: Plan, *, stream=None) -> dict[str, Any]:
         raise
     if status == "FAILED":
         parent.set_tags({"failure_reason": "every cell x seed failed; see the child runs' failure_reason"})
+    elif "failure_reason" in client.get_run(parent_id).data.tags:  # an earlier command's, now resolved
+        client.delete_tag(parent_id, "failure_reason")
     parent.end(status)
     return outcome
 
