@@ -72,13 +72,14 @@ def runs(uri: str, experiment: str) -> tuple[list, list]:
     return [r for r in found if role(r) == "study"], [r for r in found if role(r) == "cell"]
 
 
-def check_exactly_once(uri: str, experiment: str) -> tuple:
+def check_exactly_once(uri: str, experiment: str, outputs: list[str] | None = None) -> tuple:
     parents, cells = runs(uri, experiment)
     assert len(parents) == 1
     parent = parents[0]
     finished = [r for r in cells if r.info.status == "FINISHED"]
     pairs = [(r.data.tags["cnnbench.study.cell"], r.data.tags["cnnbench.seed"]) for r in finished]
-    assert sorted(pairs) == sorted(PAIRS)  # every cell x seed once, none twice
+    failed = {r.data.tags.get("cnnbench.study.cell"): r.data.tags.get("failure_reason") for r in cells if r.info.status != "FINISHED"}
+    assert sorted(pairs) == sorted(PAIRS), (failed, outputs)  # every cell x seed once, none twice
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in cells)
     assert not [r for r in cells if r.info.status == "RUNNING"]
     return parent, cells
@@ -166,15 +167,15 @@ def _two_commands(uri: str, experiment: str, path: Path, storage: str) -> list[s
 
 def test_two_commands_share_one_sqlite_storage(tracking_uri, experiment, study_file, tmp_path):
     outputs = _two_commands(tracking_uri, experiment, study_file(), f"sqlite:///{tmp_path}/optuna.db")
-    parent, cells = check_exactly_once(tracking_uri, experiment)
+    parent, cells = check_exactly_once(tracking_uri, experiment, outputs)
     assert len(cells) == 8 and parent.info.status == "FINISHED"
     assert sum("(new)" in o for o in outputs) == 1 and sum("(joined" in o for o in outputs) == 1
 
 
 @pytest.mark.postgres
 def test_two_commands_share_one_postgresql_storage(postgres_url, tracking_uri, experiment, study_file):  # noqa: F811
-    _two_commands(tracking_uri, experiment, study_file(), postgres_url)
-    parent, cells = check_exactly_once(tracking_uri, experiment)
+    outputs = _two_commands(tracking_uri, experiment, study_file(), postgres_url)
+    parent, cells = check_exactly_once(tracking_uri, experiment, outputs)
     assert len(cells) == 8 and parent.info.status == "FINISHED"
     assert parent.data.tags["cnnbench.study.storage"] == postgres_url
 
