@@ -78,8 +78,9 @@ def check_exactly_once(uri: str, experiment: str, outputs: list[str] | None = No
     parent = parents[0]
     finished = [r for r in cells if r.info.status == "FINISHED"]
     pairs = [(r.data.tags["cnnbench.study.cell"], r.data.tags["cnnbench.seed"]) for r in finished]
-    failed = {r.data.tags.get("cnnbench.study.cell"): r.data.tags.get("failure_reason") for r in cells if r.info.status != "FINISHED"}
-    assert sorted(pairs) == sorted(PAIRS), (failed, outputs)  # every cell x seed once, none twice
+    others = [(r.data.tags.get("cnnbench.study.cell"), r.data.tags.get("cnnbench.seed"), r.info.status,
+               r.data.tags.get("failure_reason")) for r in cells if r.info.status != "FINISHED"]
+    assert sorted(pairs) == sorted(PAIRS), (others, outputs)  # every cell x seed once, none twice
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in cells)
     assert not [r for r in cells if r.info.status == "RUNNING"]
     return parent, cells
