@@ -110,3 +110,39 @@ def test_resume_refuses_other_flags_instead_of_ignoring_them(cli, tracking_uri, 
     assert result.exit_code == 2
     assert "--resume continues a run with the settings it was started with; drop" in result.output
     assert extra[0] in result.output.split("drop", 1)[1]
+
+
+PROMPT_EXIT = """
+import atexit, sys, threading, time
+from pathlib import Path
+from cnnbench.processes import prompt_exit
+out = Path(sys.argv[1])
+def late():  # a non-daemon thread still writing: the interpreter would wait for it, so must we
+    time.sleep(0.3)
+    out.with_suffix(".thread").write_text("joined")
+threading.Thread(target=late).start()
+atexit.register(lambda: out.write_text("atexit ran"))
+print("buffered, not yet flushed", end="")
+prompt_exit({code})
+"""
+
+
+@pytest.mark.parametrize("code, status", [("0", 0), ("3", 3), ("None", 0), ("-1", 255), ("'a message'", 1)])
+def test_the_prompt_exit_keeps_the_exit_status_output_threads_and_atexit_handlers(tmp_path, code, status):
+    """cnnbench's console script skips the interpreter's teardown (os._exit): everything a normal
+    exit does for the user must still happen, in the same order."""
+    marker = tmp_path / "marker.txt"
+    out = subprocess.run([sys.executable, "-c", PROMPT_EXIT.format(code=code), str(marker)], capture_output=True, text=True)
+    assert out.returncode == status, out.stderr
+    assert out.stdout == "buffered, not yet flushed"
+    assert marker.read_text() == "atexit ran" and marker.with_suffix(".thread").read_text() == "joined"
+    assert ("a message" in out.stderr) == (status == 1)
+
+
+def test_the_console_script_exits_with_the_commands_status(tmp_path):
+    """``python -m cnnbench.cli`` and the ``cnnbench`` script go through ``entry``: a usage error
+    still exits 2 with its message; ``--version`` 0 with its output."""
+    bad = subprocess.run([sys.executable, "-m", "cnnbench.cli", "train", "--epochs", "-1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--epochs must be positive; got -1" in bad.stderr
+    ok = subprocess.run([sys.executable, "-m", "cnnbench.cli", "--version"], capture_output=True, text=True)
+    assert ok.returncode == 0 and cnnbench.__version__ in ok.stdout

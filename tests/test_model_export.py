@@ -124,6 +124,26 @@ def test_model_metadata_requirements_and_linked_metrics(trained):
     assert len(MlflowClient(trained["uri"]).get_metric_history(run.info.run_id, "test_accuracy")) == 1
 
 
+def test_the_requirement_check_is_skipped_only_while_logging_and_could_not_have_warned(monkeypatch):
+    """MLflow's check of the model's pins against the installed packages costs 0.4-1 s a process
+    (it maps every installed distribution); cnnbench skips it while logging because its pins are
+    read from this environment. Both halves of that claim are checked here."""
+    from mlflow.utils import environment
+    from mlflow.utils.requirements_utils import _check_requirement_satisfied
+
+    from cnnbench.tracking import model_export
+
+    pins = model_export.requirements()
+    assert [p.split("==")[0] for p in pins] == ["mlflow", "torch", "numpy", "pandas"]
+    assert [_check_requirement_satisfied(p) for p in pins] == [None] * len(pins)  # the check would pass
+    calls = []
+    monkeypatch.setattr(environment, "warn_dependency_requirement_mismatches", calls.append)
+    with model_export._pins_taken_from_this_environment():
+        environment.warn_dependency_requirement_mismatches(["inside"])
+    environment.warn_dependency_requirement_mismatches(["after"])
+    assert calls == [["after"]]
+
+
 def test_csv_reaches_the_model_through_mlflow_models_predict(trained, tmp_path):
     images = trained["data"].test.images[:5].numpy()
     csv = tmp_path / "pixels.csv"

@@ -171,7 +171,32 @@ def log_model(run: "RunState", *, register_model: str | None = None) -> Any:
     return info
 
 
+@contextlib.contextmanager
+def _pins_taken_from_this_environment():
+    """MLflow checks every pip requirement of a logged model against the installed packages, which
+    first maps all installed distributions to their modules (``packages_distributions()``: 0.4-1 s
+    per process, half the model log of the quickstart). :func:`requirements` pins exactly the
+    versions this process imported, so the check cannot find a mismatch: skipped for this call.
+    If MLflow renames the helper, nothing is patched and the check simply runs."""
+    from mlflow.utils import environment
+
+    if not callable(getattr(environment, "warn_dependency_requirement_mismatches", None)):
+        yield
+        return
+    original = environment.warn_dependency_requirement_mismatches
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = original
+
+
 def _log_pyfunc(run: "RunState", program: Path, meta: dict[str, Any], example, register_model: str | None):
+    with _pins_taken_from_this_environment():
+        return _log_pyfunc_model(run, program, meta, example, register_model)
+
+
+def _log_pyfunc_model(run: "RunState", program: Path, meta: dict[str, Any], example, register_model: str | None):
     return mlflow.pyfunc.log_model(
         name=model_name(run),
         python_model=str(CODE_FILE),

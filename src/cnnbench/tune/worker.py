@@ -54,4 +54,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from cnnbench.processes import prompt_exit
+
+    prompt_exit(main(sys.argv[1:]))
