@@ -121,6 +121,9 @@ def late():  # a non-daemon thread still writing: the interpreter would wait for
     time.sleep(0.3)
     out.with_suffix(".thread").write_text("joined")
 threading.Thread(target=late).start()
+from concurrent.futures import ThreadPoolExecutor
+pool = ThreadPoolExecutor(1)  # never shut down (MLflow's artifact pool): its idle worker must not hang the exit
+pool.submit(time.sleep, 0.1).result()
 atexit.register(lambda: out.write_text("atexit ran"))
 print("buffered, not yet flushed", end="")
 prompt_exit({code})
@@ -132,7 +135,8 @@ def test_the_prompt_exit_keeps_the_exit_status_output_threads_and_atexit_handler
     """cnnbench's console script skips the interpreter's teardown (os._exit): everything a normal
     exit does for the user must still happen, in the same order."""
     marker = tmp_path / "marker.txt"
-    out = subprocess.run([sys.executable, "-c", PROMPT_EXIT.format(code=code), str(marker)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", PROMPT_EXIT.format(code=code), str(marker)], capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == status, out.stderr
     assert out.stdout == "buffered, not yet flushed"
     assert marker.read_text() == "atexit ran" and marker.with_suffix(".thread").read_text() == "joined"
