@@ -160,9 +160,9 @@ def entry() -> None:
     already closed (``benchmarks/bench_run_overhead.py``, "remainder"), paid on every command and
     every run of a study script. Nothing cnnbench wrote needs it: runs are ended and files closed
     before a command returns. So the exit does what the interpreter's would, in its order, minus
-    the teardown: wait for non-daemon threads, run the ``atexit`` handlers (MLflow's async-logging
-    flush, multiprocessing, tempfile finalisers, logging), flush stdout/stderr, ``os._exit`` with
-    the command's exit code. An exception other than ``SystemExit`` (a bug) takes the normal path,
+    the teardown: threading's exit hooks and the non-daemon threads joined, the ``atexit``
+    handlers (MLflow's async-logging flush, multiprocessing, tempfile finalisers, logging) run,
+    stdout/stderr flushed, ``os._exit`` with the command's exit code. An exception other than ``SystemExit`` (a bug) takes the normal path,
     traceback included (see :func:`cnnbench.processes.prompt_exit`)."""
     try:
         main()

@@ -40,8 +40,8 @@ def stop_workers(procs: list[subprocess.Popen], *, timeout_s: float = 60.0) -> N
 
 def prompt_exit(code: object) -> None:
     """Exit now with ``code`` (``sys.exit``'s argument) as the interpreter would, minus freeing
-    every module: threading's exit hooks run and non-daemon threads joined, ``atexit`` handlers run, stdout/stderr flushed, then
-    ``os._exit``. For the console script and the worker processes, whose work is closed by then;
+    every module: threading's exit hooks run and non-daemon threads joined, ``atexit`` handlers
+    run, stdout/stderr flushed, then ``os._exit``. For the console script and the worker processes, whose work is closed by then;
     the teardown it skips costs 1-2 s once torch, MLflow and scikit-learn are imported."""
     import atexit
 

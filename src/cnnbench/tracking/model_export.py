@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,24 +172,35 @@ def log_model(run: "RunState", *, register_model: str | None = None) -> Any:
     return info
 
 
+_PATCH_LOCK = threading.Lock()
+_patched: list[Any] = []  # the original helper while any thread is inside the block below
+
+
 @contextlib.contextmanager
 def _pins_taken_from_this_environment():
     """MLflow checks every pip requirement of a logged model against the installed packages, which
-    first maps all installed distributions to their modules (``packages_distributions()``: 0.4-1 s
-    per process, half the model log of the quickstart). :func:`requirements` pins exactly the
-    versions this process imported, so the check cannot find a mismatch: skipped for this call.
-    If MLflow renames the helper, nothing is patched and the check simply runs."""
+    first maps all installed distributions to their modules (``packages_distributions()``: 0.3-0.7 s
+    per process). :func:`requirements` pins exactly the versions this process imported, so the check
+    cannot find a mismatch: skipped while logging. If MLflow renames the helper, nothing is patched
+    and the check simply runs. Counted under a lock, so threads logging at once restore it once."""
     from mlflow.utils import environment
 
     if not callable(getattr(environment, "warn_dependency_requirement_mismatches", None)):
         yield
         return
-    original = environment.warn_dependency_requirement_mismatches
-    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    with _PATCH_LOCK:
+        if not _patched:
+            _patched.append(environment.warn_dependency_requirement_mismatches)
+            environment.warn_dependency_requirement_mismatches = lambda requirements: None
+        else:
+            _patched.append(_patched[0])
     try:
         yield
     finally:
-        environment.warn_dependency_requirement_mismatches = original
+        with _PATCH_LOCK:
+            original = _patched.pop()
+            if not _patched:
+                environment.warn_dependency_requirement_mismatches = original
 
 
 def _log_pyfunc(run: "RunState", program: Path, meta: dict[str, Any], example, register_model: str | None):
