@@ -153,17 +153,11 @@ def _dataset_summary(plugin) -> str:
 
 
 def entry() -> None:
-    """The console script (and ``python -m cnnbench.cli``): :func:`main`, then a prompt exit.
-
-    Tearing down an interpreter that imported torch, MLflow, matplotlib and scikit-learn frees
-    every module's objects one by one: 1-2 s measured after a ``cnnbench train`` whose run was
-    already closed (``benchmarks/bench_run_overhead.py``, "remainder"), paid on every command and
-    every run of a study script. Nothing cnnbench wrote needs it: runs are ended and files closed
-    before a command returns. So the exit does what the interpreter's would, in its order, minus
-    the teardown: threading's exit hooks and the non-daemon threads joined, the ``atexit``
-    handlers (MLflow's async-logging flush, multiprocessing, tempfile finalisers, logging) run,
-    stdout/stderr flushed, ``os._exit`` with the command's exit code. An exception other than ``SystemExit`` (a bug) takes the normal path,
-    traceback included (see :func:`cnnbench.processes.prompt_exit`)."""
+    """The console script (and ``python -m cnnbench.cli``): :func:`main`, then
+    :func:`cnnbench.processes.prompt_exit`, which exits as the interpreter would minus freeing every
+    imported module (1-2 s after a ``cnnbench train`` whose run was already closed: the "remainder"
+    of ``benchmarks/bench_run_overhead.py``). An exception other than ``SystemExit`` (a bug) takes
+    the normal path, traceback included."""
     try:
         main()
         code = 0

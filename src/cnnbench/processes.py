@@ -41,8 +41,9 @@ def stop_workers(procs: list[subprocess.Popen], *, timeout_s: float = 60.0) -> N
 def prompt_exit(code: object) -> None:
     """Exit now with ``code`` (``sys.exit``'s argument) as the interpreter would, minus freeing
     every module: threading's exit hooks run and non-daemon threads joined, ``atexit`` handlers
-    run, stdout/stderr flushed, then ``os._exit``. For the console script and the worker processes, whose work is closed by then;
-    the teardown it skips costs 1-2 s once torch, MLflow and scikit-learn are imported."""
+    run, stdout/stderr flushed, then ``os._exit``. For the console script and the worker processes,
+    whose work is closed by then; the teardown it skips costs 1-2 s once torch, MLflow and
+    scikit-learn are imported."""
     import atexit
 
     if code is None:
@@ -50,16 +51,10 @@ def prompt_exit(code: object) -> None:
     elif not isinstance(code, int):  # sys.exit("message"): printed, status 1, as Python does
         print(code, file=sys.stderr)
         code = 1
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:
-        # What the interpreter runs first: threading's exit hooks (concurrent.futures tells its pools'
-        # workers to stop, e.g. MLflow's artifact upload pool) and then it joins the non-daemon threads.
-        # Joining them without those hooks waits forever on an idle pool worker.
-        shutdown()
-    else:  # another Python: the non-daemon threads joined, as its exit would
-        for thread in threading.enumerate():
-            if thread is not threading.current_thread() and not thread.daemon:
-                thread.join()
+    # What the interpreter itself runs first: threading's exit hooks (concurrent.futures tells its
+    # pools' workers to stop, e.g. MLflow's artifact upload pool), then it joins the non-daemon
+    # threads. Joining them without those hooks waits forever on an idle pool worker.
+    threading._shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -173,7 +173,7 @@ def log_model(run: "RunState", *, register_model: str | None = None) -> Any:
 
 
 _PATCH_LOCK = threading.Lock()
-_patched: list[Any] = []  # the original helper while any thread is inside the block below
+_patch = {"depth": 0, "original": None}  # threads inside the block below; MLflow's helper meanwhile
 
 
 @contextlib.contextmanager
@@ -189,35 +189,30 @@ def _pins_taken_from_this_environment():
         yield
         return
     with _PATCH_LOCK:
-        if not _patched:
-            _patched.append(environment.warn_dependency_requirement_mismatches)
+        if _patch["depth"] == 0:
+            _patch["original"] = environment.warn_dependency_requirement_mismatches
             environment.warn_dependency_requirement_mismatches = lambda requirements: None
-        else:
-            _patched.append(_patched[0])
+        _patch["depth"] += 1
     try:
         yield
     finally:
         with _PATCH_LOCK:
-            original = _patched.pop()
-            if not _patched:
-                environment.warn_dependency_requirement_mismatches = original
+            _patch["depth"] -= 1
+            if _patch["depth"] == 0:
+                environment.warn_dependency_requirement_mismatches = _patch["original"]
 
 
 def _log_pyfunc(run: "RunState", program: Path, meta: dict[str, Any], example, register_model: str | None):
     with _pins_taken_from_this_environment():
-        return _log_pyfunc_model(run, program, meta, example, register_model)
-
-
-def _log_pyfunc_model(run: "RunState", program: Path, meta: dict[str, Any], example, register_model: str | None):
-    return mlflow.pyfunc.log_model(
-        name=model_name(run),
-        python_model=str(CODE_FILE),
-        artifacts={"program": str(program)},
-        model_config={"classes": meta["classes"], "input_shape": meta["input_shape"]},
-        signature=signature(meta["classes"]),
-        input_example=example,
-        metadata=meta,
-        pip_requirements=requirements(),
-        registered_model_name=register_model,
-        params={"model": run.config.model.name, "dataset": run.config.data.name},
-    )
+        return mlflow.pyfunc.log_model(
+            name=model_name(run),
+            python_model=str(CODE_FILE),
+            artifacts={"program": str(program)},
+            model_config={"classes": meta["classes"], "input_shape": meta["input_shape"]},
+            signature=signature(meta["classes"]),
+            input_example=example,
+            metadata=meta,
+            pip_requirements=requirements(),
+            registered_model_name=register_model,
+            params={"model": run.config.model.name, "dataset": run.config.data.name},
+        )
