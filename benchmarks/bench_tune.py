@@ -30,7 +30,7 @@ def overhead(trials: int) -> None:
     from cnnbench.tune.objective import Objective, StudyContext
     from cnnbench.tune.reporter import PruningReporter
     from cnnbench.tune.space import parse_space
-    from cnnbench.tune.storage import open_storage
+    from cnnbench.campaign.storage import open_storage
     from cnnbench.tune.study import quiet_optuna
     from cnnbench.tune.tracker import ParentRun, TrialTracker
 

@@ -137,7 +137,7 @@ def test_study_storage_password_can_come_from_the_environment(monkeypatch):
     """X5: ``mlflow run -P storage=...`` stores the value as a param in clear text; the URL can now be
     given without its password, which comes from $CNNBENCH_STORAGE_PASSWORD, and a password that
     did reach a param under ``mlflow run`` is reported."""
-    from cnnbench.tune import storage
+    from cnnbench.campaign import storage
 
     monkeypatch.setenv("CNNBENCH_STORAGE_PASSWORD", "TopSecret")
     assert storage.with_password("postgresql://alice@127.0.0.1:5432/db") == "postgresql://alice:TopSecret@127.0.0.1:5432/db"

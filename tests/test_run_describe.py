@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from cnnbench import api
 from cnnbench.config import TrainConfig
 from cnnbench.tracking import describe
-from cnnbench.tune import storage as storages
+from cnnbench.campaign import storage as storages
 
 FAST = ["--no-tsne", "--no-retrieval", "--no-kernels", "--no-predictions", "--no-memory", "--no-log-model", "--quiet"]
 REPO = Path(__file__).resolve().parents[1]

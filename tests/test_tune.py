@@ -16,7 +16,7 @@ import pytest
 
 from cnnbench.config import TrainConfig
 from cnnbench.errors import ConfigError
-from cnnbench.tune import storage as storages
+from cnnbench.campaign import storage as storages
 from cnnbench.tune.session import TuneRequest, prepare
 from cnnbench.tune.space import DEFAULT_SPACE, apply, parse_expression, parse_space, restrict
 from cnnbench.tune.study import split_trials

@@ -72,7 +72,7 @@ def tune(**params) -> None:
 
 def _report(outcome, request) -> None:
     from cnnbench.tracking.store import mask_uri, ui_hint
-    from cnnbench.tune.storage import redact
+    from cnnbench.campaign.storage import redact
 
     c = outcome.counts
     click.echo(f"study {outcome.study_name}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed "

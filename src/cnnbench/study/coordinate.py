@@ -98,7 +98,7 @@ def serialise_sqlite(storage) -> None:
 
 def open_queue_storage(url: str, *, heartbeat_interval: int, on_stale: Callable | None = None):
     """tune's checked storage (URL, driver, reachability, heartbeats) with serialised SQLite claims."""
-    from cnnbench.tune.storage import open_storage
+    from cnnbench.campaign.storage import open_storage
 
     storage = open_storage(url, heartbeat_interval=heartbeat_interval, on_stale=on_stale)
     serialise_sqlite(storage)

@@ -61,7 +61,7 @@ class Plan:
 
 def prepare(request: RunRequest) -> Plan:
     from cnnbench.tracking.store import check_reachable, resolve_uri
-    from cnnbench.tune import storage as storages
+    from cnnbench.campaign import storage as storages
 
     for flag, value, low in (("--workers", request.workers, 1), ("--max-retries", request.max_retries, 0),
                              ("--heartbeat-interval", request.heartbeat_interval, 1)):

@@ -21,7 +21,7 @@ from cnnbench import api
 from cnnbench.config import TrainConfig
 from cnnbench.engine import interrupts
 from cnnbench.errors import ConfigError, RunInterrupted, TrainingError
-from cnnbench.tune import storage as storages
+from cnnbench.campaign import storage as storages
 from cnnbench.tune.plots import write_report
 from cnnbench.tune.reporter import EPOCH_METRICS
 from cnnbench.tune.space import SearchSpace, parse_space, restrict

@@ -149,7 +149,7 @@ def run_worker(spec: WorkerSpec, storage=None) -> None:
     from mlflow.tracking import MlflowClient
 
     from cnnbench.tune.objective import Objective, StudyContext
-    from cnnbench.tune.storage import open_storage
+    from cnnbench.campaign.storage import open_storage
     from cnnbench.tune.tracker import ParentRun, close_dead_trial_run
 
     quiet_optuna()

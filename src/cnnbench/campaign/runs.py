@@ -1,0 +1,79 @@
+"""The identity every run cnnbench creates carries, and every tag name the campaign layer writes.
+
+One schema for all roles, so ``cnnbench runs --stale``, ``train --resume``, the reports and the
+notebooks read one tag instead of guessing from ``cnnbench.tune.role`` / ``cnnbench.study.role``:
+
+- ``cnnbench.role``: train | tune | trial | study | cell | retrain | memory | filters
+- ``cnnbench.version``: the cnnbench that wrote it
+- ``cnnbench.owner`` / ``cnnbench.heartbeat``: the process writing a RUNNING run and its last beat
+  (:mod:`cnnbench.tracking.runs`), on parents as on children
+- ``cnnbench.campaign``: for tune, trial, study, cell and retrain runs, the campaign (study) name
+  in its storage; ``cnnbench.job``: for trial and cell runs, the job key in that campaign's queue.
+
+A trial or cell run belongs to its campaign's queue: only the campaign command resumes it
+(:data:`RESUMED_BY`), never ``train --resume``, or one job would end with two FINISHED runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TAG_ROLE = "cnnbench.role"
+TAG_VERSION = "cnnbench.version"
+TAG_CAMPAIGN = "cnnbench.campaign"
+TAG_JOB = "cnnbench.job"
+ROLES = ("train", "tune", "trial", "study", "cell", "retrain", "memory", "filters")
+PARENT_ROLES = ("tune", "study")
+# roles whose runs only their campaign command may resume, and how to say it
+RESUMED_BY = {
+    "trial": "cnnbench tune ... --study-name {campaign} (the same command adds the missing trials)",
+    "cell": "cnnbench study run ... --study-name {campaign} (the same command that started the study)",
+}
+# the tags older cnnbench versions wrote instead of TAG_ROLE (read, never written)
+LEGACY_ROLE_TAGS = ("cnnbench.study.role", "cnnbench.tune.role")
+LEGACY_ROLES = {"retrain_best": "retrain"}
+
+
+def identity(role: str, *, campaign: str | None = None, job: str | None = None, owner: bool = True) -> dict[str, str]:
+    """The identity tags of a new run of ``role`` (owner and heartbeat included unless ``owner=False``,
+    for runs created already ended)."""
+    import cnnbench
+    from cnnbench.tracking import runs as mlruns
+
+    if role not in ROLES:
+        raise ValueError(f"unknown run role {role!r}; one of {', '.join(ROLES)}")
+    tags = {TAG_ROLE: role, TAG_VERSION: cnnbench.__version__}
+    if campaign is not None:
+        tags[TAG_CAMPAIGN] = campaign
+    if job is not None:
+        tags[TAG_JOB] = job
+    if owner:
+        tags.update(mlruns.owner_tags())
+    return tags
+
+
+def role_of(tags: dict[str, Any]) -> str:
+    """A run's role from its tags (runs of older versions by their legacy tags); ``train`` when none."""
+    role = tags.get(TAG_ROLE)
+    if role is None:
+        for key in LEGACY_ROLE_TAGS:
+            if key in tags:
+                role = tags[key]
+                break
+    role = LEGACY_ROLES.get(role, role)
+    return role if role in ROLES else "train"
+
+
+def role_filter(role: str) -> str:
+    """An MLflow ``search_runs`` clause selecting runs of ``role``."""
+    return f"tags.`{TAG_ROLE}` = '{role}'"
+
+
+def quote(value: str) -> str:
+    """``value`` as a string literal of MLflow's filter grammar, which has no escape character: in
+    single quotes, or in double quotes when it holds a single quote; holding both is refused."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both quote characters, which an MLflow filter string cannot carry")
