@@ -6,7 +6,7 @@ artifacts) for the same seeds, in one process, with the data already loaded and 
 - plain: ``api.train`` per seed with ``cnnbench train``'s callbacks (artifacts, progress, the MLflow tracker,
   which like a study cell's runs no MLflow system-metrics thread);
 - study: a study of that one cell x the seeds, run by a :class:`cnnbench.study.run.Worker` (claim from
-  the Optuna queue, heartbeat, child run under the parent, the train callbacks, finish in the queue).
+  the campaign queue, heartbeat, child run under the parent, the train callbacks, finish in the queue).
 
 The overhead per cell is the difference of the mean wall times; the claim + finish of a job in the
 queue is also timed on its own. Usage: ``python benchmarks/bench_study.py [--seeds 8] [--threads 1]``.
@@ -42,7 +42,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from cnnbench import api
-    from cnnbench.study import coordinate, definition, session
+    from cnnbench.campaign.queue import Job, JobQueue
+    from cnnbench.study import definition, session
     from cnnbench.study.run import Worker, WorkerSpec, cell_config
     from cnnbench.tracking.mlflow_tracker import MlflowTracker
 
@@ -68,12 +69,10 @@ def main() -> None:
 
     plan = session.prepare(session.RunRequest(study=study, source="bench.toml", tracking_uri=uri,
                                               storage=f"sqlite:///{folder}/optuna.db"))
-    jobs = [coordinate.Job(0, "cell", s) for s in study.seeds]
-    parent, experiment, _ = plan.queue.create_or_join(jobs, fingerprint=study.fingerprint(), digest=study.digest,
-                                                      make_parent=lambda: session.create_parent(plan))
+    parent, experiment, _ = session.create_or_join(plan)
     spec = WorkerSpec(source="bench.toml", text=text, budget=None, sets=[], storage=plan.storage_url,
-                      study_name=plan.queue.study_name, parent_run_id=parent, experiment=experiment, tracking_uri=uri)
-    worker = Worker(spec, storage=plan.storage)
+                      study_name=plan.queue.campaign, parent_run_id=parent.run_id, experiment=experiment, tracking_uri=uri)
+    worker = Worker(spec, queue=plan.queue)
     for s, config in zip(study.seeds, configs):
         worker._data[worker.data_key(cell_config(study, 0, s, tracking_uri=uri, experiment=experiment))] = data[s]
     ends = []
@@ -90,13 +89,12 @@ def main() -> None:
     # the first study cell also pays the worker's one warm-up of the model: reported apart
     per_cell = [b - a for a, b in zip([start, *ends[:-1]], ends)]
 
-    queue = coordinate.Queue(plan.storage, "claims")
-    queue.create_or_join([coordinate.Job(i, f"c{i}", 0) for i in range(20)], fingerprint={}, digest="x",
-                         make_parent=lambda: ("p", "e"))
+    queue = JobQueue(plan.queue.engine, "claims")
+    queue.create([Job(str(i), {}) for i in range(20)], {})
     claims = []
     while True:
         t0 = time.perf_counter()
-        claim = queue.claim("bench", 1)
+        claim = queue.claim("bench")
         if claim is None:
             break
         queue.finish(claim, 1.0)

@@ -270,12 +270,15 @@ class JobQueue:
         return self._set(claim, state=FINISHED, outcome="finished", value=None if value is None else float(value),
                          finished_at=time.time(), lease_expires=None, **values)
 
-    def fail(self, claim: Claim, reason: str, *, outcome: str = "failed", counts: bool = True) -> str | None:
+    def fail(self, claim: Claim, reason: str, *, outcome: str = "failed", counts: bool = True,
+             final: bool = False) -> str | None:
         """End the attempt as failed: waiting again while retries are left, else failed. ``counts=False``
-        (a transient store error) uses no attempt but stops the job at MAX_TRANSIENT. The new state, or
+        (a transient store error) uses no attempt but stops the job at MAX_TRANSIENT; ``final=True`` (a
+        retry would fail the same way, e.g. a cell predicted not to fit) fails it now. The new state, or
         None when the claim was not current."""
+        change = {"attempts": jobs.c.attempts + 1, "state": FAILED} if final else self._failed(counts)
         with self.engine.begin() as conn:
-            rows = self._update(conn, self._current(claim), **self._failed(counts), outcome=outcome,
+            rows = self._update(conn, self._current(claim), **change, outcome=outcome,
                                 reason=reason[:REASON_MAX_CHARS], finished_at=time.time(), lease_expires=None)
         return rows[0].state if rows else None
 

@@ -77,3 +77,69 @@ def quote(value: str) -> str:
     if '"' not in value:
         return f'"{value}"'
     raise ValueError(f"{value!r} holds both quote characters, which an MLflow filter string cannot carry")
+
+
+class Parent:
+    """A campaign's parent run, written with ``MlflowClient`` only (never the fluent active run): its
+    identity, a heartbeat while a command works on it (so ``runs --stale`` sees a live campaign as
+    live, whichever of its commands is running), and its end."""
+
+    def __init__(self, client, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self._beat = None
+
+    @classmethod
+    def create(cls, client, experiment: str, *, run_name: str, role: str, campaign: str,
+               tags: dict[str, Any] | None = None) -> "Parent":
+        from cnnbench.tracking import describe
+
+        found = client.get_experiment_by_name(experiment)
+        exp_id = found.experiment_id if found else client.create_experiment(experiment)
+        run = client.create_run(exp_id, run_name=run_name, tags=describe.standard_tags(
+            {**identity(role, campaign=campaign), **(tags or {})}))
+        return cls(client, run.info.run_id)
+
+    def attach(self) -> "Parent":
+        """This command works on the campaign from now on: owner and heartbeat tags, RUNNING."""
+        from cnnbench.tracking import runs as mlruns
+
+        if self.client.get_run(self.run_id).info.status != "RUNNING":
+            self.client.update_run(self.run_id, status="RUNNING")
+        self.set_tags(mlruns.owner_tags())
+        if self._beat is None:
+            self._beat = mlruns.Heartbeat(self.client, self.run_id).start()
+        return self
+
+    def detach(self) -> None:
+        """This command stops working on the campaign (others go on): no more heartbeats from here."""
+        if self._beat is not None:
+            self._beat.stop()
+            self._beat = None
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from cnnbench.tracking import runs as mlruns
+
+        mlruns.set_tags(self.client, self.run_id, tags)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from cnnbench.tracking import runs as mlruns
+
+        mlruns.log_params(self.client, self.run_id, params, skip=self.client.get_run(self.run_id).data.params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """End with ``status``; ``reason`` becomes ``failure_reason`` (an earlier command's is removed
+        when the campaign now ends FINISHED)."""
+        self.detach()
+        if reason:
+            self.set_tags({"failure_reason": reason})
+        elif status == "FINISHED" and "failure_reason" in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, "failure_reason")
+        self.client.set_terminated(self.run_id, status)

@@ -1,5 +1,6 @@
-"""The worker loop: claim a cell x seed, train it (data reused per worker), log it as a child of
-the study's parent run, repeat until no job is waiting or running anywhere.
+"""The study's job source: claim a cell x seed from the campaign queue, train it (data reused per
+worker), log it as a child of the study's parent run, repeat until no job is waiting or running
+anywhere (a job whose worker died comes back after its lease expires and is run here too).
 
 A child run is an ordinary ``cnnbench train`` run (the same callbacks: artifacts per the study's
 switches, console progress, the MLflow tracker) nested under the parent, plus the study's tags.
@@ -22,34 +23,44 @@ from typing import Any
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from cnnbench.processes import JsonSpec
+from cnnbench.campaign import runs as identity
+from cnnbench.campaign.queue import Claim, Job, JobQueue, Lost
+from cnnbench.campaign.workers import LeaseKeeper, is_transient
 from cnnbench.config import TrainConfig
 from cnnbench.errors import ConfigError
 from cnnbench.events import Callback, RunState
-from cnnbench.study import coordinate
 from cnnbench.study.definition import Study, load
 
 TAG_STUDY = "cnnbench.study"
 TAG_ID = "cnnbench.study.id"
 TAG_BUDGET = "cnnbench.study.budget"
 TAG_DIGEST = "cnnbench.study.digest"
-TAG_ROLE = "cnnbench.study.role"  # study | cell
 TAG_CELL = "cnnbench.study.cell"
 TAG_SEED = "cnnbench.seed"
-TAG_TRIAL = "cnnbench.study.trial"
+TAG_ATTEMPT = "cnnbench.study.attempt"
 TAG_WORKER = "cnnbench.study.worker"
 TAG_STORAGE = "cnnbench.study.storage"
 DATA_CACHE = 4  # prepared data sets a worker keeps (one per distinct data configuration and seed)
 WARMUP_STEPS = 3
 REASON_MAX_CHARS = 4000
+ENTRY = "cnnbench.study.run:work"  # what a worker process runs (cnnbench.campaign.workers)
 
 
 def worker_id(index: int) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{index}"
 
 
+def job_of(cell: int, label: str, seed: int) -> Job:
+    return Job(f"{cell}:{seed}", {"cell": cell, "label": label, "seed": seed})
+
+
+def lease_s(heartbeat_interval: float) -> float:
+    """A job silent for twice the heartbeat interval is given to another worker."""
+    return 2.0 * heartbeat_interval
+
+
 @dataclass
-class WorkerSpec(JsonSpec):
+class WorkerSpec:
     """Everything one worker needs (JSON-able: extra local workers are processes)."""
 
     source: str
@@ -67,6 +78,13 @@ class WorkerSpec(JsonSpec):
     workers: int = 1
     parent_pid: int | None = None
     device: str | None = None
+    max_jobs: int | None = None
+    entry: str = ENTRY
+
+
+def work(spec: dict) -> None:
+    """A worker process's job: run cells until none is left (``cnnbench.campaign.workers`` calls it)."""
+    Worker(WorkerSpec(**spec)).run()
 
 
 @dataclass
@@ -95,35 +113,31 @@ class EpochClock(Callback):
 
 
 class CellRecord(Callback):
-    """After the tracker: stores the child run id on the claimed trial (so whoever finds the worker
+    """After the tracker: records the child run id on the claimed job (so whoever finds the worker
     dead can close the run)."""
 
-    def __init__(self, queue: coordinate.Queue, claim: coordinate.Claim) -> None:
+    def __init__(self, queue: JobQueue, claim: Claim) -> None:
         self.queue, self.claim = queue, claim
 
     def on_run_start(self, run: RunState) -> None:
         if run.run_id:
-            self.queue.set_attr(self.claim, coordinate.U_RUN, run.run_id)
+            self.queue.set_run(self.claim, run.run_id)
 
 
-def close_dead_cell_run(tracking_uri: str):
-    """The storage's stale-trial hook: end the dead worker's child run FAILED with the reason."""
-
-    def close(study, trial) -> None:
-        run_id = trial.user_attrs.get(coordinate.U_RUN)
-        if not run_id:
-            return
-        reason = (f"the worker running this cell ({trial.user_attrs.get(coordinate.U_WORKER, '?')}) stopped sending "
-                  f"heartbeats (killed or lost); the cell is given to another worker if --max-retries allows")
-        client = MlflowClient(tracking_uri)
-        try:
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.log_batch(run_id, tags=[RunTag("failure_reason", reason)])
-                client.set_terminated(run_id, "FAILED")
-        except Exception:  # the run may be gone; the queue state is what matters
-            pass
-
-    return close
+def close_lost(client: MlflowClient, lost: Lost) -> None:
+    """A job whose lease expired: end its child run FAILED with the reason (the queue has already
+    given the job to another worker, or failed it when no retry is left)."""
+    if not lost.run_id:
+        return
+    then = "it is given to another worker" if lost.state == "waiting" else "no retry is left (--max-retries)"
+    reason = (f"the worker running this cell ({lost.worker or '?'}) stopped renewing its lease (killed, lost or "
+              f"paused); {then}")
+    try:
+        if client.get_run(lost.run_id).info.status == "RUNNING":
+            client.log_batch(lost.run_id, tags=[RunTag("failure_reason", reason)])
+            client.set_terminated(lost.run_id, "FAILED")
+    except Exception:  # the run may be gone; the queue's state is what matters
+        pass
 
 
 def cell_config(study: Study, index: int, seed: int, *, tracking_uri: str, experiment: str,
@@ -136,17 +150,24 @@ def cell_config(study: Study, index: int, seed: int, *, tracking_uri: str, exper
     return cell.config.replace(run=run)
 
 
+def open_queue(url: str, study_name: str, *, heartbeat_interval: float, max_retries: int) -> JobQueue:
+    from cnnbench.campaign.storage import open_engine
+
+    return JobQueue(open_engine(url), study_name, lease_s=lease_s(heartbeat_interval), max_retries=max_retries)
+
+
 class Worker:
-    def __init__(self, spec: WorkerSpec, *, storage=None, stream=None) -> None:
+    def __init__(self, spec: WorkerSpec, *, queue: JobQueue | None = None, stream=None, progress=None) -> None:
         from cnnbench.tune.objective import data_key
 
         self.spec = spec
         self.stream = stream or sys.stderr
-        self.study = load(spec.source, spec.text, budget=spec.budget, sets=spec.sets)
-        self.storage = storage or coordinate.open_queue_storage(
-            spec.storage, heartbeat_interval=spec.heartbeat_interval, on_stale=close_dead_cell_run(spec.tracking_uri))
-        self.queue = coordinate.Queue(self.storage, spec.study_name)
-        self.queue._wait_ready()
+        self.progress = progress  # called after each job (worker 0 prints the campaign's progress line)
+        kwargs = {"max_jobs": spec.max_jobs} if spec.max_jobs else {}
+        self.study = load(spec.source, spec.text, budget=spec.budget, sets=spec.sets, **kwargs)
+        self.queue = queue or open_queue(spec.storage, spec.study_name, heartbeat_interval=spec.heartbeat_interval,
+                                         max_retries=spec.max_retries)
+        self.queue.wait_ready()
         self.client = MlflowClient(spec.tracking_uri)
         self.experiment_id = self.client.get_run(spec.parent_run_id).info.experiment_id
         self.id = worker_id(spec.index)
@@ -161,24 +182,36 @@ class Worker:
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.spec.workers))
-        beat = coordinate.Heartbeat(self.storage, self.spec.heartbeat_interval,
-                                    watch_parent=self.spec.parent_pid if self.spec.index > 0 else None)
+        keeper = LeaseKeeper(self.spec.heartbeat_interval, watch_parent=self.spec.parent_pid if self.spec.index > 0 else None)
         poll = min(2.0, max(0.2, self.spec.heartbeat_interval / 2))
         try:
             while True:
-                claim = self.queue.claim(self.id, self.spec.max_retries)
+                claim = self.claim()
                 if claim is None:
                     if self.queue.active() == 0:
                         return self.stats
                     time.sleep(poll)  # others are running: one may die and its cell come back
                     continue
-                beat.beat_for(claim.trial_id)
+                keeper.hold(lambda claim=claim: self.queue.heartbeat(claim))
                 try:
                     self.run_cell(claim)
+                except KeyboardInterrupt:
+                    self.queue.release(claim, "interrupted (Ctrl-C / SIGTERM / SIGHUP); run again by any worker")
+                    raise
                 finally:
-                    beat.beat_for(None)
+                    keeper.hold(None)
+                if self.progress is not None:
+                    self.progress()
         finally:
-            beat.stop()
+            keeper.stop()
+
+    def claim(self) -> Claim | None:
+        """The next job; the leases that expired meanwhile (dead workers of any command) are swept
+        by the queue's claim first, and their runs closed here."""
+        claim = self.queue.claim(self.id)
+        while self.queue.reclaimed:
+            close_lost(self.client, self.queue.reclaimed.pop())
+        return claim
 
     def data_for(self, config: TrainConfig):
         from cnnbench import api
@@ -190,17 +223,19 @@ class Worker:
             self._data[key] = api.load_data(config)
         return self._data[key]
 
-    def run_cell(self, claim: coordinate.Claim) -> None:
+    def run_cell(self, claim: Claim) -> None:
         from cnnbench import api
         from cnnbench.tracking.mlflow_tracker import MlflowTracker
 
-        spec, job = self.spec, claim.job
+        spec, job = self.spec, claim.payload
+        cell, label, seed = int(job["cell"]), str(job["label"]), int(job["seed"])
         started = time.perf_counter()
-        config = cell_config(self.study, job.cell, job.seed, tracking_uri=spec.tracking_uri,
+        config = cell_config(self.study, cell, seed, tracking_uri=spec.tracking_uri,
                              experiment=spec.experiment, device=spec.device)
-        tags = {TAG_STUDY: self.study.name, TAG_ID: spec.study_name, TAG_ROLE: "cell", TAG_CELL: job.label,
-                TAG_SEED: str(job.seed), TAG_TRIAL: str(claim.number), TAG_WORKER: self.id,
-                "cnnbench.study.attempt": str(claim.attempt)}
+        tags = {**identity.identity("cell", campaign=spec.study_name, job=claim.key, owner=False),
+                TAG_STUDY: self.study.name, TAG_ID: spec.study_name, TAG_CELL: label,
+                TAG_SEED: str(seed), TAG_WORKER: self.id, TAG_ATTEMPT: str(claim.attempt),
+                "cnnbench.study.role": "cell"}  # legacy role tag, for notebooks and readers of older stores
         tracker = MlflowTracker(tracking_uri=spec.tracking_uri, experiment=spec.experiment, run_name=config.run.run_name,
                                 nested=True, parent_run_id=spec.parent_run_id, log_model=config.artifacts.model,
                                 system_metrics=False, extra_tags=tags)
@@ -208,40 +243,45 @@ class Worker:
         skip = memory_skip(config)
         if skip:  # predicted not to fit: not launched into an out-of-memory
             self.record_failed(config, {**tags, "cnnbench.study.skipped": "memory"}, skip)
-            self.queue.fail(claim, "failed", skip)
+            self.queue.fail(claim, skip, outcome="skipped", final=True)  # the prediction would not change
             self.stats.failed += 1
-            self._print(job, "SKIPPED", skip, started)
+            self._print(label, seed, "SKIPPED", skip, started)
             return
         try:
             data = self.data_for(config)
             self.warm_up(config, data)
             result = api.train(config, callbacks, data=data)
         except KeyboardInterrupt:
-            self.queue.fail(claim, "killed", "interrupted (Ctrl-C / SIGTERM); re-run on resume")
             raise
         except Exception as err:
             reason = (f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)[:REASON_MAX_CHARS]
+            # the engine's message ends with how to resume the run by itself; a cell is resumed by its study
+            reason = reason.split(" MLflow run ", 1)[0].rstrip()
             if tracker.run_id is None:  # failed before its run existed: record one, so the report shows it
                 self.record_failed(config, tags, reason)
-            self.queue.fail(claim, "failed", reason)
-            self.stats.failed += 1
-            self._print(job, "FAILED", reason.splitlines()[0][:200], started)
+            transient = is_transient(err)
+            state = self.queue.fail(claim, reason, outcome="transient" if transient else "failed", counts=not transient)
+            if state != "waiting":
+                self.stats.failed += 1
+            then = {"waiting": "; run again" + (" (transient store error, no retry used)" if transient else ""),
+                    "failed": "; no retry left"}.get(state or "", "")
+            self._print(label, seed, "FAILED", reason.splitlines()[0][:200] + then, started)
             _release_device_memory()
             return
         value = result.metrics.get(self.study.metric, float("nan"))
-        if not self.queue.finish(claim, value if value == value else 0.0):
-            # this worker stalled past the heartbeat grace: the cell was failed and handed on meanwhile, so this
-            # run is not the cell's (exactly one FINISHED run per cell x seed)
-            reason = ("the worker stopped sending heartbeats (paused) and the cell was given to another worker "
+        if not self.queue.finish(claim, value if value == value else None, result.run_id):
+            # this worker stalled past its lease: the cell was handed on meanwhile, so this run is not
+            # the cell's (exactly one FINISHED run per cell x seed)
+            reason = ("the worker stopped renewing its lease (paused) and the cell was given to another worker "
                       "meanwhile; these metrics are not the study's")
             if result.run_id:
                 self.client.log_batch(result.run_id, tags=[RunTag("failure_reason", reason)])
                 self.client.set_terminated(result.run_id, "FAILED")
-            self._print(job, "FAILED", reason, started)
+            self._print(label, seed, "FAILED", reason, started)
             return
         self.stats.finished += 1
         self.stats.seconds.append(time.perf_counter() - started)
-        self._print(job, "FINISHED", f"{self.study.metric} {value:.4f}", started)
+        self._print(label, seed, "FINISHED", f"{self.study.metric} {value:.4f}", started)
 
     def warm_up(self, config: TrainConfig, data) -> None:
         """A few training steps of a throwaway copy of the model on real batches, once per worker and
@@ -284,8 +324,8 @@ class Worker:
             self.client.log_batch(run.info.run_id, params=params[start : start + 100])
         self.client.set_terminated(run.info.run_id, "FAILED")
 
-    def _print(self, job: coordinate.Job, state: str, outcome: str, started: float) -> None:
-        print(f"{self.label}{job.label} / seed {job.seed}  {state}  {outcome}  ({time.perf_counter() - started:.1f} s)",
+    def _print(self, label: str, seed: int, state: str, outcome: str, started: float) -> None:
+        print(f"{self.label}{label} / seed {seed}  {state}  {outcome}  ({time.perf_counter() - started:.1f} s)",
               file=self.stream, flush=True)
 
 

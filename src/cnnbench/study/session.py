@@ -1,13 +1,18 @@
-"""One ``cnnbench study run``: check every input, create or join the study (queue + parent run),
-run the local workers, and, when no job is left anywhere, write the report and end the parent.
+"""One ``cnnbench study run``: check every input, create or join the campaign (job queue + parent
+run), run the local workers until no job is left anywhere, write the report and end the parent.
 
 Every bad input is refused in :func:`prepare`, before any run exists. The parent run is created by
 whichever command creates the queue; a command joining it (another machine, a resume) reuses it.
+A command with nothing to do (every job finished or out of retries) starts no worker: it prints
+the report from MLflow. The whole command runs under the campaign's signal policy
+(:mod:`cnnbench.campaign.workers`), and its exit code is the campaign's state
+(:data:`cnnbench.campaign.EXIT_COMPLETE` only when every job FINISHED).
 """
 
 from __future__ import annotations
 
-import subprocess
+import json
+import statistics
 import sys
 import tempfile
 import time
@@ -17,21 +22,18 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-import cnnbench
-from cnnbench.processes import stop_workers
-from cnnbench.errors import CnnbenchError, ConfigError, RunInterrupted
-from cnnbench.study import coordinate
+from cnnbench.campaign import EXIT_COMPLETE, EXIT_JOBS_FAILED
+from cnnbench.campaign import runs as identity
+from cnnbench.campaign.queue import JobQueue
+from cnnbench.campaign.workers import exit_code_for, run_local, signal_policy
+from cnnbench.errors import ConfigError, RunInterrupted
 from cnnbench.study.definition import Study
-from cnnbench.study.run import (TAG_BUDGET, TAG_DIGEST, TAG_ID, TAG_ROLE, TAG_STORAGE, TAG_STUDY, Worker, WorkerSpec,
-                                close_dead_cell_run, resolve_cells)
+from cnnbench.study.run import (TAG_BUDGET, TAG_DIGEST, TAG_ID, TAG_STORAGE, TAG_STUDY, Worker, WorkerSpec, close_lost,
+                                job_of, lease_s, resolve_cells)
 
 DEFAULT_HEARTBEAT_S = 30
-
-
-class StoreError(CnnbenchError):
-    """The study storage cannot be reached (exit 1, as for an unreachable tracking store)."""
-
-    exit_code = 1
+LEGACY_TAG_ROLE = "cnnbench.study.role"  # still written for notebooks and stores of older versions
+ATTR_DIGEST, ATTR_FINGERPRINT, ATTR_PARENT, ATTR_EXPERIMENT = "digest", "fingerprint", "parent_run_id", "experiment"
 
 
 @dataclass
@@ -47,6 +49,7 @@ class RunRequest:
     heartbeat_interval: int = DEFAULT_HEARTBEAT_S
     device: str | None = None
     command: str = ""  # how it was started: the resume line repeats it
+    max_jobs: int | None = None
 
 
 @dataclass
@@ -54,14 +57,27 @@ class Plan:
     request: RunRequest
     tracking_uri: str
     storage_url: str
-    storage: Any
-    queue: coordinate.Queue
+    queue: JobQueue
     experiment: str
 
 
+@dataclass
+class Outcome:
+    parent_run_id: str
+    experiment: str
+    created: bool
+    counts: dict[str, int]
+    ran: int  # jobs this command's worker 0 ended
+    wall_s: float
+    exit_code: int
+    failed: list[str]  # one line per failed job
+    report: Any = None
+    started_workers: bool = True
+
+
 def prepare(request: RunRequest) -> Plan:
-    from cnnbench.tracking.store import check_reachable, resolve_uri
     from cnnbench.campaign import storage as storages
+    from cnnbench.tracking.store import check_reachable, resolve_uri
 
     for flag, value, low in (("--workers", request.workers, 1), ("--max-retries", request.max_retries, 0),
                              ("--heartbeat-interval", request.heartbeat_interval, 1)):
@@ -73,18 +89,26 @@ def prepare(request: RunRequest) -> Plan:
     resolve_cells(study)
     storage_url = request.storage or storages.default_storage(tracking_uri)
     storages.check_url(storage_url)
-    try:
-        storage = coordinate.open_queue_storage(storage_url, heartbeat_interval=request.heartbeat_interval,
-                                                on_stale=close_dead_cell_run(tracking_uri))
-    except ConfigError as err:
-        if str(err).startswith("cannot open the study storage"):
-            raise StoreError(str(err)) from None
-        raise
-    queue = coordinate.Queue(storage, request.study_name or study.study_id)
+    queue = JobQueue(storages.open_engine(storage_url), request.study_name or study.study_id,
+                     lease_s=lease_s(request.heartbeat_interval), max_retries=request.max_retries)
     if queue.exists():
-        queue.check_definition(study.fingerprint(), study.digest)  # refused before any run exists
+        check_definition(queue, study)  # refused before any run exists
     experiment = request.experiment or _base_experiment(study) or study.name
-    return Plan(request, tracking_uri, storage_url, storage, queue, experiment)
+    return Plan(request, tracking_uri, storage_url, queue, experiment)
+
+
+def check_definition(queue: JobQueue, study: Study) -> dict[str, Any]:
+    """The stored campaign's attrs; a ConfigError naming the differences when its definition differs."""
+    from cnnbench.study.definition import differences
+
+    attrs = queue.wait_ready()
+    if attrs.get(ATTR_DIGEST) != study.digest:
+        diff = differences(attrs.get(ATTR_FINGERPRINT, {}), study.fingerprint())
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise ConfigError(f"study {queue.campaign!r} in this storage was started with another definition "
+                          f"({shown or 'its digest differs'}); run the stored definition, or give --study-name NEW "
+                          f"to start a separate study")
+    return attrs
 
 
 def _base_experiment(study: Study) -> str | None:
@@ -94,99 +118,191 @@ def _base_experiment(study: Study) -> str | None:
     return study.cells[0].config.run.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
 
 
-def create_parent(plan: Plan) -> tuple[str, str]:
-    """The study's parent run: tags, params, the study file and its expanded definition."""
-    from cnnbench.tracking.mlflow_tracker import git_commit
-    from cnnbench.tracking.store import mask_uri
-    from cnnbench.tune.tracker import ParentRun
+def create_parent(plan: Plan) -> identity.Parent:
+    """The study's parent run: identity, params, the study file and its expanded definition."""
+    from cnnbench.campaign.storage import redact
 
     study = plan.request.study
     client = MlflowClient(plan.tracking_uri)
-    found = client.get_experiment_by_name(plan.experiment)
-    exp_id = found.experiment_id if found else client.create_experiment(plan.experiment)
-    run_id = client.create_run(exp_id, run_name=f"study {plan.queue.study_name}").info.run_id
-    parent = ParentRun(client, run_id, plan.experiment, study.metric)
-    tags = {TAG_STUDY: study.name, TAG_ID: plan.queue.study_name, TAG_BUDGET: study.budget or "default",
-            TAG_DIGEST: study.digest, TAG_ROLE: "study", TAG_STORAGE: mask_uri(plan.storage_url),
-            "cnnbench.version": cnnbench.__version__, "mlflow.note.content": study.description}
-    commit = git_commit()
-    if commit:
-        tags["cnnbench.git_commit"] = commit
-    parent.set_tags(tags)
+    name = plan.queue.campaign
+    parent = identity.Parent.create(client, plan.experiment, run_name=f"study {name}", role="study", campaign=name, tags={
+        TAG_STUDY: study.name, TAG_ID: name, TAG_BUDGET: study.budget or "default", TAG_DIGEST: study.digest,
+        LEGACY_TAG_ROLE: "study", TAG_STORAGE: redact(plan.storage_url), "mlflow.note.content": study.description})
     parent.log_params({"study": study.name, "budget": study.budget or "default", "cells": len(study.cells),
                        "seeds": ",".join(map(str, study.seeds)), "metric": study.metric, "metric_goal": study.goal,
-                       "max_retries": plan.request.max_retries,
-                       **{f"set.{k}": v for k, v in study.sets.items()}})
+                       "max_retries": plan.request.max_retries, **{f"set.{k}": v for k, v in study.sets.items()}})
     with tempfile.TemporaryDirectory(prefix="cnnbench-study-") as folder:
         root = Path(folder) / "study"
         root.mkdir()
         (root / f"{study.name}.toml").write_text(study.source_text)
-        import json
-
         (root / "definition.json").write_text(json.dumps(study.describe(), indent=2, default=str))
-        client.log_artifacts(run_id, folder)
-    return run_id, plan.experiment
+        client.log_artifacts(parent.run_id, folder)
+    return parent
 
 
-def run(plan: Plan, *, stream=None) -> dict[str, Any]:
-    """Create or join, run the workers, finish; returns what happened (for the CLI and tests)."""
-    from cnnbench.tracking.store import mask_uri
-    from cnnbench.tune.tracker import ParentRun
-
-    stream = stream or sys.stderr
-    req, study, queue = plan.request, plan.request.study, plan.queue
-    jobs = [coordinate.Job(c.index, c.label, s) for c in study.cells for s in study.seeds]
-    parent_id, experiment, created = queue.create_or_join(
-        jobs, fingerprint=study.fingerprint(), digest=study.digest, make_parent=lambda: create_parent(plan))
+def create_or_join(plan: Plan) -> tuple[identity.Parent, str, bool]:
+    """Create the campaign (parent run, then every job once) or join it. Of several commands
+    creating it at once, one wins the queue's unique name; the others delete the parent run they
+    made and join. Returns (parent, experiment, created)."""
+    study, queue = plan.request.study, plan.queue
     client = MlflowClient(plan.tracking_uri)
-    parent = ParentRun(client, parent_id, experiment, study.metric)
-    was = client.get_run(parent_id).info.status
-    queue.fail_stale()
-    requeued = queue.requeue(req.max_retries)
-    before = queue.summary()
-    if was != "RUNNING" and before["waiting"] + before["running"]:
-        client.update_run(parent_id, status="RUNNING")  # a resume: the study runs again
-    total = len(jobs)
-    state = "new" if created else f"joined ({before['finished']} of {total} runs finished"
-    state += "" if created else (f", {len(requeued)} re-queued)" if requeued else ")")
-    print(f"study {queue.study_name!r} ({state}): {len(study.cells)} cells x {len(study.seeds)} seeds = {total} runs; "
-          f"queue {mask_uri(plan.storage_url)}; parent run {parent_id} in experiment {experiment!r}", file=stream, flush=True)
-    spec = WorkerSpec(source=req.source, text=study.source_text, budget=study.budget, sets=[f"{k}={v}" for k, v in study.sets.items()],
-                      storage=plan.storage_url, study_name=queue.study_name, parent_run_id=parent_id, experiment=experiment,
-                      tracking_uri=plan.tracking_uri, max_retries=req.max_retries, heartbeat_interval=req.heartbeat_interval,
-                      workers=req.workers, device=req.device)
+    if not queue.exists():
+        parent = create_parent(plan)
+        attrs = {ATTR_DIGEST: study.digest, ATTR_FINGERPRINT: study.fingerprint(), ATTR_PARENT: parent.run_id,
+                 ATTR_EXPERIMENT: plan.experiment}
+        jobs = (job_of(c.index, c.label, s) for c in study.cells for s in study.seeds)
+        if queue.create(jobs, attrs):
+            return parent, plan.experiment, True
+        client.delete_run(parent.run_id)  # another command created it first
+    attrs = check_definition(queue, study)
+    return identity.Parent(client, attrs[ATTR_PARENT]), attrs[ATTR_EXPERIMENT], False
+
+
+def run(plan: Plan, *, stream=None) -> Outcome:
+    """Create or join, run the workers, finish (see the module doc)."""
+    stream = stream or sys.stderr
+    with signal_policy():
+        return _run(plan, stream)
+
+
+def _run(plan: Plan, stream) -> Outcome:
+    from cnnbench.campaign.storage import redact
+
+    req, study, queue = plan.request, plan.request.study, plan.queue
     started = time.perf_counter()
-    try:
-        ran = run_workers(spec, plan.storage, stream=stream)
-    except KeyboardInterrupt:
-        parent.set_tags({"cnnbench.study.interrupted": "true"})
-        parent.end("KILLED")
-        resume = req.command or f"cnnbench study run {req.source}"
-        raise RunInterrupted(f"study {queue.study_name!r} interrupted: running cells ended KILLED, parent run {parent_id} "
-                             f"KILLED; finished cells are kept. Resume with the same command: {resume}", run_id=parent_id) from None
-    after = queue.summary()
-    outcome = {"parent_run_id": parent_id, "experiment": experiment, "created": created, "summary": after,
-               "ran": ran, "wall_s": time.perf_counter() - started, "complete": after["running"] + after["waiting"] == 0}
-    if not outcome["complete"]:
-        print(f"{after['running'] + after['waiting']} runs are still with other workers; the last one to finish writes "
-              f"the report and ends the parent run", file=stream, flush=True)
+    parent, experiment, created = create_or_join(plan)
+    client = MlflowClient(plan.tracking_uri)
+    was = client.get_run(parent.run_id).info.status
+    for lost in queue.sweep():  # dead workers of earlier commands
+        close_lost(client, lost)
+    requeued = queue.requeue_failed()
+    before = queue.counts()
+    total = sum(before.values())
+    if created:
+        state = "new"
+    else:
+        state = f"joined ({before['finished']} of {total} runs finished" + (f", {len(requeued)} re-queued)" if requeued else ")")
+    print(f"study {queue.campaign!r} ({state}): {len(study.cells)} cells x {len(study.seeds)} seeds = {total} runs; "
+          f"queue {redact(plan.storage_url)}; parent run {parent.run_id} in experiment {experiment!r}", file=stream, flush=True)
+    if before["waiting"] + before["running"] == 0:  # nothing to do: no worker, the report from MLflow
+        outcome = _finish(plan, parent, created=False, was=was, changed=bool(requeued), ran=0, started=started, stream=stream)
+        outcome.started_workers = False
         return outcome
-    close_orphans(client, parent_id)
-    changed = created or after != before or bool(requeued)
-    status = "FINISHED" if after["finished"] else "FAILED"
+    parent.attach()
+    spec = WorkerSpec(source=req.source, text=study.source_text, budget=study.budget,
+                      sets=[f"{k}={v}" for k, v in study.sets.items()], storage=plan.storage_url,
+                      study_name=queue.campaign, parent_run_id=parent.run_id, experiment=experiment,
+                      tracking_uri=plan.tracking_uri, max_retries=req.max_retries,
+                      heartbeat_interval=req.heartbeat_interval, workers=req.workers, device=req.device,
+                      max_jobs=req.max_jobs)
+    progress = Progress(queue, stream)
+    try:
+        stats, codes = run_local(asdict(spec), req.workers, lambda s: Worker(
+            WorkerSpec(**s), queue=queue, stream=stream, progress=progress).run())
+    except KeyboardInterrupt as err:
+        raise _interrupted(plan, parent, err) from None
+    if any(codes):
+        print(f"note: worker exit codes {codes} (a worker that stopped early leaves its cell to the others)", file=stream)
+    return _finish(plan, parent, created=created, was=was, changed=True, ran=stats.finished + stats.failed,
+                   started=started, stream=stream)
+
+
+def _interrupted(plan: Plan, parent: identity.Parent, err: KeyboardInterrupt) -> RunInterrupted:
+    """This command's cells ended KILLED and went back to the queue. The parent ends KILLED unless
+    another command still holds jobs of the campaign (it goes on, and ends the parent itself)."""
+    from cnnbench.campaign.workers import acknowledge
+
+    acknowledge()
+    req, queue = plan.request, plan.queue
+    resume = req.command or f"cnnbench study run {req.source}"
+    code = exit_code_for(err)
+    signal_name = "Ctrl-C" if code == 130 else "SIGTERM/SIGHUP"
+    others = queue.counts()["running"]
+    if others:
+        parent.detach()
+        message = (f"study {queue.campaign!r} interrupted ({signal_name}): this command's running cells ended KILLED "
+                   f"and went back to the queue; {others} cell(s) still run in other commands, which finish the "
+                   f"study. Rejoin with the same command: {resume}")
+    else:
+        parent.set_tags({"cnnbench.study.interrupted": "true"})
+        parent.end("KILLED", reason=f"interrupted ({signal_name}); resume with the same command: {resume}")
+        message = (f"study {queue.campaign!r} interrupted ({signal_name}): running cells ended KILLED, parent run "
+                   f"{parent.run_id} KILLED; finished cells are kept. Resume with the same command: {resume}")
+    interrupted = RunInterrupted(message, run_id=parent.run_id)
+    interrupted.exit_code = code
+    return interrupted
+
+
+class Progress:
+    """``k/N done, f failed, ETA`` after each job of worker 0, from the queue (all commands' jobs)
+    and the measured durations of finished jobs."""
+
+    def __init__(self, queue: JobQueue, stream) -> None:
+        self.queue, self.stream = queue, stream
+
+    def __call__(self) -> None:
+        counts = self.queue.counts()
+        total = sum(counts.values())
+        left = counts["waiting"] + counts["running"]
+        line = f"progress: {counts['finished']}/{total} done, {counts['failed']} failed, {counts['running']} running"
+        durations = self.queue.durations()
+        if durations and left:
+            parallel = max(1, counts["running"])
+            line += f", ETA {_duration(statistics.median(durations) * left / parallel)}"
+        print(line, file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def failed_lines(queue: JobQueue) -> list[str]:
+    """One line per job that failed after its retries: cell / seed: reason."""
+    out = []
+    for row in queue.rows():
+        if row.state == "failed":
+            reason = (row.reason or row.outcome or "failed").splitlines()[0][:300]
+            out.append(f"{row.payload.get('label', row.key)} / seed {row.payload.get('seed', '?')}: {reason}")
+    return out
+
+
+def _finish(plan: Plan, parent: identity.Parent, *, created: bool, was: str, changed: bool, ran: int,
+            started: float, stream) -> Outcome:
+    """No job is left anywhere: close orphaned child runs, write the report, end the parent with the
+    campaign's state and return the exit code that says it."""
+    queue = plan.queue
+    client = MlflowClient(plan.tracking_uri)
+    counts = queue.counts()
+    outcome = Outcome(parent.run_id, client.get_experiment(client.get_run(parent.run_id).info.experiment_id).name,
+                      created, counts, ran, time.perf_counter() - started, EXIT_COMPLETE, failed_lines(queue))
+    if counts["waiting"] + counts["running"]:  # another command re-queued a job meanwhile: it finishes the study
+        print(f"{counts['waiting'] + counts['running']} runs are still with other workers; the last one to finish "
+              f"writes the report and ends the parent run", file=stream, flush=True)
+        return outcome
+    close_orphans(client, parent.run_id)
+    status = "FINISHED" if not counts["failed"] else "FAILED"
+    reason = None
+    if counts["failed"]:
+        outcome.exit_code = EXIT_JOBS_FAILED
+        reason = (f"{counts['failed']} of {sum(counts.values())} runs failed after their retries: "
+                  + "; ".join(outcome.failed[:20]) + (f"; and {len(outcome.failed) - 20} more" if len(outcome.failed) > 20 else ""))
     log = changed or was != status
     try:
-        outcome["report"] = finish(plan, parent_id, status=status, log=log)
+        outcome.report = finish(plan, parent.run_id, status=status, log=log)
     except Exception as err:  # every cell is kept; the parent must not stay RUNNING without its report
-        parent.set_tags({"failure_reason": f"the study report could not be written ({type(err).__name__}: {err}); "
-                                           f"the cells are kept and the same command writes it again"})
-        parent.end("FAILED")
+        parent.end("FAILED", reason=f"the study report could not be written ({type(err).__name__}: {err}); the cells "
+                                    f"are kept and the same command writes it again")
         raise
-    if status == "FAILED":
-        parent.set_tags({"failure_reason": "every cell x seed failed; see the child runs' failure_reason"})
-    elif "failure_reason" in client.get_run(parent_id).data.tags:  # an earlier command's, now resolved
-        client.delete_tag(parent_id, "failure_reason")
-    parent.end(status)
+    if log:
+        parent.log_metrics({"jobs_total": sum(counts.values()), "jobs_finished": counts["finished"],
+                            "failed_jobs": counts["failed"], "missing_jobs": counts["waiting"] + counts["running"]})
+        parent.set_tags({"cnnbench.failed_jobs": "\n".join(outcome.failed) or "none"})
+    if log or was != status:
+        parent.end(status, reason=reason)
     return outcome
 
 
@@ -197,8 +313,8 @@ def close_orphans(client: MlflowClient, parent_id: str) -> None:
 
     exp_id = client.get_run(parent_id).info.experiment_id
     for run in client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"):
-        client.log_batch(run.info.run_id, tags=[RunTag("failure_reason", "its worker stopped sending heartbeats (killed or "
-                                                       "lost) before ending it; the cell was given to another worker")])
+        client.log_batch(run.info.run_id, tags=[RunTag("failure_reason", "its worker stopped renewing its lease (killed "
+                                                       "or lost) before ending it; the cell was given to another worker")])
         client.set_terminated(run.info.run_id, "FAILED")
 
 
@@ -209,24 +325,3 @@ def finish(plan: Plan, parent_id: str, *, status: str, log: bool) -> Any:
     if log:
         reports.log_to_parent(MlflowClient(plan.tracking_uri), parent_id, rep)
     return rep
-
-
-def run_workers(spec: WorkerSpec, storage, *, stream) -> int:
-    """Worker 0 here, the others as ``python -m cnnbench.study.worker`` processes; returns the runs
-    worker 0 finished or failed."""
-    import os
-
-    procs: list[subprocess.Popen] = []
-    with tempfile.TemporaryDirectory(prefix="cnnbench-study-") as folder:
-        try:
-            for index in range(1, spec.workers):
-                path = WorkerSpec(**{**asdict(spec), "index": index, "parent_pid": os.getpid()}).save(Path(folder) / f"w{index}.json")
-                procs.append(subprocess.Popen([sys.executable, "-m", "cnnbench.study.worker", str(path)]))
-            stats = Worker(WorkerSpec(**{**asdict(spec), "index": 0}), storage=storage, stream=stream).run()
-            codes = [p.wait() for p in procs]
-        except BaseException:
-            stop_workers(procs)  # they end their cell KILLED and exit
-            raise
-    if any(c not in (0,) for c in codes):
-        print(f"note: worker exit codes {codes} (a worker that stopped early leaves its cell to the others)", file=stream)
-    return stats.finished + stats.failed  # this process's share
