@@ -32,8 +32,8 @@ def tune_args(where, study: str, *extra: str) -> list[str]:
 def runs_by_role(where, experiment: str):
     client = MlflowClient(where["store"])
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
-    role = lambda r: r.data.tags.get("cnnbench.tune.role")  # noqa: E731
-    return [r for r in runs if role(r) == "study"], [r for r in runs if role(r) == "trial"]
+    role = lambda r: r.data.tags.get("cnnbench.role")  # noqa: E731
+    return [r for r in runs if role(r) == "tune"], [r for r in runs if role(r) == "trial"]
 
 
 def worker_pids(parent_pid: int) -> list[int]:

@@ -104,12 +104,12 @@ def test_tune_names_trials_and_stores_an_openable_storage(cli, tracking_uri, exp
     assert f"--storage {absolute}" in result.output  # the "add trials" hint works from any folder
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    parent = next(r for r in runs if r.data.tags.get("cnnbench.tune.role") == "study")
+    parent = next(r for r in runs if r.data.tags.get("cnnbench.role") == "tune")
     assert parent.data.tags["cnnbench.tune.storage"] == absolute
     assert parent.data.tags["mlflow.source.type"] == "LOCAL" and parent.data.tags["mlflow.user"] == getpass.getuser()
     study = optuna.load_study(study_name="named", storage=parent.data.tags["cnnbench.tune.storage"])
     assert study.metric_names == ["val_accuracy"]
-    trials = sorted((r for r in runs if r.data.tags.get("cnnbench.tune.role") == "trial"),
+    trials = sorted((r for r in runs if r.data.tags.get("cnnbench.role") == "trial"),
                     key=lambda r: int(r.data.tags["trial_number"]))
     names = {t.params["batch_size"]: f"lenet5-digits-adam-lr1e-3-batch_size{t.params['batch_size']}-trial{t.number}"
              for t in study.trials}

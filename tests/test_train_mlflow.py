@@ -45,6 +45,7 @@ def test_train_logs_params_metrics_tags(cli, tracking_uri, experiment, runs_in, 
     assert m["test_accuracy"] > 0.5 and m["train_images_per_s"] > 0  # 2 epochs on digits reach ~0.8; chance is 0.1
     tags = run.data.tags
     assert tags["cnnbench.version"] and tags["cnnbench.device"].startswith("cpu")
+    assert tags["cnnbench.role"] == "train" and tags["cnnbench.owner"] and "cnnbench.campaign" not in tags
 
 
 def test_default_run_learns_and_logged_model_predicts_the_same(tracking_uri, experiment):

@@ -54,9 +54,9 @@ def study_runs(tracking_uri: str, experiment: str) -> tuple[list, list, list]:
     """(parents, trial children, retrain runs) of the experiment."""
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
-    role = lambda r: r.data.tags.get("cnnbench.tune.role")  # noqa: E731
-    return ([r for r in runs if role(r) == "study"], [r for r in runs if role(r) == "trial"],
-            [r for r in runs if role(r) == "retrain_best"])
+    role = lambda r: r.data.tags.get("cnnbench.role")  # noqa: E731
+    return ([r for r in runs if role(r) == "tune"], [r for r in runs if role(r) == "trial"],
+            [r for r in runs if role(r) == "retrain"])
 
 
 def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
@@ -103,6 +103,13 @@ def test_parent_and_child_runs_hold_the_study_with_a_failed_trial_and_the_retrai
     tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
     assert parent.info.status == "FINISHED"
     assert tags["cnnbench.tune.study"] == "structure" and tags["cnnbench.tune.storage"] == tune.storage
+    # the one identity schema (campaign.runs.identity), the old role tag no longer written
+    assert (tags["cnnbench.role"], tags["cnnbench.campaign"]) == ("tune", "structure")
+    assert tags["cnnbench.owner"] and float(tags["cnnbench.heartbeat"]) > 0 and tags["cnnbench.version"]
+    for number, run in by_number.items():
+        assert (run.data.tags["cnnbench.role"], run.data.tags["cnnbench.campaign"], run.data.tags["cnnbench.job"]) == \
+            ("trial", "structure", f"trial-{number}")
+    assert not [r for r in [parent, *children, *retrains] if "cnnbench.tune.role" in r.data.tags]
     assert params["search.l2"] == "l2=choice(0.0,1e+40)" and params["best_l2"] == "0.0"
     assert params["best_trial_number"] == str(study.best_trial.number)
     assert metrics["best_val_accuracy"] == pytest.approx(study.best_value)
@@ -120,6 +127,7 @@ def test_parent_and_child_runs_hold_the_study_with_a_failed_trial_and_the_retrai
     assert retrain.data.tags["cnnbench.tune.parent_run_id"] == parent.info.run_id
     assert tags["cnnbench.tune.retrain_run_id"] == retrain.info.run_id
     assert retrain.data.tags["cnnbench.train_on"] == "train+val"
+    assert (retrain.data.tags["cnnbench.role"], retrain.data.tags["cnnbench.campaign"]) == ("retrain", "structure")
     assert retrain.data.params["l2"] == "0.0" and retrain.data.params["epochs"] == "1"
     assert "test_accuracy" in retrain.data.metrics and retrain.info.status == "FINISHED"
     assert "mlflow.parentRunId" not in retrain.data.tags  # its own run, linked by tags

@@ -1,11 +1,14 @@
 """``cnnbench runs --stale [--mark-failed]``: runs left RUNNING by a process that is gone.
 
-A cnnbench process writes an owner tag (host and pid) and a heartbeat tag while its run is open.
-A RUNNING run whose process no longer exists (same host), or whose heartbeat stopped (three
-missed beats), was killed without cleanup (SIGKILL, power loss, a lost tracking server): it is
-listed with what it holds, and ``--mark-failed`` ends it FAILED with a reason. Both a listed run
-and a marked one can still be resumed with ``cnnbench train --resume RUN_ID`` when it uploaded a
-checkpoint.
+A cnnbench process writes an owner tag (host and pid) and a heartbeat tag while its run is open,
+for every role (train, tune parent, trial, study parent, cell, retrain, memory, filters). A
+RUNNING run whose heartbeat stopped (three missed beats) and whose process is not running on this
+host, was killed without cleanup (SIGKILL, power loss, a lost tracking server): it is listed with
+its role and what it holds, and ``--mark-failed`` ends it FAILED with a reason. A run whose
+heartbeat is fresh is never listed, even when its pid is not found here (containers and cluster
+nodes share host names). A listed or marked train run can still be resumed with ``cnnbench train
+--resume RUN_ID`` when it uploaded a checkpoint; a trial, cell or parent run by its campaign's
+command (named in the listing).
 """
 
 from __future__ import annotations

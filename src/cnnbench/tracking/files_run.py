@@ -22,10 +22,14 @@ def log_folder(*, tracking_uri: str, experiment: str, run_name: str, command: st
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
+    from cnnbench.campaign.runs import identity
+
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
-    run_id = client.create_run(exp_id, run_name=run_name, tags={"cnnbench.command": command}).info.run_id
+    # identity role "filters": cnnbench filters is this module's one command
+    tags = {"cnnbench.command": command, **identity("filters")}
+    run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
     try:
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 import cnnbench
 from cnnbench.errors import CnnbenchError, TrackingError
+from cnnbench.campaign import runs as campaign_runs
 from cnnbench.events import Callback, RunState
 from cnnbench.tracking import describe, phases
 from cnnbench.tracking import runs as mlruns
@@ -123,7 +124,9 @@ class MlflowTracker(Callback):
         run.tracking_uri = self.tracking_uri
         self._ended = False
         self._log_params(run)
-        mlflow.set_tags({**self._tags(run), **self.extra_tags, **run.tags, **mlruns.owner_tags()})
+        # the identity schema: role train unless the caller's tags name one (a study cell, a retrain)
+        identity = campaign_runs.identity(campaign_runs.role_of(self.extra_tags))
+        mlflow.set_tags({**self._tags(run), **identity, **self.extra_tags, **run.tags, **mlruns.owner_tags()})
         self._heartbeat = mlruns.Heartbeat(self.client, run.run_id).start()
         if run.start_epoch > 0:
             self._log_missing_epochs(run)

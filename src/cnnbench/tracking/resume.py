@@ -76,14 +76,9 @@ def get_resumable(tracking_uri: str, run_id: str):
     except MlflowException:
         raise ConfigError(f"--resume: there is no run {run_id!r} in the tracking store {mask_uri(tracking_uri)}") from None
     tags = run.data.tags
-    role = tags.get("cnnbench.tune.role")
-    study = tags.get("cnnbench.tune.study", "?")
-    if role == "trial":
-        raise ConfigError(f"--resume: run {run_id} is trial {tags.get('trial_number', '?')} of tune study {study!r}; "
-                          f"trials are not resumed one by one: add trials with cnnbench tune --study-name {study} (same --storage)")
-    if role == "study":
-        raise ConfigError(f"--resume: run {run_id} is the parent run of tune study {study!r}, not a training; "
-                          f"continue the study with cnnbench tune --study-name {study} (same --storage)")
+    refusal = campaign_refusal(run_id, tags)
+    if refusal:
+        raise ConfigError(refusal)
     if "cnnbench.version" not in tags:
         raise ConfigError(f"--resume: run {run_id} was not created by cnnbench (no cnnbench.version tag)")
     if run.info.status == "FINISHED":
@@ -91,8 +86,33 @@ def get_resumable(tracking_uri: str, run_id: str):
     if run.info.status in ("RUNNING", "SCHEDULED") and tags.get(mlruns.TAG_OWNER) != mlruns.owner():
         alive = mlruns.liveness(run)
         if alive.alive:
-            raise ConfigError(f"--resume: run {run_id} is RUNNING ({alive.why}); stop that process first, or wait for it")
+            limit = 3 * mlruns.heartbeat_interval()
+            raise ConfigError(f"--resume: run {run_id} is RUNNING ({alive.why}); stop that process first, or wait for it "
+                              f"(a process that was killed counts as gone once its heartbeat is {limit:.0f} s old)")
     return run
+
+
+def campaign_refusal(run_id: str, tags: dict[str, str]) -> str | None:
+    """Why ``train --resume`` refuses a run of a campaign (one line naming the campaign and the
+    command that resumes it), or None for a run it may resume.
+
+    A trial or cell run is one job of its campaign's queue: resumed by ``train`` it would end FINISHED
+    beside the run the campaign reruns for that job. A parent run (tune, study) is no training."""
+    from cnnbench.campaign.runs import RESUMED_BY, TAG_CAMPAIGN, TAG_JOB
+
+    role = mlruns.run_role(tags)
+    if role not in ("trial", "cell", "tune", "study"):
+        return None
+    campaign = tags.get(TAG_CAMPAIGN) or tags.get("cnnbench.tune.study") or tags.get("cnnbench.study.id") or "?"
+    if role in ("trial", "cell"):
+        job = tags.get(TAG_JOB) or (f"trial-{tags['trial_number']}" if "trial_number" in tags else tags.get("cnnbench.study.cell", "?"))
+        kind = "tune" if role == "trial" else "study"
+        return (f"--resume: run {run_id} is {role} {job} of {kind} campaign {campaign!r}, one job of its queue, which "
+                f"cnnbench train does not resume (the job would end with two runs); resume it with "
+                f"{RESUMED_BY[role].format(campaign=campaign)}")
+    child = "trial" if role == "tune" else "cell"
+    return (f"--resume: run {run_id} is the parent run of {role} campaign {campaign!r}, not a training; continue the "
+            f"campaign with {RESUMED_BY[child].format(campaign=campaign)}")
 
 
 def claim(tracking_uri: str, run_id: str) -> str:

@@ -115,9 +115,11 @@ class Liveness:
 def liveness(run, *, now: float | None = None) -> Liveness:
     """Whether the process writing a RUNNING run still exists.
 
-    On this host the owner's pid is checked directly (a killed process is seen at once; a stopped
-    one, ``SIGSTOP``, still counts as alive). Elsewhere the heartbeat decides: stale after three
-    missed beats. A run without heartbeat tags (older cnnbench, or another tool) is judged by its
+    A fresh heartbeat (at most three intervals old) is alive, whatever this host sees: containers
+    and cluster nodes share host names and pids are per namespace, so "no such pid here" does not
+    prove the writer gone. Past that, on this host the owner's pid is checked (a stopped process,
+    ``SIGSTOP``, still counts as alive); elsewhere it is stale. A run without a heartbeat tag
+    (older cnnbench, or another tool) is judged as before: the owner's pid on this host, else its
     start time with the same limit.
     """
     now = time.time() if now is None else now
@@ -128,9 +130,14 @@ def liveness(run, *, now: float | None = None) -> Liveness:
     pid = rest.partition(":")[0]
     try:
         beat = float(tags[TAG_HEARTBEAT])
+        has_beat = True
     except (KeyError, ValueError):
         beat = (run.info.start_time or 0) / 1000.0
+        has_beat = False
     age = now - beat
+    if has_beat and age <= limit:
+        return Liveness(True, f"{'process ' + owner_id.rsplit(':', 1)[0] if owner_id else 'its process'} "
+                              f"sent a heartbeat {age:.0f} s ago")
     if host == socket.gethostname() and pid.isdigit():
         if _process_exists(int(pid)):
             return Liveness(True, f"process {host}:{pid} is still running (last heartbeat {age:.0f} s ago)")
@@ -202,7 +209,8 @@ def delete_artifact(client, run_id: str, path: str) -> None:
 
 # -- cnnbench runs --stale ------------------------------------------------------------------
 def find_stale(client, experiment: str | None = None) -> list[tuple[object, str]]:
-    """(run, why) for each cnnbench run that is RUNNING with its process gone."""
+    """(run, why) for each cnnbench run, of any role, that is RUNNING with its process gone
+    (:func:`liveness`: a run whose heartbeat is fresh is never listed)."""
     from cnnbench.errors import ConfigError
 
     if experiment is not None:
@@ -225,6 +233,34 @@ def find_stale(client, experiment: str | None = None) -> list[tuple[object, str]
     return found
 
 
+def run_role(tags: dict[str, str]) -> str:
+    """:func:`cnnbench.campaign.runs.role_of`, except that a tune parent of older versions
+    (``cnnbench.tune.role`` = study, no ``cnnbench.role``) is a ``tune`` parent, not a study's."""
+    from cnnbench.campaign.runs import TAG_ROLE, role_of
+
+    if TAG_ROLE not in tags and tags.get("cnnbench.tune.role") == "study":
+        return "tune"
+    return role_of(tags)
+
+
+def _what_next(client, run_id: str, role: str, tags: dict[str, str]) -> str:
+    """How a stale run of ``role`` is continued: ``train --resume`` for a train run with a
+    checkpoint, its campaign's command for a trial, cell or parent run."""
+    from cnnbench.campaign.runs import RESUMED_BY, TAG_CAMPAIGN
+
+    campaign = tags.get(TAG_CAMPAIGN) or tags.get("cnnbench.tune.study") or tags.get("cnnbench.study.id") or "?"
+    if role in RESUMED_BY:
+        return f"{role} of campaign {campaign!r}, continued by {RESUMED_BY[role].format(campaign=campaign)}"
+    if role == "tune":
+        return f"continued by {RESUMED_BY['trial'].format(campaign=campaign)}"
+    if role == "study":
+        return f"continued by {RESUMED_BY['cell'].format(campaign=campaign)}"
+    if role == "train":
+        has_ckpt = any(a.path == "checkpoints/last.pt" for a in client.list_artifacts(run_id, "checkpoints"))
+        return "resumable: cnnbench train --resume " + run_id if has_ckpt else "no checkpoint"
+    return "no checkpoint"
+
+
 def stale_report(tracking_uri: str | None, experiment: str | None, *, mark_failed: bool) -> list[str]:
     from mlflow.tracking import MlflowClient
 
@@ -239,11 +275,12 @@ def stale_report(tracking_uri: str | None, experiment: str | None, *, mark_faile
     lines = []
     for run, why in stale:
         info, tags = run.info, run.data.tags
-        role = tags.get("cnnbench.tune.role", "train")
-        epochs = len(client.get_metric_history(info.run_id, "train_loss")) if role != "study" else 0
-        has_ckpt = any(a.path == "checkpoints/last.pt" for a in client.list_artifacts(info.run_id, "checkpoints"))
-        what = "resumable: cnnbench train --resume " + info.run_id if has_ckpt and role == "train" else "no checkpoint"
-        lines.append(f"{info.run_id}  {role:<6} {info.run_name or '':<24} {epochs} epoch(s) logged; {why}; {what}")
+        role = run_role(tags)
+        trains = role in ("train", "trial", "cell", "retrain")
+        epochs = len(client.get_metric_history(info.run_id, "train_loss")) if trains else 0
+        logged = f"{epochs} epoch(s) logged; " if trains else ""
+        what = _what_next(client, info.run_id, role, tags)
+        lines.append(f"{info.run_id}  {role:<7} {info.run_name or '':<24} {logged}{why}; {what}")
         if mark_failed:
             set_tags(client, info.run_id, {"failure_reason": f"process gone ({why}); marked FAILED by cnnbench runs --mark-failed"})
             client.set_terminated(info.run_id, "FAILED")

@@ -20,7 +20,8 @@ from cnnbench.config import TrainConfig
 from cnnbench.data.bundle import Split
 from cnnbench.data.pipeline import channel_stats
 from cnnbench.tune.space import apply
-from cnnbench.tune.tracker import TAG_PARENT, TAG_ROLE, TAG_STUDY
+from cnnbench.campaign.runs import TAG_CAMPAIGN, TAG_ROLE
+from cnnbench.tune.tracker import TAG_PARENT, TAG_STUDY
 
 
 def merged_train_val(config: TrainConfig):
@@ -37,7 +38,7 @@ def retrain_best(base: TrainConfig, best_params: dict[str, Any], *, epochs: int,
     config = apply(base, best_params).replace(
         run={"epochs": epochs, "run_name": f"{study_name}-best", "experiment": experiment}
     )
-    tags = {TAG_STUDY: study_name, TAG_PARENT: parent_run_id, TAG_ROLE: "retrain_best",
+    tags = {TAG_STUDY: study_name, TAG_PARENT: parent_run_id, TAG_ROLE: "retrain", TAG_CAMPAIGN: study_name,
             "cnnbench.train_on": "train+val", "best_trial_number": str(best_trial_number)}
     data = merged_train_val(config)
     # a run of its own: under `mlflow run`, MLFLOW_RUN_ID is the tune parent, not this run

@@ -25,7 +25,8 @@ from cnnbench.campaign import storage as storages
 from cnnbench.tune.plots import write_report
 from cnnbench.tune.reporter import EPOCH_METRICS
 from cnnbench.tune.space import SearchSpace, parse_space, restrict
-from cnnbench.tune.study import WorkerSpec, build_pruner, build_sampler, open_study, quiet_optuna, run_workers, trials_of
+from cnnbench.tune.study import (WorkerSpec, build_pruner, build_sampler, open_study, quiet_optuna, run_workers,
+                                 sweep_orphan_runs, trials_of)
 from cnnbench.tune.tracker import TAG_RETRAIN, TAG_STORAGE, TAG_STUDY, ParentRun, best_trial, close_dead_trial_run
 from cnnbench.tracking.describe import experiment_name
 
@@ -137,7 +138,7 @@ def run(plan: Plan, *, stream=None) -> Outcome:
           f"in {storages.redact(plan.storage_url)}; searching {', '.join(plan.space.texts().values())}", file=stream)
     parent = ParentRun.start(
         tracking_uri=plan.tracking_uri, experiment=experiment_name(req.config.run.experiment),
-        run_name=req.config.run.run_name or f"tune-{name}", metric=req.metric,
+        run_name=req.config.run.run_name or f"tune-{name}", metric=req.metric, campaign=name,
         tags={TAG_STUDY: name, TAG_STORAGE: storages.redact(plan.storage_url), "cnnbench.tune.resumed": plan.resumed,
               "cnnbench.model": req.config.model.name, "cnnbench.dataset": req.config.data.name,
               **({"cnnbench.tune.notes": "\n".join(list(plan.space.notes) + plan.warnings)[:4000]} if plan.space.notes or plan.warnings else {})},
@@ -145,6 +146,8 @@ def run(plan: Plan, *, stream=None) -> Outcome:
                 "trials": req.trials, "sampler": req.sampler, "pruner": req.pruner, "n_jobs": req.n_jobs,
                 "objective": req.metric, "direction": plan.direction, "study_name": name, "timeout": req.timeout},
     )
+    if plan.resumed:  # trial runs an earlier, killed invocation left RUNNING that no trial names
+        sweep_orphan_runs(name, plan.storage_url, plan.tracking_uri, plan.storage)
     before = {t.number for t in plan.study.trials}
     started = time.perf_counter()
     spec = WorkerSpec(

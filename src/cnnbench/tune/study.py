@@ -206,7 +206,10 @@ def run_workers(spec: WorkerSpec, storage) -> list[int]:
 
     Then the trials lost to dead workers (killed, crashed, paused past the heartbeat grace) are
     failed, retried by Optuna with the same parameters, and the missing count is run here, for at
-    most :data:`TOP_UP_ROUNDS` rounds; still short after that is a :class:`TrainingError`."""
+    most :data:`TOP_UP_ROUNDS` rounds; still short after that is a :class:`TrainingError`. Last,
+    child runs a killed worker left RUNNING are ended (:func:`sweep_orphan_runs`)."""
+    from cnnbench.errors import TrainingError
+
     shares = split_trials(spec.n_trials, spec.n_jobs)
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="cnnbench-tune-") as folder:
@@ -216,7 +219,12 @@ def run_workers(spec: WorkerSpec, storage) -> list[int]:
                 procs.append(subprocess.Popen([sys.executable, "-m", "cnnbench.tune.worker", str(path)]))
             run_worker(WorkerSpec(**{**asdict(spec), "n_trials": shares[0], "index": 0}), storage)
             codes = [p.wait() for p in procs]
-            top_up(spec, storage)
+            try:
+                top_up(spec, storage)
+            except TrainingError:
+                sweep_orphan_runs(spec.study_name, spec.storage, spec.tracking_uri, storage, own_parent=spec.parent_run_id)
+                raise
+            sweep_orphan_runs(spec.study_name, spec.storage, spec.tracking_uri, storage, own_parent=spec.parent_run_id)
             return codes
         except BaseException as err:
             if isinstance(err, KeyboardInterrupt):
@@ -270,6 +278,82 @@ def fail_orphaned(study: optuna.Study, parent_run_id: str, tracking_uri: str) ->
             close_dead_trial_run(tracking_uri, frozen)
         failed.append(trial.number)
     return failed
+
+
+def sweep_orphan_runs(study_name: str, storage_url: str, tracking_uri: str, storage, *,
+                      own_parent: str | None = None) -> list[str]:
+    """End FAILED every trial child run of this study left RUNNING by a worker that is gone.
+
+    A worker SIGKILLed between creating its trial's run and recording the run id on the trial
+    leaves a RUNNING run that no trial names, so neither Optuna's stale-trial callback nor
+    :func:`fail_orphaned` can close it. Swept: the RUNNING trial runs of ``own_parent`` (called
+    once every worker of it has exited) and of any earlier parent of the study that is no longer
+    alive (ended, or RUNNING with its process gone: :func:`cnnbench.tracking.runs.liveness`),
+    whose trial is not RUNNING in Optuna or does not name the run. A trial still RUNNING that names
+    its run is left to Optuna's heartbeat (its stale callback closes the run). Best effort: a store
+    error is one line on stderr. Returns the ended run ids."""
+    from mlflow.tracking import MlflowClient
+
+    from cnnbench.campaign import runs as campaign_runs
+    from cnnbench.campaign.storage import redact
+    from cnnbench.tracking import runs as mlruns
+    from cnnbench.tune.tracker import TAG_STORAGE, TAG_STUDY
+
+    ended: list[str] = []
+    try:
+        client = MlflowClient(tracking_uri)
+        ids = [e.experiment_id for e in client.search_experiments()]
+        where = f"attributes.status = 'RUNNING' and tags.`{TAG_STUDY}` = {campaign_runs.quote(study_name)}"
+        running = [r for start in range(0, len(ids), 100)
+                   for r in client.search_runs(ids[start:start + 100], filter_string=where, max_results=50000)]
+        children = [r for r in running if campaign_runs.role_of(r.data.tags) == "trial" and r.data.tags.get("mlflow.parentRunId")]
+        if not children:
+            return ended
+        trials = {t.number: t for t in optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)}
+        parents_gone: dict[str, bool] = {}
+        for run in children:
+            parent_id = run.data.tags["mlflow.parentRunId"]
+            if parent_id not in parents_gone:
+                parents_gone[parent_id] = parent_id == own_parent or _parent_gone(client, parent_id, redact(storage_url), TAG_STORAGE)
+            if not parents_gone[parent_id]:
+                continue
+            number = run.data.tags.get("trial_number", "")
+            trial = trials.get(int(number)) if number.isdigit() else None
+            named = trial.user_attrs.get("mlflow_run_id") if trial is not None else None
+            if trial is not None and trial.state.name == "RUNNING" and named == run.info.run_id:
+                continue
+            if named == run.info.run_id:
+                why = f"trial {number} is {trial.state.name} in Optuna but this run was left RUNNING"
+            else:
+                why = (f"its worker stopped (killed) before trial {number or '?'} recorded this run"
+                       f"{f' (the trial names run {named})' if named else ''}")
+            mlruns.set_tags(client, run.info.run_id, {
+                "trial_state": "FAIL",
+                "failure_reason": f"{why}; no worker of tune parent run {parent_id} is alive, so cnnbench tune ended it FAILED"})
+            client.set_terminated(run.info.run_id, "FAILED")
+            ended.append(run.info.run_id)
+    except Exception as err:  # a store hiccup must not fail a tune whose trials ran: the next tune sweeps again
+        print(f"note: could not check for trial runs left RUNNING by killed workers: {type(err).__name__}: {err}",
+              file=sys.stderr, flush=True)
+    if ended:
+        print(f"note: ended {len(ended)} trial run(s) left RUNNING by killed workers FAILED: {', '.join(ended)}",
+              file=sys.stderr, flush=True)
+    return ended
+
+
+def _parent_gone(client, parent_id: str, storage: str, tag_storage: str) -> bool:
+    """Whether an earlier tune parent of this study (in this storage) has no live process (so no worker)."""
+    from mlflow.exceptions import MlflowException
+
+    from cnnbench.tracking import runs as mlruns
+
+    try:
+        parent = client.get_run(parent_id)
+    except MlflowException:
+        return False  # not ours to judge
+    if parent.data.tags.get(tag_storage, storage) != storage:
+        return False  # the same study name in another storage
+    return parent.info.status != "RUNNING" or not mlruns.liveness(parent).alive
 
 
 def top_up(spec: WorkerSpec, storage) -> None:

@@ -10,6 +10,7 @@ end FAILED (KILLED on Ctrl-C) with ``failure_reason``.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import optuna
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-import cnnbench
+from cnnbench.campaign.runs import identity
 from cnnbench.events import RunState
 from cnnbench.tracking import describe
 from cnnbench.tracking import runs as mlruns
@@ -26,7 +27,6 @@ from cnnbench.tracking.mlflow_tracker import FAILURE_REASON_MAX_CHARS, MlflowTra
 
 TAG_STUDY = "cnnbench.tune.study"
 TAG_STORAGE = "cnnbench.tune.storage"
-TAG_ROLE = "cnnbench.tune.role"
 TAG_PARENT = "cnnbench.tune.parent_run_id"
 TAG_RETRAIN = "cnnbench.tune.retrain_run_id"
 
@@ -37,8 +37,10 @@ class TrialTracker(MlflowTracker):
     only, no fluent active run (so nothing global changes between trials), one create and one batch
     at start, one batch per epoch, one at the end; no artifacts and no model.
 
-    The run id is stored on the trial at start (user attr ``mlflow_run_id``) so a dead worker's run
-    can be closed by whoever notices the missing heartbeat.
+    The run id is stored on the trial right after the run is created (user attr ``mlflow_run_id``)
+    so a dead worker's run can be closed by whoever notices the missing heartbeat; a worker killed
+    in between leaves a run its trial does not name, which :func:`cnnbench.tune.study.sweep_orphan_runs`
+    ends. While open, the run carries its owner and a heartbeat (``cnnbench runs --stale``).
     """
 
     def __init__(self, trial: optuna.Trial, *, study_name: str, parent_run_id: str, tracking_uri: str,
@@ -51,16 +53,19 @@ class TrialTracker(MlflowTracker):
         self.experiment_id = experiment_id
 
     def on_run_start(self, run: RunState) -> None:
-        tags = {**self._tags(run), "mlflow.parentRunId": self.parent_run_id, TAG_STUDY: self.study_name,
-                TAG_ROLE: "trial", "trial_number": str(self.trial.number), "trial_state": "RUNNING", **run.tags,
+        tags = {**self._tags(run), **identity("trial", campaign=self.study_name, job=f"trial-{self.trial.number}"),
+                "mlflow.parentRunId": self.parent_run_id, TAG_STUDY: self.study_name,
+                "trial_number": str(self.trial.number), "trial_state": "RUNNING", **run.tags,
                 "mlflow.note.content": describe.description(run, heading=f"Trial {self.trial.number} of study `{self.study_name}`.")}
         name = describe.run_name(run.config, self.trial.params, label=f"trial{self.trial.number}")
         self.run_id = run.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=describe.standard_tags(tags)).info.run_id
-        self.client.log_inputs(self.run_id, datasets=describe.dataset_inputs(run))
         self._ended = False
+        fault_hook("trial-run-created")
+        self.trial.set_user_attr("mlflow_run_id", self.run_id)  # first: a worker killed from here on leaves a named run
+        self._heartbeat = mlruns.Heartbeat(self.client, self.run_id).start()
+        self.client.log_inputs(self.run_id, datasets=describe.dataset_inputs(run))
         params = {**run.config.flat_params(), **run.params, "trial_number": self.trial.number}
         mlruns.log_params(self.client, self.run_id, params)
-        self.trial.set_user_attr("mlflow_run_id", self.run_id)
 
     def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
         self._log(metrics, step=epoch)
@@ -121,16 +126,37 @@ class TrialTracker(MlflowTracker):
                               tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
     def _end(self, status: str) -> None:
+        self._stop_heartbeat()
         self.client.set_terminated(self.run_id, status)
         self._ended = True
+
+
+FAULT_ENV = "CNNBENCH_TUNE_FAULT"
+
+
+def fault_hook(point: str) -> None:
+    """Tests' fault injection: ``$CNNBENCH_TUNE_FAULT`` = ``POINT:kill`` SIGKILLs this process the
+    first time it reaches ``point``; ``POINT:kill:worker`` only in an extra ``--n-jobs`` worker
+    process (``python -m cnnbench.tune.worker``). Unset (always, outside the tests), it does nothing."""
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    at, action, where = (wanted.split(":") + ["", ""])[:3]
+    if at != point or (where == "worker" and not sys.argv[0].endswith(os.path.join("tune", "worker.py"))):
+        return
+    import signal
+
+    os.environ.pop(FAULT_ENV, None)
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def record_failed_trial(client: MlflowClient, experiment_id: str, parent_run_id: str, trial: optuna.Trial,
                         study_name: str, values: dict[str, Any], reason: str) -> str:
     """A child run for a trial that failed before training started (so every trial has its run)."""
     run = client.create_run(experiment_id, run_name=f"trial-{trial.number}", tags={
-        "mlflow.parentRunId": parent_run_id, TAG_STUDY: study_name, TAG_ROLE: "trial",
-        "trial_number": str(trial.number), "trial_state": "FAIL", "failure_reason": reason[:FAILURE_REASON_MAX_CHARS],
+        **identity("trial", campaign=study_name, job=f"trial-{trial.number}", owner=False),
+        "mlflow.parentRunId": parent_run_id, TAG_STUDY: study_name, "trial_number": str(trial.number), "trial_state": "FAIL", "failure_reason": reason[:FAILURE_REASON_MAX_CHARS],
     })
     mlruns.log_params(client, run.info.run_id, {**values, "trial_number": trial.number})
     client.set_terminated(run.info.run_id, "FAILED")
@@ -161,8 +187,9 @@ class ParentRun:
 
     @classmethod
     def start(cls, *, tracking_uri: str, experiment: str, run_name: str, metric: str,
-              tags: dict[str, str], params: dict[str, Any]) -> "ParentRun":
-        """Create the run, or adopt the one ``mlflow run`` created (``$MLFLOW_RUN_ID``) and its experiment."""
+              tags: dict[str, str], params: dict[str, Any], campaign: str | None = None) -> "ParentRun":
+        """Create the run, or adopt the one ``mlflow run`` created (``$MLFLOW_RUN_ID``) and its experiment.
+        ``campaign``: the Optuna study name (default: the ``cnnbench.tune.study`` tag)."""
         client = MlflowClient(tracking_uri)
         run_id = os.environ.get("MLFLOW_RUN_ID")
         if run_id:
@@ -173,11 +200,11 @@ class ParentRun:
             run_id = client.create_run(exp_id, run_name=run_name, tags=describe.standard_tags()).info.run_id  # Source, user, commit
         exp_name = client.get_experiment(exp_id).name
         parent = cls(client, run_id, exp_name, metric)
-        base_tags = {"cnnbench.version": cnnbench.__version__, TAG_ROLE: "study"}
+        base_tags = identity("tune", campaign=campaign or tags.get(TAG_STUDY))  # owner and first heartbeat included
         commit = git_commit()
         if commit:
             base_tags["cnnbench.git_commit"] = commit
-        parent.set_tags({**base_tags, **tags, **mlruns.owner_tags()})
+        parent.set_tags({**tags, **base_tags})
         parent.heartbeat = mlruns.Heartbeat(client, run_id).start()  # `cnnbench runs --stale` finds a killed tune
         parent.log_params(params)
         return parent
