@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cnnbench.config import TrainConfig, apply_values
+from cnnbench.config import ALIASES, OPTIONS, TrainConfig, apply_values
 from cnnbench.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "metric", "metric_goal", "seeds", "reference", "base", "grid", "variants",
@@ -33,6 +33,11 @@ STUDY_DEFAULTS = {"tsne": False, "retrieval": False, "log_model": False, "quiet"
 # Where and how a cell runs, not what it is: left out of the definition digest.
 NOT_DEFINITION = {"device", "experiment", "tracking_uri", "run_name", "quiet", "data_dir", "download"}
 METRIC_GOALS = ("max", "min")
+# The most cell x seed runs a study may have unless --max-jobs raises it: counted from the file's
+# axis lengths before any cell is built, so a 10^6-cell grid is refused at once, not expanded.
+MAX_JOBS = 10_000
+MAX_SEED = 2**32 - 1  # numpy's seed range
+STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
 @dataclass(frozen=True)
@@ -145,13 +150,47 @@ def read_text(source: str | Path, text: str | None = None) -> tuple[dict[str, An
     except tomllib.TOMLDecodeError as err:
         where = str(err).replace("end of document", f"end of document, line {text.count(chr(10)) + 1}")
         raise ConfigError(f"study file {source} is not valid TOML: {where}") from None
+    except ValueError:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise ConfigError(f"study file {source} holds an integer of thousands of digits; no option or count "
+                          f"accepts a number that large") from None
 
 
 def load(source: str, text: str | None = None, *, budget: str | None = None,
-         sets: Sequence[str] = ()) -> Study:
-    """Read, validate and expand a study (``text`` given: ``source`` only names it in messages)."""
+         sets: Sequence[str] = (), max_jobs: int = MAX_JOBS) -> Study:
+    """Read, validate and expand a study (``text`` given: ``source`` only names it in messages);
+    more than ``max_jobs`` cell x seed runs are refused before any cell is built."""
     raw, text = read_text(source, text)
-    return expand(raw, source=str(source), text=text, budget=budget, sets=parse_sets(sets))
+    return expand(raw, source=str(source), text=text, budget=budget, sets=parse_sets(sets), max_jobs=max_jobs)
+
+
+def check_study_name(name: str, *, what: str = "--study-name") -> str:
+    """``name`` if it may name a study in the storage and in MLflow tags and filter strings:
+    letters, digits, '-', '_' and '.', 1 to 200 characters; else a one-line ConfigError."""
+    if not isinstance(name, str) or not STUDY_NAME_RE.match(name):
+        shown = name if not isinstance(name, str) or len(name) <= 80 else name[:80] + "..."
+        raise ConfigError(f"{what} {shown!r} is not accepted: use only letters, digits, '-', '_' and '.' "
+                          f"(1 to 200 characters)")
+    return name
+
+
+def canonical_key(key: str) -> str:
+    """The option a study key sets, whatever its spelling: an alias (``kernel_size`` ->
+    ``model.kernel_size``) or a flag form (``--kernel-size``) resolved as :func:`apply_values` does."""
+    name = key[2:].replace("-", "_") if key.startswith("--") else key
+    name = ALIASES.get(name, name)
+    return name if name in OPTIONS or name.startswith(("model.", "data.")) else key
+
+
+def _one_spelling(keys: Sequence[str], where: str) -> dict[str, str]:
+    """canonical name -> key as written; two spellings of one option are refused, naming both."""
+    seen: dict[str, str] = {}
+    for key in keys:
+        name = canonical_key(key)
+        if name in seen:
+            raise ConfigError(f"{where}: {seen[name]!r} and {key!r} are two spellings of the option {name!r}; "
+                              f"give it once")
+        seen[name] = key
+    return seen
 
 
 def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
@@ -165,9 +204,11 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | None = None,
-           sets: Mapping[str, str] | None = None) -> Study:
+           sets: Mapping[str, str] | None = None, max_jobs: int = MAX_JOBS) -> Study:
     sets = dict(sets or {})
     where = f"study file {source}"
+    if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
+        raise ConfigError(f"--max-jobs must be a whole number of runs >= 1; got {max_jobs!r}")
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(TOP_KEYS)}")
@@ -184,6 +225,9 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
     variants = _variants(raw.get("variants"), where)
     budgets = _table(raw, "budgets", where)
     for bname, table in budgets.items():
+        if not STUDY_NAME_RE.match(bname):  # it becomes part of the study id, a tag and filter value
+            raise ConfigError(f"{where}: budget name {_brief(bname, 80)} is not accepted: use only letters, digits, "
+                              f"'-', '_' and '.'")
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: [budgets.{bname}] must be a table of option overrides; got {table!r}")
     chosen: dict[str, Any] = {}
@@ -192,23 +236,35 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
             accepted = ", ".join(budgets) if budgets else "none (the file has no [budgets.NAME] tables)"
             raise ConfigError(f"unknown --budget {budget!r} for study {name!r}; accepted: {accepted}")
         chosen = dict(budgets[budget])
-    seeds = _seeds(chosen.pop("seeds", raw.get("seeds", 1)), where)
+    seeds = _seeds(chosen.pop("seeds", raw.get("seeds", 1)), where, max_jobs)
 
     if grid is not None and not grid:
         raise ConfigError(f"{where}: [grid] is empty; give at least one axis (KEY = [values]) or leave [grid] out and use [[variants]]")
     grid = dict(grid or {})
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: grid axis {key!r} must be a non-empty list of values; got {values!r}")
-        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
-            raise ConfigError(f"{where}: grid axis {key!r} lists a value twice: {values!r}")
-    for key in [k for k in chosen if k in grid]:  # a budget may replace an axis's values
+            raise ConfigError(f"{where}: grid axis {key!r} must be a non-empty list of values; got {_brief(values)}")
+    axis_of = _one_spelling(list(grid), f"{where}: [grid]")  # canonical name -> grid key as written
+    _one_spelling(list(base), f"{where} [base]")
+    _one_spelling(list(chosen), f"{where} [budgets.{budget}]")
+    _one_spelling(list(sets), "--set")
+    for key in [k for k in chosen if canonical_key(k) in axis_of]:  # a budget may replace an axis's values
         values = chosen.pop(key)
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}: [budgets.{budget}] {key!r} is a grid axis: give a non-empty list; got {values!r}")
-        grid[key] = values
+            raise ConfigError(f"{where}: [budgets.{budget}] {key!r} is a grid axis: give a non-empty list; got {_brief(values)}")
+        grid[axis_of[canonical_key(key)]] = values
+    for vname, overrides in variants:
+        for key in _one_spelling(list(overrides), f"{where}: variant {vname!r}").values():
+            axis = axis_of.get(canonical_key(key))
+            if axis is not None:
+                raise ConfigError(f"{where}: variant {vname!r} sets {key!r}, which grid axis {axis!r} varies (its value "
+                                  f"would replace every grid value); vary it in [grid] or in the variants, not both")
     if not grid and not variants:
         raise ConfigError(f"{where}: the study has no cells; give [grid] axes (KEY = [values]) or [[variants]]")
+    _check_size(grid, variants, seeds, max_jobs, where)
+    for key, values in grid.items():
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+            raise ConfigError(f"{where}: grid axis {key!r} lists a value twice: {_brief(values)}")
 
     start = apply_values(TrainConfig(), STUDY_DEFAULTS, where=where)
     start = apply_values(start, base, where=f"{where} [base]", text=False)
@@ -245,6 +301,20 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
                  axes=tuple(grid), has_variants=bool(variants), reference=reference, published=published,
                  published_source=pub_source, published_metric=pub_metric, budget=budget, source_text=text,
                  source_name=source, sets=dict(sets))
+
+
+def _check_size(grid: Mapping[str, list], variants: Sequence, seeds: Sequence[int], max_jobs: int, where: str) -> None:
+    """Refuse more than ``max_jobs`` cell x seed runs, counted from the axis lengths (no expansion)."""
+    points = math.prod(len(v) for v in grid.values())  # Python integers: no overflow, nothing built
+    nvar = max(len(variants), 1)
+    jobs = points * nvar * len(seeds)
+    if jobs <= max_jobs:
+        return
+    grid_part = (" x ".join(str(len(v)) for v in grid.values()) + f" grid point{'s' if points != 1 else ''}"
+                 if grid else "no grid")
+    raise ConfigError(f"{where}: {grid_part} x {nvar} variant{'s' if nvar != 1 else ''} x {len(seeds)} "
+                      f"seed{'s' if len(seeds) != 1 else ''} = {jobs:,} runs, above the limit of {max_jobs:,}; "
+                      f"shrink the grid or seeds, or raise the limit with --max-jobs N")
 
 
 def _known_metrics() -> tuple[str, ...]:
@@ -290,18 +360,50 @@ def _variants(raw: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _seeds(raw: Any, where: str) -> tuple[int, ...]:
+def _seeds(raw: Any, where: str, max_jobs: int = MAX_JOBS) -> tuple[int, ...]:
+    accepted = (f"a count from 1 to {max_jobs:,} (repeats per cell; --max-jobs N raises the limit) or a list of "
+                f"at most {max_jobs:,} distinct seeds from 0 to {MAX_SEED}")
     if isinstance(raw, bool):
         raise ConfigError(f"{where}: seeds must be a positive count or a list of seeds >= 0; got {raw!r}")
     if isinstance(raw, int):
         if raw <= 0:
             raise ConfigError(f"{where}: seeds must be a positive count (repeats per cell) or a list of seeds >= 0; got {raw}")
+        if raw > max_jobs:  # refused as a number: never a range of that length
+            raise ConfigError(f"{where}: seeds = {_number(raw)} is above the limit of {max_jobs:,} runs; give {accepted}")
         return tuple(range(raw))
+    if isinstance(raw, list) and len(raw) > max_jobs:
+        raise ConfigError(f"{where}: seeds lists {len(raw):,} seeds, above the limit of {max_jobs:,} runs; give {accepted}")
     if isinstance(raw, list) and raw and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw):
-        if len(set(raw)) != len(raw):
-            raise ConfigError(f"{where}: seeds lists a seed twice: {raw}")
+        high = next((s for s in raw if s > MAX_SEED), None)
+        if high is not None:
+            raise ConfigError(f"{where}: seed {_number(high)} is out of range; give {accepted}")
+        seen: set[int] = set()
+        for s in raw:
+            if s in seen:
+                raise ConfigError(f"{where}: seeds lists a seed twice: {s}")
+            seen.add(s)
         return tuple(raw)
-    raise ConfigError(f"{where}: seeds must be a positive count or a non-empty list of seeds >= 0; got {raw!r}")
+    raise ConfigError(f"{where}: seeds must be a positive count or a non-empty list of seeds >= 0; got {_brief(raw)}")
+
+
+def _brief(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a value from a huge list must not make a huge message)."""
+    if isinstance(value, list) and len(value) > 50:
+        value = value[:50]
+        text = repr(value)[:-1] + ", ...]"
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _number(value: int) -> str:
+    """A user's integer as a message shows it (an absurd one by its digit count, not its digits)."""
+    if value.bit_length() < 200:
+        return str(value)
+    try:
+        return f"a number of {len(str(value))} digits"
+    except ValueError:  # more digits than sys.get_int_max_str_digits() allows str() to write
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
 
 
 def _published(raw: Any, labels: list[str], metric: str, where: str) -> tuple[dict[str, float], str, str]:

@@ -107,12 +107,23 @@ def find_parent(client, ref: str, *, experiment: str | None = None) -> str:
         ids = [exp.experiment_id] if exp else []
     else:
         ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, filter_string=f"tags.`cnnbench.study.id` = '{ref}' and tags.`cnnbench.study.role` = 'study'",
-                              order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    query = f"tags.`cnnbench.study.id` = {_literal(ref)} and tags.`cnnbench.study.role` = {_literal('study')}"
+    runs = client.search_runs(ids, filter_string=query, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
     if not runs:
         where = f"experiment {experiment!r}" if experiment else "any experiment of this tracking store"
         raise ConfigError(f"no study run {ref!r} in {where}; give the parent run id, or the study and --budget it ran with")
     return runs[0].info.run_id
+
+
+def _literal(value: str) -> str:
+    """``value`` as an MLflow filter-string literal (:func:`cnnbench.campaign.runs.quote`); one the
+    grammar cannot carry is a ConfigError, never a filter that MLflow misreads."""
+    from cnnbench.campaign.runs import quote
+
+    try:
+        return quote(value)
+    except ValueError as err:
+        raise ConfigError(f"cannot look up {value!r}: {err}") from None
 
 
 def build(client, parent_run_id: str, *, status: str | None = None) -> Report:
@@ -129,7 +140,7 @@ def build(client, parent_run_id: str, *, status: str | None = None) -> Report:
         definition = json.loads(Path(path).read_text())
     children = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`cnnbench.study.role` = 'cell'",
+        filter_string=f"tags.mlflow.parentRunId = {_literal(parent_run_id)} and tags.`cnnbench.study.role` = {_literal('cell')}",
         max_results=50000)
     by_cell: dict[str, list] = {}
     for run in children:
