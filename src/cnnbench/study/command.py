@@ -11,13 +11,23 @@ SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                     help="override a train option or model.<key>/data.<key> for every cell (repeatable)")
 TRACKING = click.option("--tracking-uri", default=None, metavar="URI",
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+MAX_JOBS = click.option("--max-jobs", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="refuse a study of more than N cell x seed runs (default 10,000), counted before any cell is built")
 
 
-def _load(ref: str, budget: str | None, sets: tuple[str, ...]):
+def _study_name(ctx, param, value):
+    """--study-name checked as it is parsed: it names the storage study and goes into MLflow tags and filters."""
+    from cnnbench.study.definition import check_study_name
+
+    return value if value is None else check_study_name(value)
+
+
+def _load(ref: str, budget: str | None, sets: tuple[str, ...], max_jobs: int | None = None):
     from cnnbench.study import catalog, definition
 
     name, text = catalog.source(ref)
-    return name, definition.load(name, text, budget=budget, sets=sets)
+    limit = definition.MAX_JOBS if max_jobs is None else max_jobs
+    return name, definition.load(name, text, budget=budget, sets=sets, max_jobs=limit)
 
 
 @click.group(name="study")
@@ -74,12 +84,13 @@ def list_() -> None:
 @SETS
 @click.option("--estimate/--no-estimate", default=True, show_default=True,
               help="time one batch per distinct model/input for a rough duration")
-def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bool) -> None:
+@MAX_JOBS
+def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bool, max_jobs: int | None) -> None:
     """The cells with their resolved options, runs = cells x seeds, published figures, a time estimate."""
     from cnnbench.study import run as runs
     from cnnbench.study.estimate import estimate_seconds
 
-    _, study = _load(study_ref, budget, sets)
+    _, study = _load(study_ref, budget, sets, max_jobs)
     runs.resolve_cells(study)
     click.echo(f"study {study.study_id}: {study.description}")
     click.echo(f"metric {study.metric} ({'higher' if study.goal == 'max' else 'lower'} is better); "
@@ -112,7 +123,8 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
 @click.option("--storage", default=None, metavar="URL",
               help="Optuna storage coordinating the workers (default: sqlite optuna.db beside the local MLflow store; "
                    "postgresql://... for workers on several machines)")
-@click.option("--study-name", default=None, help="name in the storage (default: NAME or NAME-BUDGET); a new name starts a separate study")
+@click.option("--study-name", default=None, callback=_study_name,
+              help="name in the storage (default: NAME or NAME-BUDGET); a new name starts a separate study")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the study's [base] experiment, else its name)")
 @TRACKING
 @click.option("--max-retries", type=int, default=1, show_default=True,
@@ -122,13 +134,14 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
 @click.option("--device", default=None, type=click.Choice(("auto", "cpu", "cuda", "mps")), help="device for every cell (default: the study's)")
 @click.option("--format", "fmt", default="table", type=click.Choice(("table", "md", "csv", "json")), show_default=True,
               help="how the final report is printed")
+@MAX_JOBS
 def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment, tracking_uri, max_retries,
-         heartbeat_interval, device, fmt) -> None:
+         heartbeat_interval, device, fmt, max_jobs=None) -> None:
     """Run every cell x seed exactly once across workers; resume = the same command."""
     from cnnbench.study import report as reports
     from cnnbench.study.session import RunRequest, prepare, run
 
-    name, study = _load(study_ref, budget, sets)
+    name, study = _load(study_ref, budget, sets, max_jobs)
     request = RunRequest(study=study, source=name, storage=storage, study_name=study_name, experiment=experiment,
                          tracking_uri=tracking_uri, workers=workers, max_retries=max_retries,
                          heartbeat_interval=heartbeat_interval, device=device, command=_command_line())
@@ -146,19 +159,23 @@ def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment,
 @click.option("--format", "fmt", default="table", type=click.Choice(("table", "md", "csv", "json")), show_default=True)
 @click.option("--study-name", default=None, help="the name the study ran under, if not NAME or NAME-BUDGET")
 @click.option("--log/--no-log", default=False, show_default=True, help="also log the report to the parent run")
-def report(ref: str, budget, experiment, tracking_uri, fmt, study_name, log) -> None:
+@MAX_JOBS
+def report(ref: str, budget, experiment, tracking_uri, fmt, study_name, log, max_jobs) -> None:
     """The study's table (and pivot) from MLflow alone; works while the study is still running."""
     from mlflow.tracking import MlflowClient
 
     from cnnbench.study import report as reports
+    from cnnbench.study.definition import check_study_name
     from cnnbench.tracking.store import check_reachable, resolve_uri
 
+    if study_name is not None:
+        check_study_name(study_name)  # before the store is opened: it goes into a filter string
     uri = resolve_uri(tracking_uri)
     check_reachable(uri)
     client = MlflowClient(uri)
     study_id = ref
     if not _looks_like_run_id(ref):
-        _, study = _load(ref, budget, ())
+        _, study = _load(ref, budget, (), max_jobs)
         study_id = study_name or study.study_id
     parent = reports.find_parent(client, study_id, experiment=experiment)
     rep = reports.build(client, parent)
