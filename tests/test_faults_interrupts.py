@@ -13,6 +13,8 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
+# faultkit's processes beat every second: a killed one's heartbeat is past 3 missed beats after this
+HEARTBEAT_GONE_S = 3.5
 
 
 @pytest.fixture
@@ -109,6 +111,7 @@ def test_sigkill_leaves_a_resumable_run_that_runs_stale_lists_and_resume_takes_o
     run = only_run(store, "kill")
     run_id = run.info.run_id
     assert run.info.status == "RUNNING" and "checkpoints/last.pt" in artifact_paths(store, run_id)
+    time.sleep(HEARTBEAT_GONE_S)  # a fresh heartbeat is alive even without its pid (containers share host names)
     listed = run_cli("runs", "--stale", "--tracking-uri", store)
     assert listed.rc == 0 and run_id in listed.output and "process" in listed.output and "gone" in listed.output, listed.output
     resumed = run_cli("train", "--resume", run_id, "--tracking-uri", store, environ=environ)
@@ -123,6 +126,7 @@ def test_runs_stale_mark_failed_closes_a_dead_run(store):
     done = signal_at(train_args(store, "dead", 30), r"^epoch 1/30", signal.SIGKILL, 0.1)
     assert done.rc == -9
     run_id = only_run(store, "dead").info.run_id
+    time.sleep(HEARTBEAT_GONE_S)
     marked = run_cli("runs", "--stale", "--mark-failed", "--tracking-uri", store)
     assert marked.rc == 0 and "1 run(s) marked FAILED" in marked.output, marked.output
     run = MlflowClient(store).get_run(run_id)
@@ -205,6 +209,6 @@ def test_resume_of_a_tune_trial_or_parent_says_how_to_continue_the_study(cli, st
     for run_id in (trial, parent):
         client.set_terminated(run_id, "KILLED")
     result = cli("train", "--resume", trial, "--tracking-uri", store)
-    assert result.exit_code == 2 and "trial 3 of tune study 's1'" in result.stderr and "--study-name s1" in result.stderr
+    assert result.exit_code == 2 and "(job trial-3) of tune campaign 's1'" in result.stderr and "--study-name s1" in result.stderr
     result = cli("train", "--resume", parent, "--tracking-uri", store)
-    assert result.exit_code == 2 and "parent run of tune study 's1'" in result.stderr
+    assert result.exit_code == 2 and "parent run of tune campaign 's1'" in result.stderr

@@ -117,6 +117,7 @@ def test_workers_stop_when_the_tune_process_is_killed_and_runs_stale_finds_its_p
         time.sleep(0.5)
     assert workers and not any(alive(pid) for pid in workers)
     parents, _ = runs_by_role(where, "t4")
+    time.sleep(3.5)  # faultkit's 1 s heartbeats: past 3 missed beats (a fresh heartbeat is alive, pid or not)
     listed = run_cli("runs", "--stale", "--mark-failed", "--tracking-uri", where["store"])
     assert listed.rc == 0 and parents[0].info.run_id in listed.output, listed.output
     assert MlflowClient(where["store"]).get_run(parents[0].info.run_id).info.status == "FAILED"

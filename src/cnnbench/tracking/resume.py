@@ -107,7 +107,7 @@ def campaign_refusal(run_id: str, tags: dict[str, str]) -> str | None:
     if role in ("trial", "cell"):
         job = tags.get(TAG_JOB) or (f"trial-{tags['trial_number']}" if "trial_number" in tags else tags.get("cnnbench.study.cell", "?"))
         kind = "tune" if role == "trial" else "study"
-        return (f"--resume: run {run_id} is {role} {job} of {kind} campaign {campaign!r}, one job of its queue, which "
+        return (f"--resume: run {run_id} is a {role} run (job {job}) of {kind} campaign {campaign!r}, one job of its queue, which "
                 f"cnnbench train does not resume (the job would end with two runs); resume it with "
                 f"{RESUMED_BY[role].format(campaign=campaign)}")
     child = "trial" if role == "tune" else "cell"
