@@ -68,7 +68,7 @@ def runs(uri: str, experiment: str) -> tuple[list, list]:
     if exp is None:
         return [], []
     found = client.search_runs([exp.experiment_id], max_results=1000)
-    role = lambda r: r.data.tags.get("cnnbench.study.role")  # noqa: E731
+    role = lambda r: r.data.tags.get("cnnbench.role")  # noqa: E731
     return [r for r in found if role(r) == "study"], [r for r in found if role(r) == "cell"]
 
 
@@ -214,7 +214,7 @@ def test_a_sigkilled_workers_cell_is_rerun_by_the_other_worker(tracking_uri, exp
     parent, cells = check_exactly_once(tracking_uri, experiment)
     assert parent.info.status == "FINISHED"
     dead = MlflowClient(tracking_uri).get_run(killed.info.run_id)
-    assert dead.info.status == "FAILED" and "stopped sending heartbeats" in dead.data.tags["failure_reason"]
+    assert dead.info.status == "FAILED" and "stopped renewing its lease" in dead.data.tags["failure_reason"]
     rerun = [r for r in cells if r.info.status == "FINISHED"
              and (r.data.tags["cnnbench.study.cell"], r.data.tags["cnnbench.seed"]) == (killed.data.tags["cnnbench.study.cell"], killed.data.tags["cnnbench.seed"])]
     assert len(rerun) == 1 and rerun[0].data.tags["cnnbench.study.worker"].split(":")[1] == str(other.pid)
@@ -237,7 +237,7 @@ lr = [0.01, 1e12]
 """
 
 
-def test_a_failed_cell_ends_failed_the_study_goes_on_and_resume_retries_it_once(cli, tracking_uri, experiment, tmp_path, monkeypatch):
+def test_a_failed_cell_is_retried_in_the_same_command_then_the_study_exits_3_naming_it(cli, tracking_uri, experiment, tmp_path, monkeypatch):
     from cnnbench import api
 
     path = tmp_path / "failing.toml"
@@ -247,21 +247,54 @@ def test_a_failed_cell_ends_failed_the_study_goes_on_and_resume_retries_it_once(
     loads = []
     real_load = api.load_data
     monkeypatch.setattr(api, "load_data", lambda config: loads.append(config.data.name) or real_load(config))
-    for attempt in (1, 2, 3):
+    for attempt in (1, 2):
         result = cli(*args)
-        assert result.exit_code == 0, result.output
-        # the two cells share one data configuration: one load per worker (a new one per command), none when nothing runs
-        assert len(loads) == min(attempt, 2)
+        assert result.exit_code == 3, result.output  # the study ended, a job failed after its retries
+        # the two cells share one data configuration: one load by the one worker; none when nothing is left to run
+        assert len(loads) == 1
         parents, cells = runs(tracking_uri, experiment)
         failed = [r for r in cells if r.data.tags["cnnbench.study.cell"] == "lr=1000000000000.0"]
-        assert [r.info.status for r in failed] == ["FAILED"] * min(attempt, 2)  # one retry, then no more
+        assert [r.info.status for r in failed] == ["FAILED"] * 2  # the first try and its one retry, in the first command
+        assert sorted(r.data.tags["cnnbench.study.attempt"] for r in failed) == ["1", "2"]
         assert all("non-finite loss" in r.data.tags.get("failure_reason", "") for r in failed), [(r.info.run_id, r.data.tags) for r in failed]
         ok = [r for r in cells if r.data.tags["cnnbench.study.cell"] == "lr=0.01"]
         assert [r.info.status for r in ok] == ["FINISHED"]
-        assert parents[0].info.status == "FINISHED"
+        parent = parents[0]
+        assert parent.info.status == "FAILED" and "1 of 2 runs failed after their retries" in parent.data.tags["failure_reason"]
+        assert parent.data.metrics["failed_jobs"] == 1 and parent.data.metrics["jobs_finished"] == 1
+        assert parent.data.tags["cnnbench.failed_jobs"].startswith("lr=1000000000000.0 / seed 0: TrainingError: non-finite loss")
+        assert "  failed: lr=1000000000000.0 / seed 0: TrainingError: non-finite loss" in result.output
+        assert "progress:" not in result.output if attempt == 2 else "progress: 1/2 done" in result.output
     row = {r["cell"]: r for r in report_json(cli, tracking_uri, parents[0].info.run_id)}["lr=1000000000000.0"]
     assert row["n"] == 0 and row["failed_seeds"] == 1
-    assert "failed: lr=1000000000000.0 / seed 0: TrainingError: non-finite loss" in result.output
+    # a higher --max-retries gives the failed job another try (and it fails again: still exit 3)
+    again = cli(*args[:-1], "2")
+    assert again.exit_code == 3 and "(joined (1 of 2 runs finished, 1 re-queued))" in again.output
+    assert len([r for r in runs(tracking_uri, experiment)[1] if r.info.status == "FAILED"]) == 3
+
+
+def test_a_transient_store_error_is_retried_in_the_same_command_without_using_a_retry(cli, tracking_uri, experiment, study_file, tmp_path, monkeypatch):
+    """MLflow's log_inputs check-then-insert race between two commands ends a cell with this error:
+    with --max-retries 0 the cell still finishes, in the same command."""
+    import sqlalchemy.exc
+
+    from cnnbench import api
+
+    real_train, raised = api.train, []
+
+    def flaky(config, callbacks, **kwargs):
+        if not raised:
+            raised.append(config.run.run_name)
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO datasets", {}, Exception("UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest"))
+        return real_train(config, callbacks, **kwargs)
+
+    monkeypatch.setattr(api, "train", flaky)
+    result = cli("study", "run", study_file(), "--tracking-uri", tracking_uri, "--experiment", experiment,
+                 "--storage", f"sqlite:///{tmp_path}/optuna.db", "--max-retries", "0")
+    assert result.exit_code == 0, result.output
+    assert "transient store error, no retry used" in result.output
+    parent, cells = check_exactly_once(tracking_uri, experiment, [result.output])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["failed_jobs"] == 0
 
 
 TWO_AXES_VARIANTS = """
@@ -426,11 +459,13 @@ def test_a_cell_predicted_not_to_fit_the_memory_budget_is_skipped_not_launched(c
     path = tmp_path / "skip.toml"
     path.write_text(OVERSIZED)
     result = cli("study", "run", path, "--tracking-uri", tracking_uri, "--experiment", experiment,
-                 "--storage", f"sqlite:///{tmp_path}/optuna.db", "--max-retries", "0")
-    assert result.exit_code == 0, result.output
+                 "--storage", f"sqlite:///{tmp_path}/optuna.db", "--max-retries", "1")
+    assert result.exit_code == 3, result.output  # a skipped cell is a job without a result
+    assert "failed: batch_size=4096 / seed 0: skipped:" in result.output
     _, cells = runs(tracking_uri, experiment)
     by_cell = {r.data.tags["cnnbench.study.cell"]: r for r in cells}
     assert by_cell["batch_size=16"].info.status == "FINISHED"
+    assert len(cells) == 2  # not retried: the prediction would not change
     skipped = by_cell["batch_size=4096"]
     assert skipped.info.status == "FAILED" and skipped.data.tags["cnnbench.study.skipped"] == "memory"
     assert "predicted to need" in skipped.data.tags["failure_reason"] and "budget is 20 MiB" in skipped.data.tags["failure_reason"]

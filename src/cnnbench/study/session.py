@@ -151,8 +151,12 @@ def create_or_join(plan: Plan) -> tuple[identity.Parent, str, bool]:
         attrs = {ATTR_DIGEST: study.digest, ATTR_FINGERPRINT: study.fingerprint(), ATTR_PARENT: parent.run_id,
                  ATTR_EXPERIMENT: plan.experiment}
         jobs = (job_of(c.index, c.label, s) for c in study.cells for s in study.seeds)
-        if queue.create(jobs, attrs):
-            return parent, plan.experiment, True
+        try:
+            if queue.create(jobs, attrs):
+                return parent, plan.experiment, True
+        except BaseException:  # interrupted while enqueuing: the parent must not stay RUNNING
+            parent.end("KILLED", reason="interrupted while the study was being created")
+            raise
         client.delete_run(parent.run_id)  # another command created it first
     attrs = check_definition(queue, study)
     return identity.Parent(client, attrs[ATTR_PARENT]), attrs[ATTR_EXPERIMENT], False
@@ -161,16 +165,23 @@ def create_or_join(plan: Plan) -> tuple[identity.Parent, str, bool]:
 def run(plan: Plan, *, stream=None) -> Outcome:
     """Create or join, run the workers, finish (see the module doc)."""
     stream = stream or sys.stderr
+    held: list[identity.Parent] = []
     with signal_policy():
-        return _run(plan, stream)
+        try:
+            return _run(plan, stream, held)
+        except KeyboardInterrupt as err:
+            if isinstance(err, RunInterrupted):
+                raise
+            raise _interrupted(plan, held[0] if held else None, err) from None
 
 
-def _run(plan: Plan, stream) -> Outcome:
+def _run(plan: Plan, stream, held: list) -> Outcome:
     from cnnbench.campaign.storage import redact
 
     req, study, queue = plan.request, plan.request.study, plan.queue
     started = time.perf_counter()
     parent, experiment, created = create_or_join(plan)
+    held.append(parent)
     client = MlflowClient(plan.tracking_uri)
     was = client.get_run(parent.run_id).info.status
     for lost in queue.sweep():  # dead workers of earlier commands
@@ -196,18 +207,15 @@ def _run(plan: Plan, stream) -> Outcome:
                       heartbeat_interval=req.heartbeat_interval, workers=req.workers, device=req.device,
                       max_jobs=req.max_jobs)
     progress = Progress(queue, stream)
-    try:
-        stats, codes = run_local(asdict(spec), req.workers, lambda s: Worker(
-            WorkerSpec(**s), queue=queue, stream=stream, progress=progress).run())
-    except KeyboardInterrupt as err:
-        raise _interrupted(plan, parent, err) from None
+    stats, codes = run_local(asdict(spec), req.workers, lambda s: Worker(
+        WorkerSpec(**s), queue=queue, stream=stream, progress=progress).run())
     if any(codes):
         print(f"note: worker exit codes {codes} (a worker that stopped early leaves its cell to the others)", file=stream)
     return _finish(plan, parent, created=created, was=was, changed=True, ran=stats.finished + stats.failed,
                    started=started, stream=stream)
 
 
-def _interrupted(plan: Plan, parent: identity.Parent, err: KeyboardInterrupt) -> RunInterrupted:
+def _interrupted(plan: Plan, parent: identity.Parent | None, err: KeyboardInterrupt) -> RunInterrupted:
     """This command's cells ended KILLED and went back to the queue. The parent ends KILLED unless
     another command still holds jobs of the campaign (it goes on, and ends the parent itself)."""
     from cnnbench.campaign.workers import acknowledge
@@ -217,6 +225,11 @@ def _interrupted(plan: Plan, parent: identity.Parent, err: KeyboardInterrupt) ->
     resume = req.command or f"cnnbench study run {req.source}"
     code = exit_code_for(err)
     signal_name = "Ctrl-C" if code == 130 else "SIGTERM/SIGHUP"
+    if parent is None:  # stopped while creating or joining: whatever exists is resumed by the same command
+        interrupted = RunInterrupted(f"study {queue.campaign!r} interrupted ({signal_name}) before any cell ran. "
+                                     f"Resume with the same command: {resume}")
+        interrupted.exit_code = code
+        return interrupted
     others = queue.counts()["running"]
     if others:
         parent.detach()
