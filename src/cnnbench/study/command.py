@@ -9,6 +9,8 @@ import click
 BUDGET = click.option("--budget", default=None, metavar="B", help="apply the study's [budgets.B] overrides (e.g. quick, faithful)")
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                     help="override a train option or model.<key>/data.<key> for every cell (repeatable)")
+STORAGE_HELP = ("database coordinating the workers (default: sqlite optuna.db beside the local MLflow store; "
+                "postgresql://... for workers on several machines)")
 TRACKING = click.option("--tracking-uri", default=None, metavar="URI",
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
 MAX_JOBS = click.option("--max-jobs", type=click.IntRange(min=1), default=None, metavar="N",
@@ -120,9 +122,7 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
 @BUDGET
 @SETS
 @click.option("--workers", type=int, default=1, show_default=True, help="local worker processes")
-@click.option("--storage", default=None, metavar="URL",
-              help="Optuna storage coordinating the workers (default: sqlite optuna.db beside the local MLflow store; "
-                   "postgresql://... for workers on several machines)")
+@click.option("--storage", default=None, metavar="URL", help=STORAGE_HELP)
 @click.option("--study-name", default=None, callback=_study_name,
               help="name in the storage (default: NAME or NAME-BUDGET); a new name starts a separate study")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the study's [base] experiment, else its name)")
@@ -144,11 +144,67 @@ def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment,
     name, study = _load(study_ref, budget, sets, max_jobs)
     request = RunRequest(study=study, source=name, storage=storage, study_name=study_name, experiment=experiment,
                          tracking_uri=tracking_uri, workers=workers, max_retries=max_retries,
-                         heartbeat_interval=heartbeat_interval, device=device, command=_command_line())
+                         heartbeat_interval=heartbeat_interval, device=device, command=_command_line(),
+                         max_jobs=max_jobs)
     outcome = run(prepare(request))
-    if "report" in outcome:
-        click.echo(reports.render(outcome["report"], fmt), nl=False)
-        click.echo(f"parent run {outcome['parent_run_id']}: report/report.md, report/cells.csv and report/*.png")
+    if outcome.report is not None:
+        click.echo(reports.render(outcome.report, fmt), nl=False)
+        click.echo(f"parent run {outcome.parent_run_id}: report/report.md, report/cells.csv and report/*.png")
+    if outcome.exit_code:
+        from cnnbench.campaign import EXIT_JOBS_FAILED
+
+        if outcome.exit_code == EXIT_JOBS_FAILED:
+            click.echo(f"{len(outcome.failed)} of {sum(outcome.counts.values())} runs failed after their retries "
+                       f"(exit {EXIT_JOBS_FAILED}); a rerun with a higher --max-retries tries them again:", err=True)
+            for line in outcome.failed:
+                click.echo(f"  failed: {line}", err=True)
+        click.get_current_context().exit(outcome.exit_code)
+
+
+@command.command()
+@click.argument("study_ref", metavar="NAME|FILE")
+@BUDGET
+@click.option("--storage", default=None, metavar="URL", help=STORAGE_HELP)
+@click.option("--study-name", default=None, callback=_study_name, help="the name the study runs under, if not NAME or NAME-BUDGET")
+@TRACKING
+@MAX_JOBS
+def status(study_ref: str, budget, storage, study_name, tracking_uri, max_jobs) -> None:
+    """Where every cell x seed stands (finished / running / failed / waiting), with worker and age; read
+    from the queue alone, so it costs the same while the study runs on many machines."""
+    import time
+
+    from cnnbench.campaign import storage as storages
+    from cnnbench.campaign.queue import JobQueue
+    from cnnbench.errors import ConfigError
+    from cnnbench.tracking.store import resolve_uri
+
+    _, study = _load(study_ref, budget, (), max_jobs)
+    name = study_name or study.study_id
+    url = storage or storages.default_storage(resolve_uri(tracking_uri))
+    storages.check_url(url)
+    queue = JobQueue(storages.open_engine(url), name)
+    if not queue.exists():
+        raise ConfigError(f"no study {name!r} in {storages.redact(url)}; start it with: cnnbench study run {study_ref}"
+                          + (f" --budget {budget}" if budget else ""))
+    now = time.time()
+    by_cell: dict[str, dict[str, list]] = {}
+    for row in queue.rows():
+        by_cell.setdefault(row.payload.get("label", row.key), {}).setdefault(row.state, []).append(row)
+    click.echo(f"study {name!r} in {storages.redact(url)}")
+    for label, states in by_cell.items():
+        shown = ", ".join(f"{len(states[s])} {s}" for s in JobQueue.STATES if s in states)
+        click.echo(f"  {label:<40} {shown}")
+        for row in states.get("running", []):
+            age = now - (row.claimed_at or now)
+            lease = (row.lease_expires or now) - now
+            click.echo(f"      seed {row.payload.get('seed')}: running on {row.worker} for {age:.0f} s "
+                       f"(lease {'expired ' + format(-lease, '.0f') + ' s ago' if lease < 0 else 'ends in ' + format(lease, '.0f') + ' s'})")
+        for row in states.get("failed", []):
+            click.echo(f"      seed {row.payload.get('seed')}: failed after {row.attempts} attempt(s): "
+                       f"{(row.reason or row.outcome or '').splitlines()[0][:200] if (row.reason or row.outcome) else ''}")
+    counts = queue.counts()
+    click.echo(f"{counts['finished']}/{sum(counts.values())} finished, {counts['running']} running, "
+               f"{counts['failed']} failed, {counts['waiting']} waiting")
 
 
 @command.command()
