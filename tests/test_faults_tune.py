@@ -4,13 +4,17 @@ study whose every trial fails. Each test reads back Optuna's and MLflow's state.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
-from faultkit import FAST, Proc, run_cli
+from faultkit import FAST, Proc, env, run_cli
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -158,3 +162,107 @@ def test_a_study_whose_every_trial_failed_ends_its_parent_failed(where):
     assert [p.info.status for p in parents] == ["FAILED"]
     assert "every trial" in parents[0].data.tags["failure_reason"]
     assert {c.info.status for c in children} == {"FAILED"}
+
+
+# -- a worker SIGKILLed between creating its trial's run and naming it on the trial ----------------
+def test_a_worker_killed_before_its_trial_named_its_run_leaves_no_run_running(where):
+    """The orphan sweep after the workers: worker 1 is SIGKILLed right after ``create_run`` (before
+    ``mlflow_run_id`` reaches its trial), so no trial names that run and neither Optuna's stale
+    callback nor fail_orphaned can close it; the sweep ends it FAILED, and the count completes."""
+    environ = env(CNNBENCH_TUNE_FAULT="trial-run-created:kill:worker")
+    done = run_cli(*tune_args(where, "t9", "--trials", "4", "--n-jobs", "2", "--heartbeat-interval", "2"),
+                   environ=environ, timeout=600)
+    assert done.rc == 0, done.output
+    assert "4 complete" in done.output, done.output
+    study = optuna.load_study(study_name="t9", storage=where["storage"])
+    parents, children = runs_by_role(where, "t9")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert parents[0].data.tags["cnnbench.tune.worker_exit_codes"] == "-9"  # the fault did fire
+    assert "RUNNING" not in {c.info.status for c in children}, [(c.info.run_id, c.info.status) for c in children]
+    named = {t.user_attrs.get("mlflow_run_id") for t in study.trials}
+    orphans = [c for c in children if c.info.run_id not in named]
+    assert len(orphans) == 1, [(c.info.run_id, c.data.tags.get("trial_number")) for c in children]
+    assert orphans[0].info.status == "FAILED" and orphans[0].data.tags["trial_state"] == "FAIL"
+    assert "before trial" in orphans[0].data.tags["failure_reason"], orphans[0].data.tags
+    assert "ended 1 trial run(s) left RUNNING by killed workers" in done.output
+
+
+def test_a_tune_killed_before_its_trial_named_its_run_is_swept_when_the_study_resumes(where):
+    """The sweep at the start of a resumed tune: the whole tune process SIGKILLed at that point
+    leaves its parent and the trial run RUNNING; the next ``tune --study-name`` ends that run FAILED
+    (its parent is dead and its trial names no run) and adds the trials."""
+    first = run_cli(*tune_args(where, "t10", "--trials", "2", "--heartbeat-interval", "2"),
+                    environ=env(CNNBENCH_TUNE_FAULT="trial-run-created:kill"))
+    assert first.rc == -9, first.output
+    _, children = runs_by_role(where, "t10")
+    assert [c.info.status for c in children] == ["RUNNING"]
+    orphan = children[0].info.run_id
+    time.sleep(3.5)  # the dead parent's 1 s heartbeat is past 3 missed beats
+    again = run_cli(*tune_args(where, "t10", "--trials", "2", "--heartbeat-interval", "2"))
+    assert again.rc == 0, again.output
+    run = MlflowClient(where["store"]).get_run(orphan)
+    assert run.info.status == "FAILED" and "before trial 0 recorded this run" in run.data.tags["failure_reason"], run.data.tags
+    _, children = runs_by_role(where, "t10")
+    assert "RUNNING" not in {c.info.status for c in children}
+
+
+# -- Optuna's claims of re-queued (WAITING) trials through tune's opener -------------------------
+ENQUEUED = 60
+CLAIMERS = 3
+
+
+def claim_enqueued(url: str, study_name: str, out: str, go: str) -> None:
+    """One claiming process (this file run as a script): ``study.ask()`` until no enqueued trial is
+    left, each claim told COMPLETE; the claimed numbers and any error are written to ``out``."""
+    from cnnbench.campaign.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    Path(out + ".ready").touch()
+    deadline = time.monotonic() + 120
+    while not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    claimed, errors = [], []
+    while True:
+        trial = study.ask()
+        if trial.number >= ENQUEUED:  # no WAITING trial was left: ask() created a new one
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            break
+        claimed.append(trial.number)
+        try:
+            study.tell(trial, 1.0)
+        except Exception as err:  # a trial another process claimed too: recorded, the test shows it
+            errors.append(f"{type(err).__name__}: {err}"[:300])
+    Path(out).write_text(json.dumps({"claimed": claimed, "errors": errors}))
+
+
+def test_requeued_trials_are_claimed_once_each_by_concurrent_processes_on_sqlite(tmp_path):
+    """60 enqueued trials (as Optuna's retry callback re-queues them), 3 processes claiming at once
+    through ``campaign.storage.open_storage``: 60 distinct claims and no tell error (pysqlite's reads
+    outside a transaction used to let two processes take one WAITING trial: 83 claims measured)."""
+    from cnnbench.campaign.storage import open_storage
+
+    url = f"sqlite:///{tmp_path}/claims.db"
+    study = optuna.create_study(study_name="claims", storage=open_storage(url))
+    for i in range(ENQUEUED):
+        study.enqueue_trial({"x": i}, skip_if_exists=False)
+    go = tmp_path / "go"
+    outs = [str(tmp_path / f"claimer{i}.json") for i in range(CLAIMERS)]
+    procs = [subprocess.Popen([sys.executable, __file__, "claim", url, "claims", out, str(go)], env=env()) for out in outs]
+    deadline = time.monotonic() + 120
+    while not all(Path(out + ".ready").exists() for out in outs) and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), "a claiming process ended before it was ready"
+        time.sleep(0.05)
+    go.touch()  # all at once
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0
+    results = [json.loads(Path(out).read_text()) for out in outs]
+    claimed = [n for r in results for n in r["claimed"]]
+    assert [e for r in results for e in r["errors"]] == []
+    assert sorted(claimed) == list(range(ENQUEUED))  # every trial once, none twice
+    states = [t.state.name for t in optuna.load_study(study_name="claims", storage=url).trials if t.number < ENQUEUED]
+    assert states == ["COMPLETE"] * ENQUEUED
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["claim"]:
+    claim_enqueued(*sys.argv[2:6])
