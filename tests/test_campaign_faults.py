@@ -195,3 +195,35 @@ def test_a_live_studys_parent_is_never_called_stale_and_mark_failed_leaves_it_ru
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 130, output
+
+
+def test_a_worker_paused_past_its_lease_has_its_late_result_refused(tracking_uri, experiment, tmp_path):
+    """SIGSTOP a command mid-cell for longer than its lease: another command takes the cell; when the
+    paused one wakes, its finished run is not the cell's (FAILED) and every job still has one run."""
+    MlflowClient(tracking_uri).search_experiments()
+    path = write(tmp_path, epochs=3, train_size=600)
+    cmd = command(tracking_uri, experiment, path, f"sqlite:///{tmp_path}/queue.db", "--heartbeat-interval", "1")
+    paused = start(cmd)
+    try:
+        cell = wait_for_cell(tracking_uri, experiment, paused)
+        paused.send_signal(signal.SIGSTOP)
+        other = start(cmd)
+        deadline = time.time() + 300
+        while time.time() < deadline:  # the other command has taken the paused one's cell
+            taken = [r for r in runs(tracking_uri, experiment)[1] if r.info.run_id != cell.info.run_id
+                     and (r.data.tags["cnnbench.study.cell"], r.data.tags["cnnbench.seed"]) == (cell.data.tags["cnnbench.study.cell"], cell.data.tags["cnnbench.seed"])]
+            if taken:
+                break
+            time.sleep(0.3)
+        assert taken, "the paused command's cell was never taken over"
+        paused.send_signal(signal.SIGCONT)
+        outputs = [paused.communicate(timeout=900)[0], other.communicate(timeout=900)[0]]
+    finally:
+        if paused.poll() is None:
+            paused.send_signal(signal.SIGCONT)
+            paused.kill()
+    assert [paused.returncode, other.returncode] == [0, 0], outputs
+    check_complete(tracking_uri, experiment, outputs)
+    late = MlflowClient(tracking_uri).get_run(cell.info.run_id)
+    assert late.info.status == "FAILED"
+    assert "stopped renewing its lease" in late.data.tags["failure_reason"]

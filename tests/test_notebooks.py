@@ -44,13 +44,13 @@ def store(tmp_path_factory):
     assert result.exit_code == 0, result.output
     client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    parent = client.create_run(exp_id, run_name="study abl", tags={"cnnbench.study": "abl", "cnnbench.study.role": "study"})
+    parent = client.create_run(exp_id, run_name="study abl", tags={"cnnbench.study": "abl", "cnnbench.role": "study"})
     for cell, lr in (("lr=1e-3", 1e-3), ("lr=1e-2", 1e-2)):
         for seed in (0, 1):
             config = TrainConfig().replace(optim={"lr": lr}, run={"epochs": 2, "seed": seed, "quiet": True},
                                            data={"train_size": 300})
             tracker = MlflowTracker(tracking_uri=uri, experiment=EXPERIMENT, parent_run_id=parent.info.run_id, log_model=False,
-                                    extra_tags={"cnnbench.study": "abl", "cnnbench.study.role": "cell",
+                                    extra_tags={"cnnbench.study": "abl", "cnnbench.role": "cell",
                                                 "cnnbench.study.cell": cell, "cnnbench.seed": str(seed)})
             api.train(config, [tracker])
     client.set_terminated(parent.info.run_id, "FINISHED")
@@ -87,9 +87,7 @@ def test_compare_runs_separates_kinds_and_reports_them(store, tmp_path):
     for line in ("train run: 2", "tune parent: 1", "tune trial: 2", "study parent: 1", "study cell: 4"):
         assert line in summary, summary
     client = store["client"]
-    runs = client.search_runs([store["exp_id"]], filter_string="tags.`cnnbench.tune.role` != ''")
-    trains = [r for r in client.search_runs([store["exp_id"]]) if not r.data.tags.get("cnnbench.tune.role")
-              and not r.data.tags.get("cnnbench.study.role")]
+    trains = [r for r in client.search_runs([store["exp_id"]]) if r.data.tags.get("cnnbench.role") == "train"]
     ranked = sorted(trains, key=lambda r: -r.data.metrics["test_accuracy"])
     table = text(code[3])
     positions = [table.index(r.info.run_name) for r in ranked]
@@ -97,7 +95,7 @@ def test_compare_runs_separates_kinds_and_reports_them(store, tmp_path):
     assert "lenet5-digits-adam-lr1e-3" in table and "lenet5-digits-adam-lr3e-3" in table
     assert "trial" not in table  # trials are not train runs
     assert has_figure(code[4])
-    parent = next(r for r in runs if r.data.tags["cnnbench.tune.role"] == "study")
+    parent = next(r for r in client.search_runs([store["exp_id"]]) if r.data.tags.get("cnnbench.role") == "tune")
     tune_text = text(code[5])
     assert f"study 'nb' (parent run {parent.info.run_name}): 2 trials, searching batch_size; " \
            f"best val_accuracy {parent.data.metrics['best_val_accuracy']:.4f}" in tune_text

@@ -325,7 +325,7 @@ def test_find_parent_quotes_the_name_it_looks_up(tracking_uri, experiment):
 
     client = MlflowClient(tracking_uri)
     exp_id = client.create_experiment(experiment)
-    run_id = client.create_run(exp_id, tags={"cnnbench.study.id": "bob's study", "cnnbench.study.role": "study"}).info.run_id
+    run_id = client.create_run(exp_id, tags={"cnnbench.study.id": "bob's study", "cnnbench.role": "study"}).info.run_id
     assert reports.find_parent(client, "bob's study", experiment=experiment) == run_id
     with pytest.raises(ConfigError, match="no study run \"x' or tags.a != '\""):
         reports.find_parent(client, "x' or tags.a != '", experiment=experiment)

@@ -107,7 +107,7 @@ def find_parent(client, ref: str, *, experiment: str | None = None) -> str:
         ids = [exp.experiment_id] if exp else []
     else:
         ids = [e.experiment_id for e in client.search_experiments()]
-    query = f"tags.`cnnbench.study.id` = {_literal(ref)} and tags.`cnnbench.study.role` = {_literal('study')}"
+    query = f"tags.`cnnbench.study.id` = {_literal(ref)} and tags.`cnnbench.role` = {_literal('study')}"
     runs = client.search_runs(ids, filter_string=query, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
     if not runs:
         where = f"experiment {experiment!r}" if experiment else "any experiment of this tracking store"
@@ -140,7 +140,7 @@ def build(client, parent_run_id: str, *, status: str | None = None) -> Report:
         definition = json.loads(Path(path).read_text())
     children = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = {_literal(parent_run_id)} and tags.`cnnbench.study.role` = {_literal('cell')}",
+        filter_string=f"tags.mlflow.parentRunId = {_literal(parent_run_id)} and tags.`cnnbench.role` = {_literal('cell')}",
         max_results=50000)
     by_cell: dict[str, list] = {}
     for run in children:

@@ -234,8 +234,7 @@ class Worker:
                              experiment=spec.experiment, device=spec.device)
         tags = {**identity.identity("cell", campaign=spec.study_name, job=claim.key, owner=False),
                 TAG_STUDY: self.study.name, TAG_ID: spec.study_name, TAG_CELL: label,
-                TAG_SEED: str(seed), TAG_WORKER: self.id, TAG_ATTEMPT: str(claim.attempt),
-                "cnnbench.study.role": "cell"}  # legacy role tag, for notebooks and readers of older stores
+                TAG_SEED: str(seed), TAG_WORKER: self.id, TAG_ATTEMPT: str(claim.attempt)}
         tracker = MlflowTracker(tracking_uri=spec.tracking_uri, experiment=spec.experiment, run_name=config.run.run_name,
                                 nested=True, parent_run_id=spec.parent_run_id, log_model=config.artifacts.model,
                                 system_metrics=False, extra_tags=tags)

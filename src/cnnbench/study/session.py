@@ -32,7 +32,6 @@ from cnnbench.study.run import (TAG_BUDGET, TAG_DIGEST, TAG_ID, TAG_STORAGE, TAG
                                 job_of, lease_s, resolve_cells)
 
 DEFAULT_HEARTBEAT_S = 30
-LEGACY_TAG_ROLE = "cnnbench.study.role"  # still written for notebooks and stores of older versions
 ATTR_DIGEST, ATTR_FINGERPRINT, ATTR_PARENT, ATTR_EXPERIMENT = "digest", "fingerprint", "parent_run_id", "experiment"
 
 
@@ -127,7 +126,7 @@ def create_parent(plan: Plan) -> identity.Parent:
     name = plan.queue.campaign
     parent = identity.Parent.create(client, plan.experiment, run_name=f"study {name}", role="study", campaign=name, tags={
         TAG_STUDY: study.name, TAG_ID: name, TAG_BUDGET: study.budget or "default", TAG_DIGEST: study.digest,
-        LEGACY_TAG_ROLE: "study", TAG_STORAGE: redact(plan.storage_url), "mlflow.note.content": study.description})
+        TAG_STORAGE: redact(plan.storage_url), "mlflow.note.content": study.description})
     parent.log_params({"study": study.name, "budget": study.budget or "default", "cells": len(study.cells),
                        "seeds": ",".join(map(str, study.seeds)), "metric": study.metric, "metric_goal": study.goal,
                        "max_retries": plan.request.max_retries, **{f"set.{k}": v for k, v in study.sets.items()}})
@@ -169,9 +168,7 @@ def run(plan: Plan, *, stream=None) -> Outcome:
     with signal_policy():
         try:
             return _run(plan, stream, held)
-        except KeyboardInterrupt as err:
-            if isinstance(err, RunInterrupted):
-                raise
+        except KeyboardInterrupt as err:  # a cell's own RunInterrupted names `train --resume`: the study's replaces it
             raise _interrupted(plan, held[0] if held else None, err) from None
 
 
