@@ -90,7 +90,7 @@ def study(trials: int) -> None:
     wall = time.perf_counter() - start
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("cnnbench")
-    parent = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("cnnbench.tune.role") == "study")
+    parent = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("cnnbench.role") == "tune")
     m = parent.data.metrics
     print(f"`{' '.join(cmd[2:])}`: wall {wall:.0f} s (study {m['tune_wall_time_s']:.0f} s), "
           f"{m['trials_complete']:.0f} complete / {m['trials_pruned']:.0f} pruned / {m['trials_failed']:.0f} failed, "

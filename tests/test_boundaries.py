@@ -1,4 +1,5 @@
-"""Architecture boundaries: MLflow only in tracking/ and tune/, Optuna only in tune/, models do no I/O."""
+"""Architecture boundaries: MLflow only in tracking/, campaign/, tune/ and study/; Optuna only in
+campaign/ (the storage opener), tune/ and study/; campaign/ below tune/ and study/; models do no I/O."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cnnbench"
 
-ALLOWED = {"mlflow": ("tracking", "tune", "study"), "optuna": ("tune", "study")}
+ALLOWED = {"mlflow": ("tracking", "campaign", "tune", "study"), "optuna": ("campaign", "tune", "study")}
 
 
 def _imports(path: Path) -> set[str]:
@@ -30,6 +31,14 @@ def test_library_imported_only_where_allowed(library):
         if library in _imports(path) and package not in ALLOWED[library]:
             offenders.append(str(path.relative_to(SRC)))
     assert offenders == [], f"{library} imported outside {ALLOWED[library]}: {offenders}"
+
+
+def test_campaign_layer_imports_neither_tune_nor_study():
+    """tune/ and study/ are built on campaign/, never the other way (a worker main names its entry
+    point as a string, so the layer below imports nothing above it)."""
+    for path in (SRC / "campaign").rglob("*.py"):
+        above = {m for m in _modules(path) if m.startswith(("cnnbench.tune", "cnnbench.study"))}
+        assert not above, (path, above)
 
 
 def test_engine_does_not_import_tracking_or_tune():

@@ -209,11 +209,25 @@ def test_failed_attempts_count_up_to_max_retries_and_an_interrupt_uses_none(make
     (row,) = queue.rows()
     assert (row.state, row.attempts, row.outcome, len(row.reason)) == ("failed", 3, "error", 2000)
     assert queue.requeue_failed() == []  # no retry left under max_retries=2
-    more = make(campaign=queue.campaign, max_retries=3)
+    more = make(campaign=queue.campaign, max_retries=3)  # a resume given --max-retries 3
     assert more.requeue_failed() == ["0:0"]
     claim = more.claim("w")
-    assert claim.attempt == 4 and more.finish(claim, None)
+    assert claim.attempt == 4 and more.fail(claim, "again") == "failed"
+    more.max_retries = 4  # changed on a queue already used: its statements take it as a parameter
+    assert more.requeue_failed() == ["0:0"]
+    claim = more.claim("w")
+    assert claim.attempt == 5 and more.finish(claim, None)
     assert more.rows()[0].value is None and more.counts()["finished"] == 1
+
+
+def test_a_final_failure_uses_one_attempt_and_leaves_no_retry_in_this_command(make):
+    queue = make(2, max_retries=3)
+    claim = queue.claim("w")
+    assert queue.fail(claim, "predicted 9 GiB > 4 GiB", outcome="skipped", final=True) == "failed"
+    assert queue.fail(claim, "again", final=True) is None  # the claim is no longer current
+    (row, other) = queue.rows()
+    assert (row.state, row.attempts, row.outcome, row.reason) == ("failed", 1, "skipped", "predicted 9 GiB > 4 GiB")
+    assert other.state == "waiting" and queue.claim("w").key == other.key  # the next claim is the other job
 
 
 def test_transient_failures_use_no_attempt_and_stop_at_max_transient(make):

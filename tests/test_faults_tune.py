@@ -41,7 +41,7 @@ def runs_by_role(where, experiment: str):
 
 
 def worker_pids(parent_pid: int) -> list[int]:
-    """The ``cnnbench.tune.worker`` processes started by ``parent_pid``."""
+    """The worker processes (``cnnbench.campaign.workers``) started by ``parent_pid``."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -53,7 +53,7 @@ def worker_pids(parent_pid: int) -> list[int]:
                 cmdline = handle.read()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == parent_pid and b"cnnbench.tune.worker" in cmdline:
+        if ppid == parent_pid and b"cnnbench.campaign.workers" in cmdline:
             pids.append(int(entry))
     return pids
 

@@ -37,8 +37,10 @@ Leases, not a heartbeat table: a claim sets ``lease_expires = now + lease_s`` an
 heartbeat pushes it on. Every claim first sweeps this campaign's RUNNING jobs whose lease expired
 (a killed or lost worker, or one paused past the grace) in the same transaction: the failed attempt
 counts, and the job waits again for any worker of any command, or fails when no retry is left
-(``outcome = "lost"``). Concurrent sweeps report each job once: the sweep's UPDATE selects its rows
-``FOR UPDATE SKIP LOCKED`` and re-checks the state, and on SQLite runs under the write lock.
+(``outcome = "lost"``); what it reclaimed is kept in ``JobQueue.reclaimed`` for the caller to close
+those MLflow runs. Concurrent sweeps report each job once: the sweep's UPDATE picks its rows ``FOR
+UPDATE SKIP LOCKED`` (a row another sweep holds is skipped; one it has changed no longer qualifies
+when re-read under the lock), and on SQLite runs under the write lock.
 
 Attempts count failures only: an error (:meth:`fail`) or a lost lease uses one; Ctrl-C or SIGTERM
 (:meth:`release`) uses none. A transient store error (``fail(counts=False)``) has its own counter
@@ -264,14 +266,16 @@ class JobQueue:
         return self._set(claim, state=FINISHED, outcome="finished", value=None if value is None else float(value),
                          finished_at=time.time(), lease_expires=None, **values)
 
-    def fail(self, claim: Claim, reason: str, *, outcome: str = "failed", counts: bool = True) -> str | None:
+    def fail(self, claim: Claim, reason: str, *, outcome: str = "failed", counts: bool = True,
+             final: bool = False) -> str | None:
         """End the attempt as failed: waiting again while retries are left, else failed. ``counts=False``
-        (a transient store error) uses no attempt but stops the job at MAX_TRANSIENT. The new state, or
-        None when the claim was not current."""
+        (a transient store error) uses no attempt but stops the job at MAX_TRANSIENT; ``final`` (a
+        retry would fail the same way, e.g. a predicted out-of-memory) fails the job now. The new
+        state, or None when the claim was not current."""
         params = {"p_id": claim.job_id, "p_token": claim.token, "p_outcome": outcome,
                   "p_reason": reason[:REASON_MAX_CHARS], "p_now": time.time()}
         with self.engine.begin() as conn:
-            rows = self._update(conn, "fail" if counts else "fail-transient", params)
+            rows = self._update(conn, "fail-final" if final else "fail" if counts else "fail-transient", params)
         return rows[0].state if rows else None
 
     def release(self, claim: Claim, reason: str) -> bool:
@@ -332,6 +336,7 @@ class JobQueue:
         One ``UPDATE ... RETURNING`` where the database has it (PostgreSQL, SQLite >= 3.35); elsewhere
         (MySQL: no RETURNING, no UPDATE of a table selected in its own WHERE) the locking SELECT, the
         UPDATE of those ids and a read of them back."""
+        params = {**params, "p_max": self.max_retries}  # a parameter: the statements outlive a change of it
         plan = self._statements.get(name)
         if plan is None:
             target, values, one = self._changes(name)
@@ -369,14 +374,16 @@ class JobQueue:
             return expired.with_for_update(skip_locked=True), {
                 **self._failed(counts=True), "outcome": "lost", "reason": reason, "lease_expires": None,
                 "finished_at": now}, False
-        if name in ("fail", "fail-transient"):
+        if name in ("fail", "fail-transient", "fail-final"):
             current = sa.select(jobs.c.id).where(jobs.c.id == sa.bindparam("p_id"), jobs.c.token == sa.bindparam("p_token"),
                                                  jobs.c.state == RUNNING)
+            failed = ({"attempts": jobs.c.attempts + 1, "state": FAILED} if name == "fail-final"
+                      else self._failed(counts=name == "fail"))
             return current.with_for_update(), {
-                **self._failed(counts=name == "fail"), "outcome": sa.bindparam("p_outcome"),
+                **failed, "outcome": sa.bindparam("p_outcome"),
                 "reason": sa.bindparam("p_reason"), "finished_at": now, "lease_expires": None}, False
         if name == "requeue":
-            failed = sa.select(jobs.c.id).where(mine, jobs.c.state == FAILED, jobs.c.attempts <= self.max_retries)
+            failed = sa.select(jobs.c.id).where(mine, jobs.c.state == FAILED, jobs.c.attempts <= sa.bindparam("p_max"))
             return failed.with_for_update(skip_locked=True), {"state": WAITING, "transient": 0}, False
         raise KeyError(name)
 
@@ -384,7 +391,7 @@ class JobQueue:
         """A failed attempt's state and counters (CASEs on the values before the update)."""
         if counts:
             return {"attempts": jobs.c.attempts + 1,
-                    "state": sa.case((jobs.c.attempts < self.max_retries, WAITING), else_=FAILED)}
+                    "state": sa.case((jobs.c.attempts < sa.bindparam("p_max"), WAITING), else_=FAILED)}
         return {"transient": jobs.c.transient + 1,
                 "state": sa.case((jobs.c.transient + 1 < MAX_TRANSIENT, WAITING), else_=FAILED)}
 

@@ -29,9 +29,9 @@ RESUMED_BY = {
     "trial": "cnnbench tune ... --study-name {campaign} (the same command adds the missing trials)",
     "cell": "cnnbench study run ... --study-name {campaign} (the same command that started the study)",
 }
-# the tags older cnnbench versions wrote instead of TAG_ROLE (read, never written)
-LEGACY_ROLE_TAGS = ("cnnbench.study.role", "cnnbench.tune.role")
-LEGACY_ROLES = {"retrain_best": "retrain"}
+# the tags older cnnbench versions wrote instead of TAG_ROLE, and what their values mean (read, never written)
+LEGACY_ROLE_TAGS = {"cnnbench.tune.role": {"study": "tune", "trial": "trial", "retrain_best": "retrain"},
+                    "cnnbench.study.role": {"study": "study", "cell": "cell"}}
 
 
 def identity(role: str, *, campaign: str | None = None, job: str | None = None, owner: bool = True) -> dict[str, str]:
@@ -56,11 +56,10 @@ def role_of(tags: dict[str, Any]) -> str:
     """A run's role from its tags (runs of older versions by their legacy tags); ``train`` when none."""
     role = tags.get(TAG_ROLE)
     if role is None:
-        for key in LEGACY_ROLE_TAGS:
+        for key, meaning in LEGACY_ROLE_TAGS.items():
             if key in tags:
-                role = tags[key]
+                role = meaning.get(tags[key])
                 break
-    role = LEGACY_ROLES.get(role, role)
     return role if role in ROLES else "train"
 
 

@@ -208,7 +208,6 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, on_stale: C
 
     ``on_stale(study, trial)`` runs after Optuna fails a trial whose worker stopped beating.
     """
-    import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
     dialect = check_url(url)

@@ -6,6 +6,8 @@ A campaign command (``study run``) runs worker 0 in its own process and starts t
 nor ``tune``: any job source plugs in the same way, and a worker on another machine (a Slurm task,
 a Ray task) is the same command started there.
 
+A worker process stops with the command that started it (:func:`watch_parent`).
+
 Signal policy, everywhere in a campaign process (claiming, loading data, creating the run,
 mid-epoch, uploading, writing the report): SIGINT, SIGTERM and SIGHUP raise ``KeyboardInterrupt``
 (:func:`cnnbench.api.interrupt_signals`: a second signal never cuts the cleanup short). The job
@@ -77,12 +79,10 @@ def acknowledge() -> None:
 
 class LeaseKeeper:
     """A daemon thread that renews the lease of the job this worker holds (``beat()`` every half
-    interval) and, with ``watch_parent``, interrupts the main thread once the process that started
-    this worker is gone (a worker stops with its command, even when that was SIGKILLed)."""
+    interval)."""
 
-    def __init__(self, interval_s: float, *, watch_parent: int | None = None) -> None:
+    def __init__(self, interval_s: float) -> None:
         self.interval = max(0.2, float(interval_s))
-        self.watch_parent = watch_parent
         self._beat: Callable[[], Any] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cnnbench-lease", daemon=True)
@@ -93,18 +93,10 @@ class LeaseKeeper:
         self._beat = beat
 
     def _loop(self) -> None:
-        import time
-
-        last = time.monotonic()
-        while not self._stop.wait(min(self.interval / 2, PARENT_CHECK_S)):
-            if self.watch_parent is not None and os.getppid() != self.watch_parent:
-                print("worker: the command that started this worker is gone; stopping", file=sys.stderr, flush=True)
-                os.kill(os.getpid(), signal.SIGTERM)  # the signal policy ends the held job KILLED
-                return
+        while not self._stop.wait(self.interval / 2):
             beat = self._beat
-            if beat is None or time.monotonic() - last < self.interval / 2:
+            if beat is None:
                 continue
-            last = time.monotonic()
             try:
                 beat()
             except Exception:  # a storage hiccup: the next beat tries again, the lease has slack
@@ -112,6 +104,23 @@ class LeaseKeeper:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def watch_parent(parent_pid: int) -> threading.Event:
+    """A daemon thread that sends this process SIGTERM once the command that started it is gone
+    (even by SIGKILL: this process is then re-parented); the signal policy ends the held job KILLED.
+    Set the returned event to stop watching."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(PARENT_CHECK_S):
+            if os.getppid() != parent_pid:
+                print("worker: the command that started this worker is gone; stopping", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="cnnbench-parent-watch", daemon=True).start()
+    return done
 
 
 def write_spec(spec: dict[str, Any], folder: Path, name: str) -> Path:
@@ -183,9 +192,12 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m cnnbench.campaign.workers SPEC.json", file=sys.stderr)
         return 2
+    watching = None
     try:
         with signal_policy():
             spec = read_spec(argv[0])
+            if spec.get("parent_pid"):
+                watching = watch_parent(int(spec["parent_pid"]))
             entry_point(spec["entry"])(spec)
     except KeyboardInterrupt as err:
         acknowledge()
@@ -193,6 +205,9 @@ def main(argv: list[str]) -> int:
     except CnnbenchError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1
+    finally:
+        if watching is not None:
+            watching.set()
     return 0
 
 

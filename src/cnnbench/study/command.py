@@ -85,12 +85,14 @@ def list_() -> None:
 @BUDGET
 @SETS
 @click.option("--estimate/--no-estimate", default=True, show_default=True,
-              help="time one batch per distinct model/input for a rough duration")
+              help="time a few training steps per distinct model/input for a duration")
 @MAX_JOBS
-def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bool, max_jobs: int | None) -> None:
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="worker processes the estimate assumes (as study run --workers)")
+def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bool, max_jobs: int | None, workers: int = 2) -> None:
     """The cells with their resolved options, runs = cells x seeds, published figures, a time estimate."""
     from cnnbench.study import run as runs
-    from cnnbench.study.estimate import estimate_seconds
+    from cnnbench.study.estimate import estimate_seconds, wall_seconds
 
     _, study = _load(study_ref, budget, sets, max_jobs)
     runs.resolve_cells(study)
@@ -110,7 +112,9 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
     total = len(study.cells) * len(study.seeds)
     line = f"runs: {len(study.cells)} cells x {len(study.seeds)} seeds = {total}"
     if seconds:
-        line += f"; rough estimate {sum(seconds.values()) * len(study.seeds) / 60:.1f} min on one worker (one timed batch per model/input)"
+        wall = wall_seconds(study, seconds, workers)
+        line += (f"; estimate {_minutes(wall)} with --workers {workers} on this machine "
+                 f"({_minutes(sum(seconds.values()) * len(study.seeds))} of runs; timed steps per model/input)")
     click.echo(line)
     if study.published:
         click.echo(f"published ({study.published_source or 'the study file'}, {study.published_metric}): "
@@ -238,6 +242,10 @@ def report(ref: str, budget, experiment, tracking_uri, fmt, study_name, log, max
     if log:
         reports.log_to_parent(client, parent, rep)
     click.echo(reports.render(rep, fmt), nl=False)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _looks_like_run_id(ref: str) -> bool:

@@ -182,7 +182,7 @@ class Worker:
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.spec.workers))
-        keeper = LeaseKeeper(self.spec.heartbeat_interval, watch_parent=self.spec.parent_pid if self.spec.index > 0 else None)
+        keeper = LeaseKeeper(self.spec.heartbeat_interval)
         poll = min(2.0, max(0.2, self.spec.heartbeat_interval / 2))
         try:
             while True:

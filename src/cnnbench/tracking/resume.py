@@ -98,9 +98,9 @@ def campaign_refusal(run_id: str, tags: dict[str, str]) -> str | None:
 
     A trial or cell run is one job of its campaign's queue: resumed by ``train`` it would end FINISHED
     beside the run the campaign reruns for that job. A parent run (tune, study) is no training."""
-    from cnnbench.campaign.runs import RESUMED_BY, TAG_CAMPAIGN, TAG_JOB
+    from cnnbench.campaign.runs import RESUMED_BY, TAG_CAMPAIGN, TAG_JOB, role_of
 
-    role = mlruns.run_role(tags)
+    role = role_of(tags)
     if role not in ("trial", "cell", "tune", "study"):
         return None
     campaign = tags.get(TAG_CAMPAIGN) or tags.get("cnnbench.tune.study") or tags.get("cnnbench.study.id") or "?"

@@ -233,16 +233,6 @@ def find_stale(client, experiment: str | None = None) -> list[tuple[object, str]
     return found
 
 
-def run_role(tags: dict[str, str]) -> str:
-    """:func:`cnnbench.campaign.runs.role_of`, except that a tune parent of older versions
-    (``cnnbench.tune.role`` = study, no ``cnnbench.role``) is a ``tune`` parent, not a study's."""
-    from cnnbench.campaign.runs import TAG_ROLE, role_of
-
-    if TAG_ROLE not in tags and tags.get("cnnbench.tune.role") == "study":
-        return "tune"
-    return role_of(tags)
-
-
 def _what_next(client, run_id: str, role: str, tags: dict[str, str]) -> str:
     """How a stale run of ``role`` is continued: ``train --resume`` for a train run with a
     checkpoint, its campaign's command for a trial, cell or parent run."""
@@ -264,6 +254,7 @@ def _what_next(client, run_id: str, role: str, tags: dict[str, str]) -> str:
 def stale_report(tracking_uri: str | None, experiment: str | None, *, mark_failed: bool) -> list[str]:
     from mlflow.tracking import MlflowClient
 
+    from cnnbench.campaign.runs import role_of
     from cnnbench.tracking.store import check_reachable, mask_uri, resolve_uri
 
     uri = resolve_uri(tracking_uri)
@@ -275,7 +266,7 @@ def stale_report(tracking_uri: str | None, experiment: str | None, *, mark_faile
     lines = []
     for run, why in stale:
         info, tags = run.info, run.data.tags
-        role = run_role(tags)
+        role = role_of(tags)
         trains = role in ("train", "trial", "cell", "retrain")
         epochs = len(client.get_metric_history(info.run_id, "train_loss")) if trains else 0
         logged = f"{epochs} epoch(s) logged; " if trains else ""

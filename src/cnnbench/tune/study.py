@@ -2,27 +2,24 @@
 space), and running ``--n-jobs`` worker processes on one storage.
 
 A worker is described by a JSON-able :class:`WorkerSpec`; worker 0 runs in the ``tune`` process
-(which already loaded everything), the others are ``python -m cnnbench.tune.worker SPEC.json``
-processes, so each has its own interpreter (no GIL sharing, torch threads split between them) and a
-worker on another machine is the same thing started by hand.
+(which already loaded everything), the others are the campaign's worker processes
+(``python -m cnnbench.campaign.workers SPEC.json`` with this module's :func:`work` as its entry: the
+same signal policy and parent watch as a study's workers), so each has its own interpreter (no GIL
+sharing, torch threads split between them) and a worker on another machine is the same thing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
 
-from cnnbench.processes import JsonSpec, stop_workers
 from cnnbench.config import TrainConfig
 from cnnbench.errors import ConfigError
 from cnnbench.tune import PRUNERS, SAMPLERS
@@ -117,7 +114,7 @@ def check_resume(study: optuna.Study, *, direction: str, space: SearchSpace, met
 
 
 @dataclass
-class WorkerSpec(JsonSpec):
+class WorkerSpec:
     """Everything one worker process needs (JSON-able)."""
 
     config: dict[str, Any]
@@ -138,6 +135,17 @@ class WorkerSpec(JsonSpec):
     index: int = 0
     n_jobs: int = 1
     notes: list[str] = field(default_factory=list)
+    shares: list[int] = field(default_factory=list)  # trials per worker index (n_trials when empty)
+    parent_pid: int | None = None
+    entry: str = "cnnbench.tune.study:work"
+
+
+def work(spec: dict) -> None:
+    """A worker process's job (``cnnbench.campaign.workers`` calls it): its share of the trials."""
+    worker = WorkerSpec(**spec)
+    if worker.shares:
+        worker.n_trials = worker.shares[worker.index]
+    run_worker(worker)
 
 
 def run_worker(spec: WorkerSpec, storage=None) -> None:
@@ -210,29 +218,18 @@ def run_workers(spec: WorkerSpec, storage) -> list[int]:
     child runs a killed worker left RUNNING are ended (:func:`sweep_orphan_runs`)."""
     from cnnbench.errors import TrainingError
 
-    shares = split_trials(spec.n_trials, spec.n_jobs)
-    procs: list[subprocess.Popen] = []
-    with tempfile.TemporaryDirectory(prefix="cnnbench-tune-") as folder:
-        try:
-            for index, share in enumerate(shares[1:], start=1):
-                path = WorkerSpec(**{**asdict(spec), "n_trials": share, "index": index}).save(Path(folder) / f"worker{index}.json")
-                procs.append(subprocess.Popen([sys.executable, "-m", "cnnbench.tune.worker", str(path)]))
-            run_worker(WorkerSpec(**{**asdict(spec), "n_trials": shares[0], "index": 0}), storage)
-            codes = [p.wait() for p in procs]
-            try:
-                top_up(spec, storage)
-            except TrainingError:
-                sweep_orphan_runs(spec.study_name, spec.storage, spec.tracking_uri, storage, own_parent=spec.parent_run_id)
-                raise
-            sweep_orphan_runs(spec.study_name, spec.storage, spec.tracking_uri, storage, own_parent=spec.parent_run_id)
-            return codes
-        except BaseException as err:
-            if isinstance(err, KeyboardInterrupt):
-                from cnnbench.engine import interrupts
+    from cnnbench.campaign.workers import run_local
 
-                interrupts.acknowledge()  # stopping the workers: further signals wait for it
-            stop_workers(procs)  # they end their trial KILLED and exit
-            raise
+    shares = split_trials(spec.n_trials, spec.n_jobs)
+    _, codes = run_local(asdict(WorkerSpec(**{**asdict(spec), "shares": shares})), len(shares),
+                         lambda s: run_worker(WorkerSpec(**{**s, "n_trials": shares[0]}), storage))
+    try:
+        top_up(spec, storage)
+    except TrainingError:
+        sweep_orphan_runs(spec.study_name, spec.storage, spec.tracking_uri, storage, own_parent=spec.parent_run_id)
+        raise
+    sweep_orphan_runs(spec.study_name, spec.storage, spec.tracking_uri, storage, own_parent=spec.parent_run_id)
+    return codes
 
 
 def trials_of(study: optuna.Study, parent_run_id: str) -> list[optuna.trial.FrozenTrial]:

@@ -137,12 +137,12 @@ FAULT_ENV = "CNNBENCH_TUNE_FAULT"
 def fault_hook(point: str) -> None:
     """Tests' fault injection: ``$CNNBENCH_TUNE_FAULT`` = ``POINT:kill`` SIGKILLs this process the
     first time it reaches ``point``; ``POINT:kill:worker`` only in an extra ``--n-jobs`` worker
-    process (``python -m cnnbench.tune.worker``). Unset (always, outside the tests), it does nothing."""
+    process (``python -m cnnbench.campaign.workers``). Unset (always, outside the tests), it does nothing."""
     wanted = os.environ.get(FAULT_ENV)
     if not wanted:
         return
     at, action, where = (wanted.split(":") + ["", ""])[:3]
-    if at != point or (where == "worker" and not sys.argv[0].endswith(os.path.join("tune", "worker.py"))):
+    if at != point or (where == "worker" and not sys.argv[0].endswith(os.path.join("campaign", "workers.py"))):
         return
     import signal
 
