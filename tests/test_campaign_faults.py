@@ -1,5 +1,6 @@
-"""The campaign layer through faults, as a cluster user meets them: ``study run`` commands started
-together on one SQLite or PostgreSQL queue, one SIGKILLed and one SIGTERMed mid-cell (the survivor
+"""The campaign layer through faults, as a cluster user meets them: both job sources started three
+at once on one SQLite or PostgreSQL storage (``study run``: every cell x seed once; ``tune``: every
+command's trials once, on a study none of them created first), one SIGKILLed and one SIGTERMed mid-cell (the survivor
 finishes every cell x seed exactly once and exits 0), SIGTERM outside a cell (exit 143, parent
 KILLED, no job left RUNNING), a live study's parent never called stale, and ``study status``.
 """
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from faultkit import FAST
 from mlflow.tracking import MlflowClient
 from test_tune_study import postgres_url  # noqa: F401 -- the PostgreSQL server fixture, shared
 
@@ -113,6 +115,40 @@ def test_three_commands_started_together_run_every_job_exactly_once(storage, tra
     exp = client.get_experiment_by_name(experiment)
     deleted = client.search_runs([exp.experiment_id], run_view_type=2)  # ViewType.DELETED_ONLY
     assert all(r.info.status != "RUNNING" or r.info.lifecycle_stage == "deleted" for r in deleted)
+
+
+def test_three_tune_commands_started_together_each_get_their_trials_exactly_once(storage, tracking_uri, experiment):
+    """The sampler's job source: three ``tune --trials 3`` on one new study at the same instant. Each
+    command's parent counts its own 3 trials; 9 trials in the study, each with one FINISHED trial run
+    naming it, no trial run twice or left RUNNING, no lost ``tell``."""
+    import optuna
+
+    from cnnbench.campaign.storage import open_storage
+
+    MlflowClient(tracking_uri).search_experiments()
+    if not storage.startswith("sqlite"):
+        experiment += "-pg"
+    cmd = [sys.executable, "-m", "cnnbench.cli", "tune", "--tracking-uri", tracking_uri, "--storage", storage,
+           "--study-name", experiment, "--experiment", experiment, "--trials", "3", "--epochs", "1",
+           "--train-size", "200", "--pruner", "none", "--quiet", "--search", "lr=loguniform(1e-3,1e-2)", *FAST]
+    procs = [start(cmd) for _ in range(3)]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    study = optuna.load_study(study_name=experiment, storage=open_storage(storage))
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 9, outputs
+    client = MlflowClient(tracking_uri)
+    found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    parents = [r for r in found if r.data.tags.get("cnnbench.role") == "tune"]
+    trial_runs = [r for r in found if r.data.tags.get("cnnbench.role") == "trial"]
+    assert len(parents) == 3 and all(r.info.status == "FINISHED" for r in parents), outputs
+    by_parent = {}
+    for t in trials:
+        by_parent.setdefault(t.user_attrs["cnnbench.parent_run_id"], []).append(t.number)
+    assert sorted(len(v) for v in by_parent.values()) == [3, 3, 3] and set(by_parent) == {r.info.run_id for r in parents}
+    assert sorted(r.data.tags["cnnbench.job"] for r in trial_runs) == sorted(f"trial-{t.number}" for t in trials)
+    assert {r.info.status for r in trial_runs} == {"FINISHED"}
+    assert sorted(t.user_attrs["mlflow_run_id"] for t in trials) == sorted(r.info.run_id for r in trial_runs)
 
 
 def test_one_command_sigkilled_and_one_sigtermed_mid_cell_the_survivor_finishes_every_job(tracking_uri, experiment, tmp_path):

@@ -3,6 +3,8 @@ example, and every bad input of issue 11 refused in one line with exit 2 before 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cnnbench.errors import ConfigError
@@ -160,9 +162,25 @@ def test_study_show_lists_cells_runs_published_and_an_estimate(cli, tmp_path):
     result = cli("study", "show", path, "--budget", "quick")
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "runs: 6 cells x 2 seeds = 12; rough estimate" in out
+    assert re.search(r"runs: 6 cells x 2 seeds = 12; estimate [\d.]+ (s|min) with --workers 2 on this machine "
+                     r"\([\d.]+ (s|min) of runs; timed steps per model/input\)", out), out
     assert "lr=0.001 / batch norm" in out and "published 0.7845" in out and "s/run" in out
     assert "published (R2, test_accuracy): lr=0.01 / none = 0.7393" in out
+    per_run = [float(m) for m in re.findall(r"~(\d+) s/run", out)]
+    assert len(per_run) == 6 and all(v >= 2.5 for v in per_run)  # at least the per-cell overhead
+
+
+def test_the_wall_estimate_divides_the_runs_among_the_workers_the_cores_allow():
+    from types import SimpleNamespace
+
+    from cnnbench.study.estimate import WORKER_START_S, wall_seconds
+
+    study = SimpleNamespace(cells=[0] * 3, seeds=(0, 1))
+    per_run = {"a": 10.0, "b": 20.0, "c": 30.0}  # 60 s a seed, 120 s of runs
+    assert wall_seconds(study, per_run, 1, cores=2) == pytest.approx(120 + WORKER_START_S)
+    assert wall_seconds(study, per_run, 2, cores=2) == pytest.approx(60 + WORKER_START_S)
+    assert wall_seconds(study, per_run, 8, cores=2) == pytest.approx(60 + WORKER_START_S)  # the cores bound it
+    assert wall_seconds(study, per_run, 8, cores=16) == pytest.approx(20 + WORKER_START_S)  # 6 jobs: 6 at once
 
 
 # -- limits and names checked before anything is created (FAULTS ST7h, ST8a/b, ST9c, ST14, ST19) --

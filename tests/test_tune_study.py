@@ -288,3 +288,43 @@ def test_trials_record_the_cheap_artifacts_and_trials_csv_has_a_column_per_metri
     rows = list(csv.DictReader((folder / "trials.csv").open()))
     assert len(rows) == 2 and all(float(r["result_test_accuracy"]) > 0 for r in rows)
     assert "user_attrs_result" not in rows[0]
+
+
+def test_seeds_train_each_configuration_over_n_seeds_and_score_their_mean(tune, cli, tracking_uri, experiment, tmp_path):
+    """``--seeds 2``: each trial trains its configuration with seed 0 and seed 1, each in its own
+    child run under the parent; the trial's value is the mean of the two runs' best val_accuracy (read
+    back from MLflow), its spread is on the trial and in trials.csv; resuming with another --seeds
+    is refused before any run is created."""
+    import statistics
+
+    tune("--trials", "2", "--seeds", "2", "--study-name", "seeds", "--pruner", "none", "--epochs", "1",
+         "--search", "lr=loguniform(1e-3,1e-2)")
+    study = optuna.load_study(study_name="seeds", storage=tune.storage)
+    parents, children, _ = study_runs(tracking_uri, experiment)
+    assert len(parents) == 1 and len(children) == 4 and parents[0].data.params["seeds"] == "2"
+    client = MlflowClient(tracking_uri)
+    for trial in study.trials:
+        runs = [r for r in children if r.data.tags["trial_number"] == str(trial.number)]
+        assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+        assert sorted(r.info.run_id for r in runs) == sorted([trial.user_attrs["mlflow_run_id"],
+                                                              *trial.user_attrs["mlflow_seed_run_ids"]])
+        assert {r.info.status for r in runs} == {"FINISHED"}
+        assert sorted(r.data.tags["cnnbench.job"] for r in runs) == [f"trial-{trial.number}", f"trial-{trial.number}:seed-1"]
+        best = [max(m.value for m in client.get_metric_history(r.info.run_id, "val_accuracy")) for r in runs]
+        assert trial.value == pytest.approx(statistics.mean(best))
+        result = trial.user_attrs["result"]
+        assert result["seeds"] == 2 and sorted(result["values"]) == pytest.approx(sorted(best))
+        assert result["value_std"] == pytest.approx(statistics.stdev(best))
+        assert result["value_ci_low"] <= trial.value <= result["value_ci_high"]
+        assert [float(r.data.params["lr"]) for r in runs] == pytest.approx([trial.params["lr"]] * 2)
+    folder = Path(client.download_artifacts(parents[0].info.run_id, "study", str(tmp_path / "dl")))
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
+    assert len(rows) == 2 and all(float(r["result_value_std"]) >= 0 for r in rows)
+
+    refused = cli("tune", "--tracking-uri", tracking_uri, "--experiment", experiment, "--storage", tune.storage,
+                  *TRIAL_FLAGS, "--trials", "1", "--seeds", "3", "--study-name", "seeds", "--epochs", "1",
+                  "--search", "lr=loguniform(1e-3,1e-2)")
+    assert refused.exit_code != 0 and "mean over 2 seed(s)" in refused.output and "--seeds 2" in refused.output
+    assert len(study_runs(tracking_uri, experiment)[0]) == 1  # no parent run for the refused command
+    bad = cli("tune", "--tracking-uri", tracking_uri, "--storage", tune.storage, "--seeds", "0", "--trials", "1")
+    assert bad.exit_code != 0 and "--seeds must be between 1 and 100" in bad.output

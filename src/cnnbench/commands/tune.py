@@ -23,6 +23,10 @@ SEARCH_HELP = (
 
 TUNE_PARAMETERS: list[click.Parameter] = [
     click.Option(["--trials"], type=int, default=30, show_default=True, help="trials to add to the study (split between --n-jobs workers)"),
+    click.Option(["--seeds"], type=int, default=1, show_default=True,
+                 help="train each sampled configuration over this many seeds (--seed, --seed+1, ...), each in its own "
+                      "run; a trial scores the mean of its seeds (std and 95%% interval on the trial), the pruner "
+                      "watches the first seed"),
     click.Option(["--epochs"], type=int, default=TRIAL_EPOCHS, show_default=True, help="epochs per trial (the pruner's budget)"),
     click.Option(["--timeout"], type=float, default=None, metavar="SECONDS", help="start no new trial after this long"),
     click.Option(["--search"], multiple=True, metavar="EXPR", help=SEARCH_HELP),
@@ -64,7 +68,7 @@ def tune(**params) -> None:
         timeout=params["timeout"], sampler=params["sampler"], pruner=params["pruner"], storage=params["storage"],
         study_name=params["study_name"], n_jobs=params["n_jobs"], metric=params["objective"],
         direction=params["direction"], retrain_best=params["retrain_best"], retrain_epochs=params["retrain_epochs"],
-        heartbeat_interval=params["heartbeat_interval"],
+        heartbeat_interval=params["heartbeat_interval"], seeds=params["seeds"],
     )
     outcome = run(prepare(request))
     _report(outcome, request)

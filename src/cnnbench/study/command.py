@@ -102,7 +102,7 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
     base = study.cells[0].config.flat_params()
     common = {k: v for k, v in base.items() if all(c.config.flat_params().get(k) == v for c in study.cells)}
     click.echo("fixed: " + ", ".join(f"{k}={v}" for k, v in common.items() if k not in ("device",)))
-    seconds = estimate_seconds(study) if estimate else {}
+    seconds = estimate_seconds(study, workers) if estimate else {}
     for c in study.cells:
         params = c.config.flat_params()
         varied = ", ".join(f"{k}={v}" for k, v in params.items() if k not in common)

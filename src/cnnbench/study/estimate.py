@@ -6,8 +6,10 @@ warm-up; a cell is then ``epochs x (train batches x step + validation batches x 
 batches x eval pass + CELL_OVERHEAD_S``. The overhead is what a cell costs outside its epochs
 (creating its MLflow run, params, the first-batch warm-up, testing, the study's artifacts, ending
 the run): measured on this project's quick recipes as a cell's wall time minus its
-``fit_time_with_val_s``. The wall time of ``k`` jobs on ``w`` workers of a ``c``-core machine is the
-sum divided by ``min(w, c)`` (workers share the cores: each gets ``cores / w`` threads).
+``fit_time_with_val_s``. Steps are timed with the threads one of ``w`` workers gets
+(``cores // w``, as ``study run`` gives them), and the wall time of the jobs on ``w`` workers of a
+``c``-core machine is their sum divided by ``min(w, c)``, plus a worker's start.
+``benchmarks/bench_estimate.py`` compares this with the walls measured in ``docs/studies``.
 """
 
 from __future__ import annotations
@@ -25,10 +27,19 @@ STEPS = 4  # timed steps after WARMUP untimed ones
 WARMUP = 2
 
 
-def estimate_seconds(study: Study) -> dict[str, float]:
-    """Seconds one run of each cell takes on one worker with the machine's threads."""
+def estimate_seconds(study: Study, workers: int = 1) -> dict[str, float]:
+    """Seconds one run of each cell takes on one of ``workers`` workers (its share of the threads)."""
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    try:
+        return _estimate(study, torch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _estimate(study: Study, torch) -> dict[str, float]:
     from cnnbench import api
 
     timed: dict[tuple, tuple[float, float]] = {}

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 from mlflow.tracking import MlflowClient
 
@@ -49,12 +50,19 @@ def data_key(config: TrainConfig) -> tuple:
 
 
 class Objective:
-    def __init__(self, base: TrainConfig, space: SearchSpace, context: StudyContext, *, label: str = "", stream=None) -> None:
+    """With ``seeds`` > 1 a trial trains its configuration once per seed (``--seed``, ``--seed + 1``,
+    ...), each in its own child run, and scores the mean of the seeds' best epochs; the pruner
+    watches the first seed (a pruned trial trains no other seed). The trial's ``result`` holds the
+    spread (std and the 95 % t interval of the mean, the study report's ``summarise``)."""
+
+    def __init__(self, base: TrainConfig, space: SearchSpace, context: StudyContext, *, label: str = "", stream=None,
+                 seeds: int = 1) -> None:
         self.base = base
         self.space = space
         self.context = context
         self.label = label
         self.stream = stream or sys.stdout
+        self.seeds = seeds
         self._data: tuple[tuple, Any] | None = None
 
     def data_for(self, config: TrainConfig):
@@ -70,33 +78,54 @@ class Objective:
         trial.set_user_attr("worker", WORKER_ID)
         values = self.space.suggest(trial)
         config = apply(self.base, values).replace(run={"run_name": f"trial-{trial.number}", "quiet": True})
-        tracker = TrialTracker(trial, study_name=ctx.study_name, parent_run_id=ctx.parent_run_id,
-                               tracking_uri=ctx.tracking_uri, experiment=ctx.experiment, experiment_id=ctx.experiment_id)
-        reporter = PruningReporter(trial, metric=ctx.metric, maximize=ctx.maximize)
+        results, seed_runs = [], None
+        for index in range(self.seeds):
+            if index:  # a later seed: its own run, no pruning (the first seed decided that)
+                seed_runs = [] if seed_runs is None else seed_runs
+                config = config.replace(run={"seed": self.base.run.seed + index,
+                                             "run_name": f"trial-{trial.number}-seed{self.base.run.seed + index}"})
+            results.append(self._train(trial, config, values, started, seed_runs, prune=index == 0))
+        scores = [best_of(r.history, ctx.metric, ctx.maximize) for r in results]
+        value = float(np.mean(scores))
+        # one write (each user attr is a storage transaction): the test score is for reading, never for selection
+        summary = {"test_accuracy": float(np.mean([r.metrics.get("test_accuracy", math.nan) for r in results])),
+                   "fit_time_s": float(np.sum([r.metrics.get("fit_time_s", math.nan) for r in results])),
+                   "trial_seconds": time.perf_counter() - started}
+        if self.seeds > 1:
+            from cnnbench.study.report import summarise
+
+            spread = summarise(scores)
+            summary.update(seeds=self.seeds, values=scores, value_std=spread["std"], value_ci_low=spread["ci_low"],
+                           value_ci_high=spread["ci_high"])
+        trial.set_user_attr("result", summary)
+        return value
+
+    def _train(self, trial: optuna.Trial, config: TrainConfig, values: dict, started: float,
+               seed_runs: list[str] | None, *, prune: bool):
+        """One training of the trial's configuration (one seed) in its own child run."""
+        ctx = self.context
+        tracker = TrialTracker(trial, study_name=ctx.study_name, parent_run_id=ctx.parent_run_id, tracking_uri=ctx.tracking_uri,
+                               experiment=ctx.experiment, experiment_id=ctx.experiment_id, seed_runs=seed_runs)
+        reporter = [PruningReporter(trial, metric=ctx.metric, maximize=ctx.maximize)] if prune else []
         try:
             data = self.data_for(config)
-            # the tracker before the reporter: an epoch's metrics are logged before it may be pruned
             from cnnbench.artifacts import artifact_callbacks
 
             # artifacts first (the tracker uploads what they wrote), the reporter last (it may prune)
-            result = api.train(config, [*artifact_callbacks(config), tracker, reporter], data=data)
+            return api.train(config, [*artifact_callbacks(config), tracker, *reporter], data=data)
         except optuna.TrialPruned:
             trial.set_user_attr("result", {"trial_seconds": time.perf_counter() - started})
             raise
         except Exception as err:
             reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+            if seed_runs is not None:
+                reason = f"seed {config.run.seed}: {reason}"
             trial.set_user_attr("fail_reason", reason[:FAIL_REASON_MAX_CHARS])
-            if tracker.run_id is None:  # failed before the run existed (e.g. a combination the model refuses)
+            if tracker.run_id is None and seed_runs is None:  # failed before the run existed (e.g. a combination the model refuses)
                 run_id = record_failed_trial(MlflowClient(ctx.tracking_uri), ctx.experiment_id, ctx.parent_run_id,
                                              trial, ctx.study_name, values, reason)
                 trial.set_user_attr("mlflow_run_id", run_id)
             raise
-        value = best_of(result.history, ctx.metric, ctx.maximize)
-        # one write (each user attr is a storage transaction): the test score is for reading, never for selection
-        trial.set_user_attr("result", {"test_accuracy": float(result.metrics.get("test_accuracy", math.nan)),
-                                       "fit_time_s": float(result.metrics.get("fit_time_s", math.nan)),
-                                       "trial_seconds": time.perf_counter() - started})
-        return value
 
     def progress(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Study callback: one line per finished trial."""
@@ -104,6 +133,9 @@ class Objective:
         state = trial.state.name
         if state == "COMPLETE":
             outcome = f"{self.context.metric} {trial.value:.4f}"
+            spread = trial.user_attrs.get("result", {}).get("value_std")
+            if spread is not None:
+                outcome += f" +/- {spread:.4f} (mean, std over {self.seeds} seeds)"
         elif state == "FAIL":
             outcome = trial.user_attrs.get("fail_reason", "failed")[:200]
         else:

@@ -48,6 +48,10 @@ class TuneRequest:
     retrain_best: bool = False
     retrain_epochs: int | None = None  # None: train's default epoch budget
     heartbeat_interval: int = 30
+    seeds: int = 1  # each configuration trained over this many seeds, scored by the mean
+
+
+MAX_SEEDS = 100  # --seeds: trainings per trial
 
 
 @dataclass
@@ -108,7 +112,8 @@ def prepare(request: TuneRequest) -> Plan:
     quiet_optuna()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        study, resumed = open_study(storage, name, direction=direction, space=space, metric=request.metric, base_params=base_params)
+        study, resumed = open_study(storage, name, direction=direction, space=space, metric=request.metric, base_params=base_params,
+                                    seeds=request.seeds)
     notes += [str(w.message) for w in caught if "resuming study" in str(w.message)]
     return Plan(request, space, direction, tracking_uri, storage_url, storage, study, resumed, base_params, notes)
 
@@ -118,6 +123,8 @@ def _check_numbers(request: TuneRequest) -> None:
                         ("--heartbeat-interval", request.heartbeat_interval), ("--retrain-epochs", request.retrain_epochs or 1)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1; got {value}")
+    if not 1 <= request.seeds <= MAX_SEEDS:
+        raise ConfigError(f"--seeds must be between 1 and {MAX_SEEDS} (trainings per trial); got {request.seeds}")
     if request.timeout is not None and request.timeout <= 0:
         raise ConfigError(f"--timeout must be a positive number of seconds; got {request.timeout}")
 
@@ -143,7 +150,7 @@ def run(plan: Plan, *, stream=None) -> Outcome:
               "cnnbench.model": req.config.model.name, "cnnbench.dataset": req.config.data.name,
               **({"cnnbench.tune.notes": "\n".join(list(plan.space.notes) + plan.warnings)[:4000]} if plan.space.notes or plan.warnings else {})},
         params={**plan.base_params, **{f"search.{k}": v for k, v in plan.space.texts().items()},
-                "trials": req.trials, "sampler": req.sampler, "pruner": req.pruner, "n_jobs": req.n_jobs,
+                "trials": req.trials, "seeds": req.seeds, "sampler": req.sampler, "pruner": req.pruner, "n_jobs": req.n_jobs,
                 "objective": req.metric, "direction": plan.direction, "study_name": name, "timeout": req.timeout},
     )
     if plan.resumed:  # trial runs an earlier, killed invocation left RUNNING that no trial names
@@ -155,6 +162,7 @@ def run(plan: Plan, *, stream=None) -> Outcome:
         parent_run_id=parent.run_id, experiment=parent.experiment_name, tracking_uri=plan.tracking_uri,
         n_trials=req.trials, timeout=req.timeout, sampler=req.sampler, pruner=req.pruner, seed=req.config.run.seed,
         metric=req.metric, direction=plan.direction, heartbeat_interval=req.heartbeat_interval, n_jobs=req.n_jobs,
+        seeds=req.seeds,
     )
     # SIGTERM / SIGHUP like Ctrl-C from here on (also between trials and while data loads): the
     # workers are stopped, the running trials end KILLED and the parent run KILLED.

@@ -28,6 +28,8 @@ from cnnbench.tune.space import SearchSpace, diff, parse_expression
 ATTR_SPACE = "cnnbench.search_space"
 ATTR_METRIC = "cnnbench.objective"
 ATTR_BASE = "cnnbench.base_params"
+ATTR_SEEDS = "cnnbench.seeds"  # seeds each configuration is trained over (--seeds; 1 when absent)
+ATTR_SEED_RUNS = "mlflow_seed_run_ids"  # on each trial with --seeds > 1: the runs of its seeds after the first
 ATTR_PARENT = "cnnbench.parent_run_id"  # on each trial: the tune invocation (parent run) that ran it
 DEFAULT_HEARTBEAT_S = 30
 BARE_TRIAL_GRACE_S = 5.0  # a RUNNING trial without any attr this old has no live worker
@@ -58,7 +60,7 @@ def build_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def open_study(storage, name: str, *, direction: str, space: SearchSpace, metric: str,
-               base_params: dict[str, Any], sampler=None, pruner=None) -> tuple[optuna.Study, bool]:
+               base_params: dict[str, Any], sampler=None, pruner=None, seeds: int = 1) -> tuple[optuna.Study, bool]:
     """Create the study, or load it to add trials; refuse a stored study whose search space,
     objective or direction differs. Returns (study, resumed)."""
     try:
@@ -68,7 +70,7 @@ def open_study(storage, name: str, *, direction: str, space: SearchSpace, metric
         exists = False
     if exists:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-        check_resume(study, direction=direction, space=space, metric=metric, base_params=base_params)
+        check_resume(study, direction=direction, space=space, metric=metric, base_params=base_params, seeds=seeds)
         if ATTR_SPACE in study.user_attrs:
             return study, True
     else:
@@ -78,10 +80,12 @@ def open_study(storage, name: str, *, direction: str, space: SearchSpace, metric
     study.set_user_attr(ATTR_METRIC, metric)
     study.set_metric_names([metric])  # optuna-dashboard's axis name instead of "Objective 0"
     study.set_user_attr(ATTR_BASE, {k: str(v) for k, v in base_params.items()})
+    study.set_user_attr(ATTR_SEEDS, seeds)
     return study, False
 
 
-def check_resume(study: optuna.Study, *, direction: str, space: SearchSpace, metric: str, base_params: dict[str, Any]) -> None:
+def check_resume(study: optuna.Study, *, direction: str, space: SearchSpace, metric: str, base_params: dict[str, Any],
+                 seeds: int = 1) -> None:
     attrs = study.user_attrs
     if ATTR_SPACE not in attrs and not study.trials:
         return  # another worker created it a moment ago and is about to store the same attrs
@@ -101,6 +105,11 @@ def check_resume(study: optuna.Study, *, direction: str, space: SearchSpace, met
             f"({stored_flags}) "
             f"or start a new --study-name"
         )
+    stored_seeds = int(attrs.get(ATTR_SEEDS, 1))
+    if stored_seeds != seeds:
+        raise ConfigError(f"study {study.study_name!r} scores each configuration as the mean over {stored_seeds} seed(s); "
+                          f"--seeds {seeds} would mix values that are not comparable. Resume with --seeds {stored_seeds} "
+                          f"or start a new --study-name")
     stored_direction = study.direction.name.lower()
     if stored_direction != direction or attrs.get(ATTR_METRIC, metric) != metric:
         raise ConfigError(
@@ -136,6 +145,7 @@ class WorkerSpec:
     n_jobs: int = 1
     notes: list[str] = field(default_factory=list)
     shares: list[int] = field(default_factory=list)  # trials per worker index (n_trials when empty)
+    seeds: int = 1  # seeds per configuration (--seeds)
     parent_pid: int | None = None
     entry: str = "cnnbench.tune.study:work"
 
@@ -156,8 +166,8 @@ def run_worker(spec: WorkerSpec, storage=None) -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    from cnnbench.tune.objective import Objective, StudyContext
     from cnnbench.campaign.storage import open_storage
+    from cnnbench.tune.objective import Objective, StudyContext
     from cnnbench.tune.tracker import ParentRun, close_dead_trial_run
 
     quiet_optuna()
@@ -177,7 +187,7 @@ def run_worker(spec: WorkerSpec, storage=None) -> None:
     context = StudyContext(spec.study_name, spec.parent_run_id, spec.experiment, spec.tracking_uri,
                            parent.experiment_id, spec.metric, spec.direction == "maximize")
     label = f"[worker {spec.index}] " if spec.n_jobs > 1 else ""
-    objective = Objective(config, space, context, label=label)
+    objective = Objective(config, space, context, label=label, seeds=spec.seeds)
     started = 0
 
     def run_trial(trial: optuna.Trial) -> float:
@@ -216,9 +226,8 @@ def run_workers(spec: WorkerSpec, storage) -> list[int]:
     failed, retried by Optuna with the same parameters, and the missing count is run here, for at
     most :data:`TOP_UP_ROUNDS` rounds; still short after that is a :class:`TrainingError`. Last,
     child runs a killed worker left RUNNING are ended (:func:`sweep_orphan_runs`)."""
-    from cnnbench.errors import TrainingError
-
     from cnnbench.campaign.workers import run_local
+    from cnnbench.errors import TrainingError
 
     shares = split_trials(spec.n_trials, spec.n_jobs)
     _, codes = run_local(asdict(WorkerSpec(**{**asdict(spec), "shares": shares})), len(shares),
@@ -230,6 +239,12 @@ def run_workers(spec: WorkerSpec, storage) -> list[int]:
         raise
     sweep_orphan_runs(spec.study_name, spec.storage, spec.tracking_uri, storage, own_parent=spec.parent_run_id)
     return codes
+
+
+def trial_run_ids(trial) -> list[str]:
+    """The MLflow runs a trial names: its run, and with --seeds > 1 its other seeds' runs."""
+    first = trial.user_attrs.get("mlflow_run_id")
+    return ([first] if first else []) + list(trial.user_attrs.get(ATTR_SEED_RUNS, []))
 
 
 def trials_of(study: optuna.Study, parent_run_id: str) -> list[optuna.trial.FrozenTrial]:
@@ -316,10 +331,10 @@ def sweep_orphan_runs(study_name: str, storage_url: str, tracking_uri: str, stor
                 continue
             number = run.data.tags.get("trial_number", "")
             trial = trials.get(int(number)) if number.isdigit() else None
-            named = trial.user_attrs.get("mlflow_run_id") if trial is not None else None
-            if trial is not None and trial.state.name == "RUNNING" and named == run.info.run_id:
+            named = trial_run_ids(trial) if trial is not None else []
+            if trial is not None and trial.state.name == "RUNNING" and run.info.run_id in named:
                 continue
-            if named == run.info.run_id:
+            if run.info.run_id in named:
                 why = f"trial {number} is {trial.state.name} in Optuna but this run was left RUNNING"
             else:
                 why = (f"its worker stopped (killed) before trial {number or '?'} recorded this run"

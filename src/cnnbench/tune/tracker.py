@@ -44,24 +44,38 @@ class TrialTracker(MlflowTracker):
     """
 
     def __init__(self, trial: optuna.Trial, *, study_name: str, parent_run_id: str, tracking_uri: str,
-                 experiment: str, experiment_id: str) -> None:
+                 experiment: str, experiment_id: str, seed_runs: list[str] | None = None) -> None:
         super().__init__(tracking_uri=tracking_uri, experiment=experiment, run_name=f"trial-{trial.number}", nested=True,
                          parent_run_id=parent_run_id, log_model=False, system_metrics=False)
         self.run_id = None  # never attach to $MLFLOW_RUN_ID: under `mlflow run` that is the parent
         self.trial = trial
         self.study_name = study_name
         self.experiment_id = experiment_id
+        # --seeds > 1: a later seed of the trial (job trial-N:seed-S), its run id appended to the
+        # trial's ATTR_SEED_RUNS (the runs of its earlier seeds, given here) instead of mlflow_run_id
+        self.seed_runs = seed_runs
 
     def on_run_start(self, run: RunState) -> None:
-        tags = {**self._tags(run), **identity("trial", campaign=self.study_name, job=f"trial-{self.trial.number}"),
-                "mlflow.parentRunId": self.parent_run_id, TAG_STUDY: self.study_name,
-                "trial_number": str(self.trial.number), "trial_state": "RUNNING", **run.tags,
-                "mlflow.note.content": describe.description(run, heading=f"Trial {self.trial.number} of study `{self.study_name}`.")}
-        name = describe.run_name(run.config, self.trial.params, label=f"trial{self.trial.number}")
+        number, seed = self.trial.number, run.config.run.seed
+        later = self.seed_runs is not None
+        job = f"trial-{number}:seed-{seed}" if later else f"trial-{number}"
+        tags = {**self._tags(run), **identity("trial", campaign=self.study_name, job=job),
+                "mlflow.parentRunId": self.parent_run_id, TAG_STUDY: self.study_name, "cnnbench.seed": str(seed),
+                "trial_number": str(number), "trial_state": "RUNNING", **run.tags,
+                "mlflow.note.content": describe.description(run, heading=f"Trial {number} of study `{self.study_name}`"
+                                                            + (f", seed {seed}." if later else "."))}
+        label = f"trial{number}-seed{seed}" if later else f"trial{number}"
+        name = describe.run_name(run.config, self.trial.params, label=label)
         self.run_id = run.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=describe.standard_tags(tags)).info.run_id
         self._ended = False
         fault_hook("trial-run-created")
-        self.trial.set_user_attr("mlflow_run_id", self.run_id)  # first: a worker killed from here on leaves a named run
+        if later:
+            from cnnbench.tune.study import ATTR_SEED_RUNS
+
+            self.seed_runs.append(self.run_id)
+            self.trial.set_user_attr(ATTR_SEED_RUNS, list(self.seed_runs))
+        else:
+            self.trial.set_user_attr("mlflow_run_id", self.run_id)  # first: a worker killed from here on leaves a named run
         self._heartbeat = mlruns.Heartbeat(self.client, self.run_id).start()
         self.client.log_inputs(self.run_id, datasets=describe.dataset_inputs(run))
         params = {**run.config.flat_params(), **run.params, "trial_number": self.trial.number}
@@ -164,14 +178,20 @@ def record_failed_trial(client: MlflowClient, experiment_id: str, parent_run_id:
 
 
 def close_dead_trial_run(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> None:
-    """End the child run of a trial whose worker stopped sending heartbeats (it is left RUNNING)."""
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if not run_id:
+    """End the child run(s) a trial whose worker stopped sending heartbeats left RUNNING (with
+    --seeds, the seed that was training; its finished seeds stay as they are)."""
+    from cnnbench.tune.study import trial_run_ids
+
+    ids = trial_run_ids(trial)
+    if not ids:
         return
     client = MlflowClient(tracking_uri)
     reason = f"the worker running trial {trial.number} stopped sending heartbeats (killed or lost); Optuna retries the trial"
-    client.log_batch(run_id, tags=[RunTag("trial_state", "FAIL"), RunTag("failure_reason", reason)])
-    client.set_terminated(run_id, "FAILED")
+    for run_id in ids:
+        if len(ids) > 1 and client.get_run(run_id).info.status != "RUNNING":
+            continue
+        client.log_batch(run_id, tags=[RunTag("trial_state", "FAIL"), RunTag("failure_reason", reason)])
+        client.set_terminated(run_id, "FAILED")
 
 
 class ParentRun:
