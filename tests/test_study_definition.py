@@ -173,14 +173,14 @@ def test_study_show_lists_cells_runs_published_and_an_estimate(cli, tmp_path):
 def test_the_wall_estimate_divides_the_runs_among_the_workers_the_cores_allow():
     from types import SimpleNamespace
 
-    from cnnbench.study.estimate import WORKER_START_S, wall_seconds
+    from cnnbench.study.estimate import STUDY_START_S, wall_seconds
 
     study = SimpleNamespace(cells=[0] * 3, seeds=(0, 1))
     per_run = {"a": 10.0, "b": 20.0, "c": 30.0}  # 60 s a seed, 120 s of runs
-    assert wall_seconds(study, per_run, 1, cores=2) == pytest.approx(120 + WORKER_START_S)
-    assert wall_seconds(study, per_run, 2, cores=2) == pytest.approx(60 + WORKER_START_S)
-    assert wall_seconds(study, per_run, 8, cores=2) == pytest.approx(60 + WORKER_START_S)  # the cores bound it
-    assert wall_seconds(study, per_run, 8, cores=16) == pytest.approx(20 + WORKER_START_S)  # 6 jobs: 6 at once
+    assert wall_seconds(study, per_run, 1, cores=2) == pytest.approx(120 + STUDY_START_S)
+    assert wall_seconds(study, per_run, 2, cores=2) == pytest.approx(60 + STUDY_START_S)
+    assert wall_seconds(study, per_run, 8, cores=2) == pytest.approx(60 + STUDY_START_S)  # the cores bound it
+    assert wall_seconds(study, per_run, 8, cores=16) == pytest.approx(20 + STUDY_START_S)  # 6 jobs: 6 at once
 
 
 # -- limits and names checked before anything is created (FAULTS ST7h, ST8a/b, ST9c, ST14, ST19) --

@@ -8,7 +8,7 @@ batches x eval pass + CELL_OVERHEAD_S``. The overhead is what a cell costs outsi
 the run): measured on this project's quick recipes as a cell's wall time minus its
 ``fit_time_with_val_s``. Steps are timed with the threads one of ``w`` workers gets
 (``cores // w``, as ``study run`` gives them), and the wall time of the jobs on ``w`` workers of a
-``c``-core machine is their sum divided by ``min(w, c)``, plus a worker's start.
+``c``-core machine is their sum divided by ``min(w, c)``, plus the study's fixed cost.
 ``benchmarks/bench_estimate.py`` compares this with the walls measured in ``docs/studies``.
 """
 
@@ -22,7 +22,10 @@ import time
 from cnnbench.study.definition import Study
 
 CELL_OVERHEAD_S = 2.5  # seconds a cell costs outside its epochs (see the module doc)
-WORKER_START_S = 6.0  # a worker process: imports, store, data load (once per worker)
+# a study's fixed cost: each worker's imports, store and data load (once per worker, in parallel),
+# the queue and parent run, and the report at the end; fitted to the quick recipes' walls (the
+# smallest ones: wall minus runs / workers, 15-40 s on 2 cores)
+STUDY_START_S = 20.0
 STEPS = 4  # timed steps after WARMUP untimed ones
 WARMUP = 2
 
@@ -57,7 +60,8 @@ def _estimate(study: Study, torch) -> dict[str, float]:
         step, forward = timed[key]
         n_total = config.data.train_size or int((info.train_size or 0) * (1 - config.data.val_split))
         n_val = math.ceil((info.train_size or 0) * config.data.val_split)  # held out of the full training set
-        n_test = info.test_size or 0
+        carved = config.data.test_from_train  # the test split carved out of the training images
+        n_test = math.ceil((info.train_size or 0) * carved) if carved else info.test_size or 0
         train_batches = math.ceil(n_total / batch) if n_total else 0
         eval_batches = math.ceil(n_val / batch) if n_val else 0
         test_batches = math.ceil(n_test / batch) if n_test else 0
@@ -98,4 +102,4 @@ def wall_seconds(study: Study, per_run: dict[str, float], workers: int, cores: i
     cores = cores or os.cpu_count() or 1
     total = sum(per_run.values()) * len(study.seeds)
     parallel = max(1, min(workers, cores, len(study.cells) * len(study.seeds)))
-    return total / parallel + WORKER_START_S
+    return total / parallel + STUDY_START_S
