@@ -20,7 +20,9 @@ from cnnbench.registry import MODELS
 SIDE = {"resnet50": 16, "resnet152": 16}
 # Adam at the default 1e-3 on 3 steps an epoch lets the deep ResNets' loss rise before it falls
 # (resnet34: 0.87 -> 0.90); 3e-4 makes the two-epoch decrease a fair test of "it learns" (0.69 -> 0.22).
-LR = {"resnet34": "3e-4", "resnet50": "3e-4", "resnet101": "3e-4", "resnet152": "3e-4"}
+# resnet152 at 3e-4 still rose with one torch thread (1.14 -> 1.20; the reduction order differs): 1e-4
+# falls with one thread and with two.
+LR = {"resnet34": "3e-4", "resnet50": "3e-4", "resnet101": "3e-4", "resnet152": "1e-4"}
 
 
 @pytest.mark.slow

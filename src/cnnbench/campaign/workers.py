@@ -77,6 +77,24 @@ def acknowledge() -> None:
     interrupts.acknowledge()
 
 
+@contextmanager
+def thread_share(workers: int) -> Iterator[None]:
+    """torch's intra-op threads for one of ``workers`` workers on this machine (``cores // workers``,
+    at least 1), restored afterwards: worker 0 runs in the command's own process, which an API user
+    or a test may go on using."""
+    if workers <= 1:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class LeaseKeeper:
     """A daemon thread that renews the lease of the job this worker holds (``beat()`` every half
     interval)."""

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from cnnbench.campaign import runs as identity
 from cnnbench.campaign.queue import Claim, Job, JobQueue, Lost
-from cnnbench.campaign.workers import LeaseKeeper, is_transient
+from cnnbench.campaign.workers import LeaseKeeper, is_transient, thread_share
 from cnnbench.config import TrainConfig
 from cnnbench.errors import ConfigError
 from cnnbench.events import Callback, RunState
@@ -178,10 +178,10 @@ class Worker:
         self.stats = WorkerStats()
 
     def run(self) -> WorkerStats:
-        if self.spec.workers > 1:
-            import torch
+        with thread_share(self.spec.workers):
+            return self._run()
 
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.spec.workers))
+    def _run(self) -> WorkerStats:
         keeper = LeaseKeeper(self.spec.heartbeat_interval)
         poll = min(2.0, max(0.2, self.spec.heartbeat_interval / 2))
         try:

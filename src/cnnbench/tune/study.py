@@ -11,7 +11,6 @@ sharing, torch threads split between them) and a worker on another machine is th
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import warnings
@@ -164,17 +163,20 @@ def run_worker(spec: WorkerSpec, storage=None) -> None:
     Any exception in a trial ends that trial FAIL (reason logged on the trial and its run) and the
     study goes on; Ctrl-C / SIGTERM stops the worker.
     """
+    from cnnbench.campaign.workers import thread_share
+
+    quiet_optuna()
+    with thread_share(spec.n_jobs):
+        _run_worker(spec, storage)
+
+
+def _run_worker(spec: WorkerSpec, storage) -> None:
     from mlflow.tracking import MlflowClient
 
     from cnnbench.campaign.storage import open_storage
     from cnnbench.tune.objective import Objective, StudyContext
     from cnnbench.tune.tracker import ParentRun, close_dead_trial_run
 
-    quiet_optuna()
-    if spec.n_jobs > 1:
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.n_jobs))
     config = TrainConfig.from_dict(spec.config, source="worker spec")
     space = SearchSpace(tuple(parse_expression(t, config) for t in spec.space))
     if storage is None:
