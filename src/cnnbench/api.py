@@ -301,11 +301,12 @@ REDELIVER_AFTER_S = 1.0  # an interrupt nobody acknowledged (see cnnbench.engine
 
 
 @contextmanager
-def interrupt_signals(stream=None) -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP stop the run the same way: the first one raises
-    ``KeyboardInterrupt`` (the engine then saves the checkpoint and the tracker ends the run
-    KILLED); any further one while that cleanup runs is only acknowledged, so pressing Ctrl-C twice
-    can never cut the cleanup short and leave the run FINISHED-without-results or RUNNING."""
+def interrupt_signals(stream=None, extra: tuple[str, ...] = ()) -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP (and the ``extra`` signals, e.g. Slurm's SIGUSR2 before a time
+    limit) stop the run the same way: the first one raises ``KeyboardInterrupt`` (the engine then
+    saves the checkpoint and the tracker ends the run KILLED); any further one while that cleanup
+    runs is only acknowledged, so pressing Ctrl-C twice can never cut the cleanup short and leave
+    the run FINISHED-without-results or RUNNING."""
     import sys
 
     global _interrupt_depth
@@ -336,7 +337,7 @@ def interrupt_signals(stream=None) -> Iterator[None]:
 
     previous = {}
     try:
-        for name in INTERRUPT_SIGNALS:
+        for name in (*INTERRUPT_SIGNALS, *extra):
             if hasattr(signal, name):
                 previous[name] = signal.signal(getattr(signal, name), handler)
     except ValueError:  # not the main thread (e.g. tune with threads): leave signals alone

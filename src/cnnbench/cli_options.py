@@ -146,3 +146,55 @@ def config_from_params(ctx: click.Context, params: dict[str, Any]) -> TrainConfi
             opts.update(given)
             sections.setdefault(section, {})["options"] = opts
     return base.replace(**sections)
+
+
+# Where a campaign's workers run (``study run``, ``tune``): cnnbench.campaign.launchers. Every value
+# defaults to None here, so a study file's [launcher] table fills what the command line leaves out.
+LAUNCHER_FLAGS: dict[str, click.Option] = {
+    "name": click.Option(["--launcher", "launcher_name"], type=click.Choice(("local", "slurm", "ray")), default=None,
+                         help="where the workers run: local processes (default), one Slurm array (submitit) or Ray tasks"),
+    "detach": click.Option(["--detach/--follow", "launcher_detach"], default=None,
+                           help="slurm: return once the array is submitted (the tasks finish the campaign) instead of "
+                                "following it to its end"),
+    "partition": click.Option(["--partition", "launcher_partition"], default=None, metavar="NAME", help="slurm partition"),
+    "time": click.Option(["--time", "launcher_time"], default=None, metavar="LIMIT",
+                         help="slurm time limit per task (minutes, HH:MM:SS, D-HH:MM; default 60)"),
+    "cpus_per_task": click.Option(["--cpus-per-task", "launcher_cpus_per_task"], type=int, default=None, metavar="N",
+                                  help="slurm CPUs per task (torch threads of its worker; default 1)"),
+    "mem": click.Option(["--mem", "launcher_mem"], default=None, metavar="SIZE", help="slurm memory per task (e.g. 8G)"),
+    "gpus_per_task": click.Option(["--gpus-per-task", "launcher_gpus_per_task"], type=int, default=None, metavar="N",
+                                  help="slurm GPUs per task (default 0)"),
+    "account": click.Option(["--account", "launcher_account"], default=None, metavar="NAME", help="slurm account"),
+    "qos": click.Option(["--qos", "launcher_qos"], default=None, metavar="NAME", help="slurm quality of service"),
+    "sbatch": click.Option(["--sbatch", "launcher_sbatch"], multiple=True, default=None, metavar="--OPT[=VALUE]",
+                           help="an extra sbatch option for every task, e.g. --sbatch=--constraint=a100 (repeatable)"),
+    "signal_delay_s": click.Option(["--signal-delay", "launcher_signal_delay_s"], type=int, default=None,
+                                   metavar="SECONDS", help="slurm: warn a task this long before its time limit (it "
+                                                           "ends its cell KILLED and is requeued; default 120)"),
+    "ray_address": click.Option(["--ray-address", "launcher_ray_address"], default=None, metavar="auto|ray://HOST:10001",
+                                help="ray cluster to use (default: $RAY_ADDRESS, else a Ray started here)"),
+    "num_cpus": click.Option(["--ray-num-cpus", "launcher_num_cpus"], type=float, default=None, metavar="N",
+                             help="ray: CPUs per worker task (default 1)"),
+    "num_gpus": click.Option(["--ray-num-gpus", "launcher_num_gpus"], type=float, default=None, metavar="N",
+                             help="ray: GPUs per worker task (default 0)"),
+}
+
+
+def launcher_options(command: Callable) -> Callable:
+    """Add the launcher flags to a Click command (they arrive as ``launcher_*`` keyword arguments)."""
+    for option in reversed(list(LAUNCHER_FLAGS.values())):
+        command.__click_params__ = [*getattr(command, "__click_params__", []), option]  # type: ignore[attr-defined]
+    return command
+
+
+def launcher_from(kwargs: dict[str, Any], table: dict[str, Any] | None = None, where: str = "") -> Any:
+    """The launcher options: the command line's ``launcher_*`` values (popped from ``kwargs``) over a
+    study file's ``[launcher]`` table over the defaults."""
+    from cnnbench.campaign.launchers import LauncherOptions
+
+    values = LauncherOptions.from_table(table or {}, where) if table else {}
+    for key in LAUNCHER_FLAGS:
+        given = kwargs.pop(f"launcher_{key}", None)
+        if given is not None and given != ():
+            values[key] = tuple(given) if key == "sbatch" else given
+    return LauncherOptions(**values)

@@ -1,10 +1,10 @@
 """The campaign worker main, with one signal policy, the lease keeper and the parent watch.
 
 A campaign command (``study run --workers N``, ``tune --n-jobs N``) runs worker 0 in its own
-process and starts the others as ``python -m cnnbench.campaign.workers SPEC.json``. The spec names its job source's entry point
-(``"module:function"``, called with the spec's dict), so this module imports neither ``study``
-nor ``tune``: any job source plugs in the same way, and a worker on another machine (a Slurm task,
-a Ray task) is the same command started there.
+process and starts the others as ``python -m cnnbench.campaign.workers SPEC.json``. The spec
+names its job source's entry point (``"module:function"``, called with the spec's dict), so this
+module imports neither ``study`` nor ``tune``: any job source plugs in the same way, and a worker
+on another machine (a Slurm task, a Ray task: :mod:`.launchers`) runs the same entry point.
 
 A worker process stops with the command that started it (:func:`watch_parent`).
 
@@ -58,15 +58,16 @@ def is_transient(err: BaseException) -> bool:
 def exit_code_for(err: KeyboardInterrupt) -> int:
     """130 for Ctrl-C / SIGINT, 143 for SIGTERM and SIGHUP (``interrupt_signals`` names the signal)."""
     text = str(err)
-    return EXIT_TERMINATED if ("SIGTERM" in text or "SIGHUP" in text) else EXIT_INTERRUPTED
+    return EXIT_TERMINATED if any(name in text for name in ("SIGTERM", "SIGHUP", "SIGUSR2")) else EXIT_INTERRUPTED
 
 
 @contextmanager
-def signal_policy() -> Iterator[None]:
-    """The campaign's signal policy around a whole command or worker (see the module doc)."""
+def signal_policy(extra: tuple[str, ...] = ()) -> Iterator[None]:
+    """The campaign's signal policy around a whole command or worker (see the module doc); ``extra``
+    signals are handled the same way (a Slurm task's SIGUSR2, sent before its time limit)."""
     from cnnbench.api import interrupt_signals
 
-    with interrupt_signals():
+    with interrupt_signals(extra=extra):
         yield
 
 

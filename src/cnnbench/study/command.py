@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from cnnbench.cli_options import launcher_options
+
 BUDGET = click.option("--budget", default=None, metavar="B", help="apply the study's [budgets.B] overrides (e.g. quick, faithful)")
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                     help="override a train option or model.<key>/data.<key> for every cell (repeatable)")
@@ -125,7 +127,8 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
 @click.argument("study_ref", metavar="NAME|FILE")
 @BUDGET
 @SETS
-@click.option("--workers", type=int, default=1, show_default=True, help="local worker processes")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="workers: local processes, Slurm array tasks or Ray tasks (--launcher)")
 @click.option("--storage", default=None, metavar="URL", help=STORAGE_HELP)
 @click.option("--study-name", default=None, callback=_study_name,
               help="name in the storage (default: NAME or NAME-BUDGET); a new name starts a separate study")
@@ -139,9 +142,14 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
 @click.option("--format", "fmt", default="table", type=click.Choice(("table", "md", "csv", "json")), show_default=True,
               help="how the final report is printed")
 @MAX_JOBS
+@launcher_options
 def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment, tracking_uri, max_retries,
-         heartbeat_interval, device, fmt, max_jobs=None) -> None:
-    """Run every cell x seed exactly once across workers; resume = the same command."""
+         heartbeat_interval, device, fmt, max_jobs=None, **launcher) -> None:
+    """Run every cell x seed exactly once across workers; resume = the same command.
+
+    With --launcher slurm or ray the workers run there (PostgreSQL storage and an MLflow server
+    required) and this command follows the campaign to its end, or returns at once with --detach."""
+    from cnnbench.cli_options import launcher_from
     from cnnbench.study import report as reports
     from cnnbench.study.session import RunRequest, prepare, run
 
@@ -149,7 +157,7 @@ def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment,
     request = RunRequest(study=study, source=name, storage=storage, study_name=study_name, experiment=experiment,
                          tracking_uri=tracking_uri, workers=workers, max_retries=max_retries,
                          heartbeat_interval=heartbeat_interval, device=device, command=_command_line(),
-                         max_jobs=max_jobs)
+                         max_jobs=max_jobs, launcher=launcher_from(launcher, study.launcher, f"study file {name}"))
     outcome = run(prepare(request))
     if outcome.report is not None:
         click.echo(reports.render(outcome.report, fmt), nl=False)

@@ -26,7 +26,7 @@ from cnnbench.config import ALIASES, OPTIONS, TrainConfig, apply_values
 from cnnbench.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "metric", "metric_goal", "seeds", "reference", "base", "grid", "variants",
-            "budgets", "published")
+            "budgets", "published", "launcher")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # What a study records unless it turns it on: the cheap artifacts (no t-SNE, retrieval or model upload).
 STUDY_DEFAULTS = {"tsne": False, "retrieval": False, "log_model": False, "quiet": True}
@@ -72,6 +72,7 @@ class Study:
     source_text: str  # the TOML as read
     source_name: str  # file name or entry-point name
     sets: dict[str, str] = field(default_factory=dict)
+    launcher: dict[str, Any] = field(default_factory=dict)  # [launcher]: where the workers run (not the definition)
 
     @property
     def study_id(self) -> str:
@@ -224,6 +225,9 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
     grid = _table(raw, "grid", where, default=None)
     variants = _variants(raw.get("variants"), where)
     budgets = _table(raw, "budgets", where)
+    from cnnbench.campaign.launchers import LauncherOptions
+
+    launcher = LauncherOptions.from_table(_table(raw, "launcher", where), where)
     for bname, table in budgets.items():
         if not STUDY_NAME_RE.match(bname):  # it becomes part of the study id, a tag and filter value
             raise ConfigError(f"{where}: budget name {_brief(bname, 80)} is not accepted: use only letters, digits, "
@@ -300,7 +304,7 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
     return Study(name=name, description=description, metric=metric, goal=goal, seeds=seeds, cells=tuple(cells),
                  axes=tuple(grid), has_variants=bool(variants), reference=reference, published=published,
                  published_source=pub_source, published_metric=pub_metric, budget=budget, source_text=text,
-                 source_name=source, sets=dict(sets))
+                 source_name=source, sets=dict(sets), launcher=launcher)
 
 
 def _check_size(grid: Mapping[str, list], variants: Sequence, seeds: Sequence[int], max_jobs: int, where: str) -> None:

@@ -80,11 +80,26 @@ class WorkerSpec:
     device: str | None = None
     max_jobs: int | None = None
     entry: str = ENTRY
+    finish: bool = False  # a detached campaign's remote worker: beat the parent; the last one writes the report
 
 
 def work(spec: dict) -> None:
-    """A worker process's job: run cells until none is left (``cnnbench.campaign.workers`` calls it)."""
-    Worker(WorkerSpec(**spec)).run()
+    """A worker process's job: run cells until none is left (``cnnbench.campaign.workers`` and the
+    remote launchers call it). A detached campaign has no command following it: its workers keep the
+    parent's heartbeat, and the one that ends the last job writes the report and ends the parent."""
+    worker = Worker(WorkerSpec(**spec))
+    if not worker.spec.finish:
+        worker.run()
+        return
+    parent = identity.Parent(worker.client, worker.spec.parent_run_id)
+    parent.attach()
+    try:
+        worker.run()
+    finally:
+        parent.detach()
+    from cnnbench.study.session import finish_detached
+
+    finish_detached(spec, stream=worker.stream)
 
 
 @dataclass
@@ -260,6 +275,10 @@ class Worker:
                 self.record_failed(config, tags, reason)
             transient = is_transient(err)
             state = self.queue.fail(claim, reason, outcome="transient" if transient else "failed", counts=not transient)
+            if state is None:  # stalled past its lease before it failed: the cell is another worker's now
+                self.lost_lease(tracker.run_id, label, seed, started, then=reason)
+                _release_device_memory()
+                return
             if state != "waiting":
                 self.stats.failed += 1
             then = {"waiting": "; run again" + (" (transient store error, no retry used)" if transient else ""),
@@ -271,16 +290,21 @@ class Worker:
         if not self.queue.finish(claim, value if value == value else None, result.run_id):
             # this worker stalled past its lease: the cell was handed on meanwhile, so this run is not
             # the cell's (exactly one FINISHED run per cell x seed)
-            reason = ("the worker stopped renewing its lease (paused) and the cell was given to another worker "
-                      "meanwhile; these metrics are not the study's")
-            if result.run_id:
-                self.client.log_batch(result.run_id, tags=[RunTag("failure_reason", reason)])
-                self.client.set_terminated(result.run_id, "FAILED")
-            self._print(label, seed, "FAILED", reason, started)
+            self.lost_lease(result.run_id, label, seed, started)
             return
         self.stats.finished += 1
         self.stats.seconds.append(time.perf_counter() - started)
         self._print(label, seed, "FINISHED", f"{self.study.metric} {value:.4f}", started)
+
+    def lost_lease(self, run_id: str | None, label: str, seed: int, started: float, then: str = "") -> None:
+        """The queue refused this worker's result: it stalled past its lease and the cell was given
+        to another worker meanwhile. Its run ends FAILED saying so (whatever it ended with)."""
+        reason = ("the worker stopped renewing its lease (paused) and the cell was given to another worker "
+                  "meanwhile; these metrics are not the study's" + (f" (the run then failed: {then})" if then else ""))
+        if run_id:
+            self.client.log_batch(run_id, tags=[RunTag("failure_reason", reason[:REASON_MAX_CHARS])])
+            self.client.set_terminated(run_id, "FAILED")
+        self._print(label, seed, "FAILED", reason.splitlines()[0][:300], started)
 
     def warm_up(self, config: TrainConfig, data) -> None:
         """A few training steps of a throwaway copy of the model on real batches, once per worker and

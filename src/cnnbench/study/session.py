@@ -16,14 +16,15 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from cnnbench.campaign import EXIT_COMPLETE, EXIT_JOBS_FAILED
+from cnnbench.campaign import EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_JOBS_FAILED
 from cnnbench.campaign import runs as identity
+from cnnbench.campaign.launchers import Destination, LauncherOptions
 from cnnbench.campaign.queue import JobQueue
 from cnnbench.campaign.workers import exit_code_for, run_local, signal_policy
 from cnnbench.errors import ConfigError, RunInterrupted
@@ -49,6 +50,7 @@ class RunRequest:
     device: str | None = None
     command: str = ""  # how it was started: the resume line repeats it
     max_jobs: int | None = None
+    launcher: LauncherOptions = field(default_factory=LauncherOptions)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Plan:
     storage_url: str
     queue: JobQueue
     experiment: str
+    destination: Destination | None = None  # what remote workers get (--launcher slurm|ray)
 
 
 @dataclass
@@ -76,8 +79,10 @@ class Outcome:
 
 def prepare(request: RunRequest) -> Plan:
     from cnnbench.campaign import storage as storages
+    from cnnbench.campaign.launchers import check_remote
     from cnnbench.tracking.store import check_reachable, resolve_uri
 
+    request.launcher.check(request.workers)
     for flag, value, low in (("--workers", request.workers, 1), ("--max-retries", request.max_retries, 0),
                              ("--heartbeat-interval", request.heartbeat_interval, 1)):
         if value < low:
@@ -88,12 +93,15 @@ def prepare(request: RunRequest) -> Plan:
     resolve_cells(study)
     storage_url = request.storage or storages.default_storage(tracking_uri)
     storages.check_url(storage_url)
+    destination = None
+    if request.launcher.name != "local":  # one-machine stores refused, passwords out of the URLs
+        destination = check_remote(request.launcher.name, storage_url, tracking_uri)
     queue = JobQueue(storages.open_engine(storage_url), request.study_name or study.study_id,
                      lease_s=lease_s(request.heartbeat_interval), max_retries=request.max_retries)
     if queue.exists():
         check_definition(queue, study)  # refused before any run exists
     experiment = request.experiment or _base_experiment(study) or study.name
-    return Plan(request, tracking_uri, storage_url, queue, experiment)
+    return Plan(request, tracking_uri, storage_url, queue, experiment, destination)
 
 
 def check_definition(queue: JobQueue, study: Study) -> dict[str, Any]:
@@ -204,12 +212,104 @@ def _run(plan: Plan, stream, held: list) -> Outcome:
                       heartbeat_interval=req.heartbeat_interval, workers=req.workers, device=req.device,
                       max_jobs=req.max_jobs)
     progress = Progress(queue, stream)
+    if req.launcher.name != "local":
+        return _run_remote(plan, parent, spec, progress, was=was, created=created, started=started, stream=stream)
     stats, codes = run_local(asdict(spec), req.workers, lambda s: Worker(
         WorkerSpec(**s), queue=queue, stream=stream, progress=progress).run())
     if any(codes):
         print(f"note: worker exit codes {codes} (a worker that stopped early leaves its cell to the others)", file=stream)
     return _finish(plan, parent, created=created, was=was, changed=True, ran=stats.finished + stats.failed,
                    started=started, stream=stream)
+
+
+def _run_remote(plan: Plan, parent: identity.Parent, spec: WorkerSpec, progress: "Progress", *, was: str,
+                created: bool, started: float, stream) -> Outcome:
+    """The workers as one Slurm array or as Ray tasks; then follow the campaign through its storage
+    (never the engine's job states) until it is done or no worker is left, or return at once (--detach)."""
+    from cnnbench.campaign import launchers
+    from cnnbench.campaign.storage import redact
+
+    req, queue, dest = plan.request, plan.queue, plan.destination
+    options = req.launcher
+    remote = {**asdict(spec), "storage": dest.storage, "tracking_uri": dest.tracking_uri, "finish": options.detach}
+    submitted = time.time()
+    launched = launchers.launch(remote, req.workers, options, dest.env, name=queue.campaign)
+    where = (f"Slurm array job {launched.job_id} ({req.workers} tasks; scripts and logs in "
+             f"{Path(options.folder).resolve() / queue.campaign})" if options.name == "slurm"
+             else f"{req.workers} Ray tasks on {launched.job_id}")
+    print(f"submitted {where}", file=stream, flush=True)
+    parent.set_tags({"cnnbench.launcher": options.name, "cnnbench.launcher.job": launched.job_id})
+    status = f"cnnbench study status {req.source}" + (f" --budget {req.study.budget}" if req.study.budget else "") + \
+        f" --study-name {queue.campaign} --storage {redact(plan.storage_url)}"
+    if options.detach:
+        parent.detach()  # the tasks beat the parent and the last one writes the report
+        print(f"detached: the tasks finish the study and write its report; follow it with: {status}", file=stream, flush=True)
+        return Outcome(parent.run_id, plan.experiment, created, queue.counts(), 0, time.perf_counter() - started,
+                       EXIT_COMPLETE, [])
+    first = FirstStart(queue, submitted, stream)
+    try:
+        done = launchers.follow(launched, lambda: queue.active() == 0, lambda: (first(), progress.changed()))
+    except KeyboardInterrupt:
+        from cnnbench.campaign.workers import acknowledge
+
+        acknowledge()
+        print(f"cancelling {where} (each task ends its cell KILLED, back in the queue)", file=stream, flush=True)
+        launched.cancel()
+        wait_released(queue)
+        raise
+    if not done:
+        counts = queue.counts()
+        left = counts["waiting"] + counts["running"]
+        message = (f"study {queue.campaign!r}: {left} runs are left but no {options.name} worker is queued or running "
+                   f"any more (cancelled, failed to start or out of requeues); the same command submits workers again")
+        parent.end("KILLED", reason=message)
+        print(message, file=stream, flush=True)
+        return Outcome(parent.run_id, plan.experiment, created, counts, 0, time.perf_counter() - started,
+                       EXIT_INCOMPLETE, failed_lines(queue))
+    return _finish(plan, parent, created=created, was=was, changed=True, ran=0, started=started, stream=stream)
+
+
+class FirstStart:
+    """Prints once how long after submission the first job was claimed (the launcher's start-up)."""
+
+    def __init__(self, queue: JobQueue, submitted: float, stream) -> None:
+        self.queue, self.submitted, self.stream, self.seen = queue, submitted, stream, False
+
+    def __call__(self) -> None:
+        if self.seen:
+            return
+        claimed = [r.claimed_at for r in self.queue.rows() if r.claimed_at and r.claimed_at >= self.submitted - 1]
+        if claimed:
+            self.seen = True
+            print(f"first job started {min(claimed) - self.submitted:.1f} s after submission", file=self.stream, flush=True)
+
+
+def wait_released(queue: JobQueue, timeout_s: float = 90.0) -> None:
+    """After cancelling remote workers: wait (bounded) until none holds a job, so the parent's end
+    reflects the queue."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and queue.counts()["running"]:
+        time.sleep(1.0)
+
+
+def finish_detached(spec: dict[str, Any], stream=None) -> None:
+    """A detached campaign's worker, after its last job: if no job is left anywhere and the parent
+    still runs, write the report and end the parent (what the following command does otherwise)."""
+    from cnnbench.study.definition import load
+
+    kwargs = {"max_jobs": spec["max_jobs"]} if spec.get("max_jobs") else {}
+    study = load(spec["source"], spec["text"], budget=spec["budget"], sets=spec["sets"], **kwargs)
+    request = RunRequest(study=study, source=spec["source"], storage=spec["storage"], study_name=spec["study_name"],
+                         experiment=spec["experiment"], tracking_uri=spec["tracking_uri"],
+                         max_retries=spec["max_retries"], heartbeat_interval=spec["heartbeat_interval"])
+    plan = prepare(request)
+    if plan.queue.active():
+        return
+    parent = identity.Parent(MlflowClient(plan.tracking_uri), spec["parent_run_id"])
+    if parent.client.get_run(parent.run_id).info.status != "RUNNING":
+        return
+    _finish(plan, parent, created=False, was="RUNNING", changed=True, ran=0, started=time.perf_counter(),
+            stream=stream or sys.stderr)
 
 
 def _interrupted(plan: Plan, parent: identity.Parent | None, err: KeyboardInterrupt) -> RunInterrupted:
@@ -249,6 +349,14 @@ class Progress:
 
     def __init__(self, queue: JobQueue, stream) -> None:
         self.queue, self.stream = queue, stream
+        self._last: dict[str, int] | None = None
+
+    def changed(self) -> None:
+        """The line only when the counts moved (a command following remote workers polls)."""
+        counts = self.queue.counts()
+        if counts != self._last:
+            self._last = counts
+            self()
 
     def __call__(self) -> None:
         counts = self.queue.counts()
