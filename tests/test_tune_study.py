@@ -8,13 +8,9 @@ Each test reads back what Optuna stored and what MLflow holds, and checks they a
 from __future__ import annotations
 
 import csv
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -210,46 +206,16 @@ def test_a_dead_workers_trial_is_failed_and_retried(tune, tracking_uri, experime
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
-def _pg_bin() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return candidates[-1].parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
-    """A throwaway PostgreSQL server on 127.0.0.1 (initdb refuses root: run as 'postgres' then)."""
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found; install Debian's postgresql package")
-    folder = Path(tempfile.mkdtemp(prefix="cnnbench-pg-"))  # not under pytest's root-only tmp: postgres must reach it
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root and runuser is missing: cannot start PostgreSQL as a non-root user")
-        try:
-            shutil.chown(folder, "postgres")
-        except (LookupError, PermissionError) as err:
-            pytest.skip(f"running as root without a usable 'postgres' user ({err})")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = folder / "data", _free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
-                    f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    """A throwaway PostgreSQL server on 127.0.0.1 (tests/servers.py)."""
+    import servers
+
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        with servers.postgres() as url:
+            yield url
+    except servers.Unavailable as err:
+        pytest.skip(str(err))
 
 
 @pytest.mark.postgres

@@ -69,6 +69,7 @@ class LauncherOptions:
     signal_delay_s: int = 120
     max_requeues: int = 3
     folder: str = "cnnbench-slurm"  # submitit's folder (job scripts and logs), under the working directory
+    submitit_cluster: str = "slurm"  # "local": submitit's local executor, the same task code as processes (tests)
     # ray
     ray_address: str | None = None  # auto, ray://HOST:10001, HOST:PORT; None: $RAY_ADDRESS, else a local Ray
     num_cpus: float = 1.0
@@ -77,7 +78,7 @@ class LauncherOptions:
     @classmethod
     def from_table(cls, table: dict[str, Any], where: str) -> dict[str, Any]:
         """A study file's ``[launcher]`` table as option values (unknown keys refused)."""
-        known = {f.name for f in fields(cls)} - {"detach"}
+        known = {f.name for f in fields(cls)} - {"detach", "submitit_cluster"}
         out = {}
         for key, value in table.items():
             name = key.replace("-", "_")
@@ -171,7 +172,7 @@ def check_remote(launcher: str, storage_url: str, tracking_uri: str) -> Destinat
     """Refuse one-machine stores for a remote launcher; take the passwords out of the URLs."""
     from urllib.parse import urlsplit, urlunsplit
 
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
 
     from cnnbench.campaign.storage import canonical, is_sqlite, redact
 
@@ -192,7 +193,7 @@ def check_remote(launcher: str, storage_url: str, tracking_uri: str) -> Destinat
             raise ConfigError(f"--launcher {launcher}: give the password of {redact(storage_url)} through the "
                               f"environment, not in the URL")
         env[variable] = str(url.password)
-        url = url.set(password=None)
+        url = URL.create(url.drivername, url.username, None, url.host, url.port, url.database, url.query)
     if parts.username or parts.password:  # http://USER:PASSWORD@HOST: MLflow reads them from the environment
         env["MLFLOW_TRACKING_USERNAME"] = parts.username or ""
         if parts.password:
@@ -368,8 +369,8 @@ def submit_slurm(spec: dict[str, Any], workers: int, options: LauncherOptions, e
         params.update({k: v for k, v in slurm.items() if v is not None})
     executor.update_parameters(**params)
     threads = options.cpus_per_task
-    specs = [{**spec, "index": index, "workers": 1, "threads": threads, "max_requeues": options.max_requeues,
-              "parent_pid": None} for index in range(workers)]
+    specs = [{**spec, "index": index, "threads": threads, "max_requeues": options.max_requeues, "parent_pid": None}
+             for index in range(workers)]
     with environment(env):
         jobs = executor.map_array(SlurmTask(), specs)
     return SlurmLaunched(jobs, cluster)
@@ -390,15 +391,15 @@ def submit_ray(spec: dict[str, Any], workers: int, options: LauncherOptions, env
     task = ray.remote(num_cpus=options.num_cpus, num_gpus=options.num_gpus, max_retries=3,
                       retry_exceptions=False)(run_task)
     threads = max(1, int(options.num_cpus)) if options.num_cpus else 1
-    refs = [task.remote({**spec, "index": index, "workers": 1, "threads": threads, "parent_pid": None})
-            for index in range(workers)]
+    refs = [task.remote({**spec, "index": index, "threads": threads, "parent_pid": None}) for index in range(workers)]
     return RayLaunched(refs, address or "local")
 
 
-def launch(spec: dict[str, Any], workers: int, options: LauncherOptions, env: dict[str, str], *, name: str,
-           cluster: str | None = None) -> Launched:
+def launch(spec: dict[str, Any], workers: int, options: LauncherOptions, env: dict[str, str], *, name: str) -> Launched:
+    """``workers`` remote workers on ``spec`` (each gets its ``index``; its torch threads come from the
+    launcher's CPUs per task, so the caller's spec says one worker per machine share)."""
     if options.name == "slurm":
-        return submit_slurm(spec, workers, options, env, name=name, cluster=cluster or "slurm")
+        return submit_slurm(spec, workers, options, env, name=name, cluster=options.submitit_cluster)
     if options.name == "ray":
         return submit_ray(spec, workers, options, env)
     raise ConfigError(f"--launcher {options.name!r} does not launch remote workers")

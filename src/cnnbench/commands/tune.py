@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import click
 
-from cnnbench.cli_options import GroupedCommand, config_from_params, given_on_command_line, train_parameters
+from cnnbench.cli_options import (LAUNCHER_FLAGS, GroupedCommand, config_from_params, given_on_command_line, launcher_from,
+                                  train_parameters)
 from cnnbench.tune import OBJECTIVES, PRUNERS, SAMPLERS
 
 TRIAL_ARTIFACTS_OFF = ("tsne", "retrieval", "kernels", "predictions")  # off in trials unless given
@@ -36,7 +37,8 @@ TUNE_PARAMETERS: list[click.Parameter] = [
                  help="Optuna RDB storage (default: sqlite optuna.db beside the local MLflow store; SQLite is for one "
                       "machine, use postgresql://... or mysql+pymysql://... for workers on several)"),
     click.Option(["--study-name"], default=None, help="name of the study; an existing name resumes it (default: a new MODEL-DATASET-TIME)"),
-    click.Option(["--n-jobs"], type=int, default=1, show_default=True, help="local worker processes sharing the storage"),
+    click.Option(["--n-jobs"], type=int, default=1, show_default=True,
+                 help="workers sharing the storage: local processes, Slurm array tasks or Ray tasks (--launcher)"),
     click.Option(["--objective"], type=click.Choice(OBJECTIVES), default="val_accuracy", show_default=True,
                  help="the per-epoch metric; a trial scores its best epoch"),
     click.Option(["--direction"], type=click.Choice(("maximize", "minimize")), default=None,
@@ -46,6 +48,7 @@ TUNE_PARAMETERS: list[click.Parameter] = [
     click.Option(["--retrain-epochs"], type=int, default=None, help="epochs of the retrain (default: train's default budget)"),
     click.Option(["--heartbeat-interval"], type=int, default=30, show_default=True, metavar="SECONDS",
                  help="workers beat this often; a trial silent for twice as long is failed and retried"),
+    *LAUNCHER_FLAGS.values(),
 ]
 
 
@@ -56,6 +59,7 @@ def tune(**params) -> None:
     from cnnbench.tracking.console import configure
 
     configure(verbose=params.get("verbose", False), quiet=params.get("quiet", False))
+    launcher = launcher_from(params)  # pops the launcher_* values
     ctx = click.get_current_context()
     config = config_from_params(ctx, params)
     # Per trial, the cheap artifacts only, unless asked for: t-SNE, retrieval and kernel images cost
@@ -68,7 +72,7 @@ def tune(**params) -> None:
         timeout=params["timeout"], sampler=params["sampler"], pruner=params["pruner"], storage=params["storage"],
         study_name=params["study_name"], n_jobs=params["n_jobs"], metric=params["objective"],
         direction=params["direction"], retrain_best=params["retrain_best"], retrain_epochs=params["retrain_epochs"],
-        heartbeat_interval=params["heartbeat_interval"], seeds=params["seeds"],
+        heartbeat_interval=params["heartbeat_interval"], seeds=params["seeds"], launcher=launcher,
     )
     outcome = run(prepare(request))
     _report(outcome, request)

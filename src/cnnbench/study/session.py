@@ -231,7 +231,8 @@ def _run_remote(plan: Plan, parent: identity.Parent, spec: WorkerSpec, progress:
 
     req, queue, dest = plan.request, plan.queue, plan.destination
     options = req.launcher
-    remote = {**asdict(spec), "storage": dest.storage, "tracking_uri": dest.tracking_uri, "finish": options.detach}
+    remote = {**asdict(spec), "storage": dest.storage, "tracking_uri": dest.tracking_uri, "finish": options.detach,
+              "workers": 1}
     submitted = time.time()
     launched = launchers.launch(remote, req.workers, options, dest.env, name=queue.campaign)
     where = (f"Slurm array job {launched.job_id} ({req.workers} tasks; scripts and logs in "

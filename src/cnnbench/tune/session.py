@@ -22,6 +22,7 @@ from cnnbench.config import TrainConfig
 from cnnbench.engine import interrupts
 from cnnbench.errors import ConfigError, RunInterrupted, TrainingError
 from cnnbench.campaign import storage as storages
+from cnnbench.campaign.launchers import Destination, LauncherOptions, check_remote
 from cnnbench.tune.plots import write_report
 from cnnbench.tune.reporter import EPOCH_METRICS
 from cnnbench.tune.space import SearchSpace, parse_space, restrict
@@ -49,6 +50,7 @@ class TuneRequest:
     retrain_epochs: int | None = None  # None: train's default epoch budget
     heartbeat_interval: int = 30
     seeds: int = 1  # each configuration trained over this many seeds, scored by the mean
+    launcher: LauncherOptions = field(default_factory=LauncherOptions)  # where the --n-jobs workers run
 
 
 MAX_SEEDS = 100  # --seeds: trainings per trial
@@ -68,6 +70,7 @@ class Plan:
     resumed: bool
     base_params: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    destination: Destination | None = None  # what remote workers get (--launcher slurm|ray)
 
 
 @dataclass
@@ -89,6 +92,10 @@ def prepare(request: TuneRequest) -> Plan:
     from cnnbench.tracking.store import check_reachable, resolve_uri
 
     _check_numbers(request)
+    request.launcher.check(request.n_jobs)
+    if request.launcher.detach:
+        raise ConfigError("tune --detach is not available: the tune command itself writes the study report, the best "
+                          "trial and the optional retrain once the workers end; it follows them (--follow)")
     if request.metric not in EPOCH_METRICS:
         raise ConfigError(f"unknown --objective {request.metric!r}; accepted: {', '.join(EPOCH_METRICS)}")
     direction = request.direction or ("maximize" if request.metric.endswith("accuracy") else "minimize")
@@ -99,6 +106,9 @@ def prepare(request: TuneRequest) -> Plan:
     tracking_uri = resolve_uri(request.config.run.tracking_uri)
     check_reachable(tracking_uri)
     storage_url = request.storage or storages.default_storage(tracking_uri)
+    destination = None
+    if request.launcher.name != "local":  # one-machine stores refused, passwords out of the URLs
+        destination = check_remote(request.launcher.name, storage_url, tracking_uri)
     notes = [w for w in [storages.warn_if_logged_by_mlflow_run(storage_url)] if w]
     if request.n_jobs > 1 and storages.is_sqlite(storage_url):
         notes.append(
@@ -115,7 +125,8 @@ def prepare(request: TuneRequest) -> Plan:
         study, resumed = open_study(storage, name, direction=direction, space=space, metric=request.metric, base_params=base_params,
                                     seeds=request.seeds)
     notes += [str(w.message) for w in caught if "resuming study" in str(w.message)]
-    return Plan(request, space, direction, tracking_uri, storage_url, storage, study, resumed, base_params, notes)
+    return Plan(request, space, direction, tracking_uri, storage_url, storage, study, resumed, base_params, notes,
+                destination)
 
 
 def _check_numbers(request: TuneRequest) -> None:
@@ -168,7 +179,8 @@ def run(plan: Plan, *, stream=None) -> Outcome:
     # workers are stopped, the running trials end KILLED and the parent run KILLED.
     with api.interrupt_signals():
         try:
-            codes = run_workers(spec, plan.storage)
+            remote = None if plan.destination is None else (req.launcher, plan.destination)
+            codes = run_workers(spec, plan.storage, remote=remote, stream=stream)
             if any(codes):
                 parent.set_tags({"cnnbench.tune.worker_exit_codes": ",".join(map(str, codes))})
             outcome = finish(plan, parent, before, time.perf_counter() - started, stream=stream)

@@ -221,8 +221,10 @@ def split_trials(n_trials: int, n_jobs: int) -> list[int]:
     return [n for n in (n_trials // n_jobs + (i < n_trials % n_jobs) for i in range(n_jobs)) if n > 0]
 
 
-def run_workers(spec: WorkerSpec, storage) -> list[int]:
-    """Worker 0 here, the others as processes; returns the other workers' exit codes.
+def run_workers(spec: WorkerSpec, storage, *, remote=None, stream=None) -> list[int]:
+    """Worker 0 here, the others as processes; returns the other workers' exit codes. With ``remote``
+    (launcher options, destination) every worker is a Slurm array task or a Ray task instead, and
+    this process follows them until they end.
 
     Then the trials lost to dead workers (killed, crashed, paused past the heartbeat grace) are
     failed, retried by Optuna with the same parameters, and the missing count is run here, for at
@@ -232,8 +234,11 @@ def run_workers(spec: WorkerSpec, storage) -> list[int]:
     from cnnbench.errors import TrainingError
 
     shares = split_trials(spec.n_trials, spec.n_jobs)
-    _, codes = run_local(asdict(WorkerSpec(**{**asdict(spec), "shares": shares})), len(shares),
-                         lambda s: run_worker(WorkerSpec(**{**s, "n_trials": shares[0]}), storage))
+    if remote is None:
+        _, codes = run_local(asdict(WorkerSpec(**{**asdict(spec), "shares": shares})), len(shares),
+                             lambda s: run_worker(WorkerSpec(**{**s, "n_trials": shares[0]}), storage))
+    else:
+        codes = run_remote(spec, shares, storage, *remote, stream=stream or sys.stderr)
     try:
         top_up(spec, storage)
     except TrainingError:
@@ -241,6 +246,36 @@ def run_workers(spec: WorkerSpec, storage) -> list[int]:
         raise
     sweep_orphan_runs(spec.study_name, spec.storage, spec.tracking_uri, storage, own_parent=spec.parent_run_id)
     return codes
+
+
+def run_remote(spec: WorkerSpec, shares: list[int], storage, options, destination, *, stream) -> list[int]:
+    """The workers as one Slurm array or Ray tasks (one per share of the trials); follow them, with a
+    line whenever the count of this invocation's finished trials moves, until none is queued or
+    running. Ctrl-C / SIGTERM cancels them (each ends its trial KILLED)."""
+    from cnnbench.campaign import launchers
+
+    remote = {**asdict(spec), "shares": shares, "n_jobs": 1, "storage": destination.storage,
+              "tracking_uri": destination.tracking_uri}
+    launched = launchers.launch(remote, len(shares), options, destination.env, name=spec.study_name)
+    print(f"submitted {len(shares)} {options.name} workers ({launched.launcher} {launched.job_id})", file=stream, flush=True)
+    seen = [-1]
+
+    def progress() -> None:
+        study = optuna.load_study(study_name=spec.study_name, storage=storage)
+        done = counted(trials_of(study, spec.parent_run_id))
+        if done != seen[0]:
+            seen[0] = done
+            print(f"progress: {done}/{spec.n_trials} trials done", file=stream, flush=True)
+
+    try:
+        launchers.follow(launched, lambda: False, progress)
+    except KeyboardInterrupt:
+        from cnnbench.campaign.workers import acknowledge
+
+        acknowledge()
+        launched.cancel()
+        raise
+    return launched.codes()
 
 
 def trial_run_ids(trial) -> list[str]:
