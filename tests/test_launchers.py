@@ -74,11 +74,12 @@ def test_remote_launchers_refuse_one_machine_stores(storage, uri, message):
 
 def test_passwords_leave_the_urls_for_the_environment(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok")
-    monkeypatch.delenv("PGPASSWORD", raising=False)
+    for key in ("PGPASSWORD", "CNNBENCH_STORAGE_PASSWORD"):
+        monkeypatch.delenv(key, raising=False)
     dest = check_remote("ray", "postgresql://alice:s3cret@db.example:5433/queue", "https://bob:pw@mlflow.example/x")
     assert dest.storage == "postgresql+psycopg2://alice@db.example:5433/queue"
     assert dest.tracking_uri == "https://mlflow.example/x"
-    assert dest.env == {"PGPASSWORD": "s3cret", "MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": "pw",
+    assert dest.env == {"CNNBENCH_STORAGE_PASSWORD": "s3cret", "MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": "pw",
                         "MLFLOW_TRACKING_TOKEN": "tok"}
 
 
@@ -177,7 +178,7 @@ def no_password_anywhere(folder: Path, secret: str) -> None:
 def test_submitit_local_executor_runs_the_study_and_no_file_holds_the_password(stores, experiment, tmp_path, monkeypatch):
     """The same task code as on Slurm through submitit's local executor, in-process through the API:
     the storage URL carries a password (the test server trusts any), which reaches the tasks only
-    through PGPASSWORD: not in submitit's pickles and scripts, not on the parent run."""
+    through $CNNBENCH_STORAGE_PASSWORD: not in submitit's pickles and scripts, not on the parent run."""
     from cnnbench.study.definition import load
     from cnnbench.study.session import RunRequest, prepare, run
 
@@ -197,7 +198,7 @@ def test_submitit_local_executor_runs_the_study_and_no_file_holds_the_password(s
     assert secret not in repr(parent.data.params) + repr(parent.data.tags)
     assert any((tmp_path / "cnnbench-slurm").rglob("*.pkl"))
     no_password_anywhere(tmp_path / "cnnbench-slurm", secret)
-    assert "PGPASSWORD" not in os.environ  # set only while submitting
+    assert "CNNBENCH_STORAGE_PASSWORD" not in os.environ  # set only while submitting
 
 
 @pytest.mark.slow

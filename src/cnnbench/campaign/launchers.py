@@ -7,7 +7,7 @@ Rules for workers on other machines, checked before anything is submitted (:func
 - the storage is PostgreSQL or MySQL and the tracking URI an ``http(s)://`` MLflow server (SQLite
   files and ``file:`` stores belong to one machine);
 - credentials travel only through the environment: a password inside ``--storage`` or the tracking
-  URI is taken out of the URL (into ``PGPASSWORD`` / ``MYSQL_PWD`` / ``MLFLOW_TRACKING_PASSWORD``),
+  URI is taken out of the URL (into ``CNNBENCH_STORAGE_PASSWORD`` / ``MLFLOW_TRACKING_PASSWORD``),
   so the spec submitit pickles, the Slurm script and the Ray task arguments hold URLs without one.
   Slurm hands the submitting environment to its tasks (``--export=ALL``, its default); Ray gets the
   credential variables as the tasks' ``runtime_env``.
@@ -37,12 +37,11 @@ from cnnbench.errors import ConfigError
 LAUNCHERS = ("local", "slurm", "ray")
 # Credentials a worker may need, read from the submitting environment and handed on (never written
 # into a URL, a spec, a script or a run param).
-CREDENTIAL_ENV = ("PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE", "MYSQL_PWD", "MLFLOW_TRACKING_USERNAME",
-                  "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
+CREDENTIAL_ENV = ("CNNBENCH_STORAGE_PASSWORD", "PGPASSWORD", "PGPASSFILE", "PGSERVICEFILE", "MYSQL_PWD",
+                  "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
                   "MLFLOW_TRACKING_SERVER_CERT_PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                   "AWS_SESSION_TOKEN", "MLFLOW_S3_ENDPOINT_URL", "GOOGLE_APPLICATION_CREDENTIALS",
                   "AZURE_STORAGE_CONNECTION_STRING")
-PASSWORD_ENV = {"postgresql": "PGPASSWORD", "mysql": "MYSQL_PWD", "mariadb": "MYSQL_PWD"}
 FOLLOW_POLL_S = 2.0
 SLURM_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 SBATCH_RE = re.compile(r"^--([a-z][a-z0-9-]*)(?:=(\S.*))?$")
@@ -174,12 +173,13 @@ def check_remote(launcher: str, storage_url: str, tracking_uri: str) -> Destinat
 
     from sqlalchemy.engine import URL, make_url
 
+    from cnnbench.campaign import storage as storages
     from cnnbench.campaign.storage import canonical, is_sqlite, redact
 
     if is_sqlite(storage_url):
         raise ConfigError(f"--launcher {launcher}: the storage {redact(storage_url)} is a SQLite file on this machine; "
                           f"workers on other machines need --storage postgresql+psycopg2://USER@HOST/DB (the password "
-                          f"in $PGPASSWORD or ~/.pgpass)")
+                          f"in $CNNBENCH_STORAGE_PASSWORD, $PGPASSWORD or ~/.pgpass)")
     parts = urlsplit(tracking_uri)
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"--launcher {launcher}: the tracking URI {tracking_uri!r} is a store on this machine; workers "
@@ -187,12 +187,8 @@ def check_remote(launcher: str, storage_url: str, tracking_uri: str) -> Destinat
                           f"with a database backend and --serve-artifacts)")
     env = {k: os.environ[k] for k in CREDENTIAL_ENV if k in os.environ}
     url = make_url(canonical(storage_url))
-    if url.password:
-        variable = PASSWORD_ENV.get(url.get_backend_name())
-        if variable is None:
-            raise ConfigError(f"--launcher {launcher}: give the password of {redact(storage_url)} through the "
-                              f"environment, not in the URL")
-        env[variable] = str(url.password)
+    if url.password:  # cnnbench's own variable: every storage opener reads it (campaign.storage.with_password)
+        env[storages.PASSWORD_ENV] = str(url.password)
         url = URL.create(url.drivername, url.username, None, url.host, url.port, url.database, url.query)
     if parts.username or parts.password:  # http://USER:PASSWORD@HOST: MLflow reads them from the environment
         env["MLFLOW_TRACKING_USERNAME"] = parts.username or ""
