@@ -249,6 +249,34 @@ def test_slurm_time_limit_requeues_the_task_and_the_following_command_exits_0(st
     assert "requeueing Slurm task" in logs, logs[-3000:]
 
 
+def test_a_launcher_without_its_engine_is_refused_before_any_run(tmp_path, monkeypatch):
+    from cnnbench.campaign.launchers import check_available
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(ConfigError, match="--launcher slurm: sbatch, squeue, scancel not found on PATH"):
+        check_available("slurm")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_refused_submission_fails_the_parent_and_keeps_the_jobs(stores, slurm, experiment, tmp_path):
+    """sbatch refuses the array (no such partition): one line, non-zero exit, the parent FAILED (not
+    RUNNING), every job still waiting for the same command."""
+    queue, uri = stores
+    path = write(tmp_path)
+    out = subprocess.run(study_command(path, queue, uri, experiment, "--launcher", "slurm", "--partition", "nope"),
+                         env={**os.environ, **slurm}, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "--launcher slurm: submitting the workers failed:" in out.stderr and "partition" in out.stderr
+    assert "Traceback" not in out.stderr
+    parents, cells = runs(uri, experiment)
+    assert [p.info.status for p in parents] == ["FAILED"] and cells == []
+    from cnnbench.campaign.queue import JobQueue
+    from cnnbench.campaign.storage import open_engine
+
+    assert JobQueue(open_engine(queue), experiment).counts()["waiting"] == len(PAIRS)
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_tune_on_slurm_runs_each_trial_once(stores, slurm, tmp_path):

@@ -118,6 +118,21 @@ class LauncherOptions:
                     raise ConfigError(f"{flag} {value!r} is not a Slurm name (letters, digits, '.', '_', '-', ',')")
 
 
+def check_available(name: str) -> None:
+    """The engine a remote launcher needs is installed and reachable from here (before any run exists)."""
+    import importlib.util
+    import shutil
+
+    module = {"slurm": "submitit", "ray": "ray"}.get(name)
+    if module and importlib.util.find_spec(module) is None:
+        raise ConfigError(f"--launcher {name} needs the {module} package: pip install \"cnnbench[cluster]\"")
+    if name == "slurm":
+        missing = [tool for tool in ("sbatch", "squeue", "scancel") if shutil.which(tool) is None]
+        if missing:
+            raise ConfigError(f"--launcher slurm: {', '.join(missing)} not found on PATH; run the command where Slurm's "
+                              f"client commands work (a login node)")
+
+
 def slurm_minutes(text: str | int) -> int:
     """sbatch ``--time`` as whole minutes (rounded up), in the formats Slurm accepts."""
     match = SLURM_TIME_RE.match(str(text).strip())

@@ -79,7 +79,7 @@ class Outcome:
 
 def prepare(request: RunRequest) -> Plan:
     from cnnbench.campaign import storage as storages
-    from cnnbench.campaign.launchers import check_remote
+    from cnnbench.campaign.launchers import check_available, check_remote
     from cnnbench.tracking.store import check_reachable, resolve_uri
 
     request.launcher.check(request.workers)
@@ -96,6 +96,7 @@ def prepare(request: RunRequest) -> Plan:
     destination = None
     if request.launcher.name != "local":  # one-machine stores refused, passwords out of the URLs
         destination = check_remote(request.launcher.name, storage_url, tracking_uri)
+        check_available(request.launcher.name)
     queue = JobQueue(storages.open_engine(storage_url), request.study_name or study.study_id,
                      lease_s=lease_s(request.heartbeat_interval), max_retries=request.max_retries)
     if queue.exists():
@@ -234,7 +235,13 @@ def _run_remote(plan: Plan, parent: identity.Parent, spec: WorkerSpec, progress:
     remote = {**asdict(spec), "storage": dest.storage, "tracking_uri": dest.tracking_uri, "finish": options.detach,
               "workers": 1}
     submitted = time.time()
-    launched = launchers.launch(remote, req.workers, options, dest.env, name=queue.campaign)
+    try:
+        launched = launchers.launch(remote, req.workers, options, dest.env, name=queue.campaign)
+    except Exception as err:  # sbatch refused the array (a partition, an account), Ray unreachable: nothing runs
+        text = str(err).strip().splitlines()
+        reason = f"--launcher {options.name}: submitting the workers failed: {text[-1] if text else type(err).__name__}"
+        parent.end("FAILED", reason=reason + "; the jobs wait in the queue, the same command submits them again")
+        raise ConfigError(reason) from None
     where = (f"Slurm array job {launched.job_id} ({req.workers} tasks; scripts and logs in "
              f"{Path(options.folder).resolve() / queue.campaign})" if options.name == "slurm"
              else f"{req.workers} Ray tasks on {launched.job_id}")

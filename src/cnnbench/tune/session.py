@@ -22,7 +22,7 @@ from cnnbench.config import TrainConfig
 from cnnbench.engine import interrupts
 from cnnbench.errors import ConfigError, RunInterrupted, TrainingError
 from cnnbench.campaign import storage as storages
-from cnnbench.campaign.launchers import Destination, LauncherOptions, check_remote
+from cnnbench.campaign.launchers import Destination, LauncherOptions, check_available, check_remote
 from cnnbench.tune.plots import write_report
 from cnnbench.tune.reporter import EPOCH_METRICS
 from cnnbench.tune.space import SearchSpace, parse_space, restrict
@@ -109,6 +109,7 @@ def prepare(request: TuneRequest) -> Plan:
     destination = None
     if request.launcher.name != "local":  # one-machine stores refused, passwords out of the URLs
         destination = check_remote(request.launcher.name, storage_url, tracking_uri)
+        check_available(request.launcher.name)
     notes = [w for w in [storages.warn_if_logged_by_mlflow_run(storage_url)] if w]
     if request.n_jobs > 1 and storages.is_sqlite(storage_url):
         notes.append(

@@ -256,7 +256,14 @@ def run_remote(spec: WorkerSpec, shares: list[int], storage, options, destinatio
 
     remote = {**asdict(spec), "shares": shares, "n_jobs": 1, "storage": destination.storage,
               "tracking_uri": destination.tracking_uri}
-    launched = launchers.launch(remote, len(shares), options, destination.env, name=spec.study_name)
+    try:
+        launched = launchers.launch(remote, len(shares), options, destination.env, name=spec.study_name)
+    except Exception as err:  # sbatch refused the array (a partition, an account), Ray unreachable
+        from cnnbench.errors import ConfigError
+
+        text = str(err).strip().splitlines()
+        raise ConfigError(f"--launcher {options.name}: submitting the workers failed: "
+                          f"{text[-1] if text else type(err).__name__}") from None
     print(f"submitted {len(shares)} {options.name} workers ({launched.launcher} {launched.job_id})", file=stream, flush=True)
     seen = [-1]
 
