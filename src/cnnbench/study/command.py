@@ -1,4 +1,4 @@
-"""``cnnbench study list | show | run | report``. Only Click here; the rest loads when a command runs."""
+"""``cnnbench study list | show | run | status | export-k8s | report``. Only Click here; the rest loads when a command runs."""
 
 from __future__ import annotations
 
@@ -217,6 +217,62 @@ def status(study_ref: str, budget, storage, study_name, tracking_uri, max_jobs) 
     counts = queue.counts()
     click.echo(f"{counts['finished']}/{sum(counts.values())} finished, {counts['running']} running, "
                f"{counts['failed']} failed, {counts['waiting']} waiting")
+
+
+@command.command(name="export-k8s")
+@click.argument("study_ref", metavar="NAME|FILE")
+@BUDGET
+@SETS
+@click.option("--workers", type=int, default=4, show_default=True,
+              help="pods of the Indexed Job (completions = parallelism), one `study run --workers 1` each")
+@click.option("--storage", required=True, metavar="URL",
+              help="the PostgreSQL queue every pod shares, without a password: postgresql+psycopg2://USER@HOST/DB "
+                   "(the password goes in the Secret, key PGPASSWORD)")
+@click.option("--tracking-uri", default=None, metavar="URL",
+              help="the MLflow server every pod logs to, http(s)://HOST:PORT (default: $MLFLOW_TRACKING_URI)")
+@click.option("--image", default="cnnbench:latest", show_default=True, metavar="IMAGE",
+              help="container image with cnnbench and psycopg2-binary installed; the default is a placeholder: give "
+                   "the image you pushed to a registry your cluster pulls from (REGISTRY/cnnbench:TAG)")
+@click.option("--namespace", default=None, metavar="NS", help="namespace of the Job and ConfigMap (default: kubectl's)")
+@click.option("--secret", default="cnnbench", show_default=True, metavar="NAME",
+              help="Secret holding PGPASSWORD (and optional MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN)")
+@click.option("--cpu", default="1", show_default=True, metavar="CPUS",
+              help="CPU request and limit per pod (2, 500m); its whole CPUs are the worker's OMP_NUM_THREADS")
+@click.option("--memory", default="4Gi", show_default=True, metavar="SIZE", help="memory request and limit per pod")
+@click.option("--gpus", type=int, default=0, show_default=True, metavar="N", help="nvidia.com/gpu limit per pod")
+@click.option("--study-name", default=None, callback=_study_name,
+              help="name in the storage (default: NAME or NAME-BUDGET), as study run --study-name")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the study's [base] experiment, else its name)")
+@click.option("--max-retries", type=int, default=None, metavar="N",
+              help="as study run --max-retries (default: study run's, 1)")
+@click.option("--heartbeat-interval", type=int, default=30, show_default=True, metavar="SECONDS",
+              help="workers beat this often; a cell silent for twice as long is given to another pod")
+@click.option("--job-name", default=None, metavar="NAME",
+              help="the Job's name, a DNS-1123 label (default: cnnbench-<study name>, shortened to fit)")
+@MAX_JOBS
+def export_k8s(study_ref: str, budget, sets, workers, storage, tracking_uri, image, namespace, secret, cpu, memory,
+               gpus, study_name, experiment, max_retries, heartbeat_interval, job_name, max_jobs) -> None:
+    """Print a Kubernetes Job (and, for a study FILE, a ConfigMap holding it) that runs the study on
+    --workers pods: kubectl apply -f the output.
+
+    Every pod runs `cnnbench study run ... --workers 1 --launcher local` on the shared --storage and
+    MLflow server; the password comes from the Secret --secret, never from the manifest. See
+    deploy/README.md for the pod failure policy."""
+    from cnnbench.campaign.storage import redact
+    from cnnbench.study.k8s import Export, build, password_key, render
+
+    docs = build(Export(study_ref=study_ref, storage=storage, tracking_uri=tracking_uri, workers=workers, image=image,
+                        namespace=namespace, secret=secret, cpu=cpu, memory=memory, gpus=gpus, budget=budget,
+                        sets=tuple(sets), study_name=study_name, heartbeat_interval=heartbeat_interval,
+                        job_name=job_name, max_jobs=max_jobs, max_retries=max_retries, experiment=experiment))
+    click.echo(render(docs), nl=False)
+    job = docs[-1]["metadata"]
+    ns = f" -n {namespace}" if namespace else ""
+    status = job["annotations"]["cnnbench/study"]
+    click.echo(f"# next: kubectl{ns} create secret generic {secret} --from-literal={password_key(storage)}=... (once); "
+               f"kubectl{ns} apply -f FILE; follow it: cnnbench study status {study_ref}"
+               + (f" --budget {budget}" if budget else "") + f" --study-name {status} --storage {redact(storage)}",
+               err=True)
 
 
 @command.command()
