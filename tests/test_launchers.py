@@ -232,21 +232,31 @@ def test_slurm_detached_study_survives_a_cancelled_task_and_its_tasks_finish_it(
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_slurm_time_limit_requeues_the_task_and_the_following_command_exits_0(stores, slurm, experiment, tmp_path):
-    """One task with a one-minute limit and more work than that: SIGUSR2 before the limit ends its
-    cell KILLED (back in the queue) and the task requeues itself; the following command prints the
-    progress and exits 0 once every job FINISHED."""
+def test_slurm_time_limit_ends_the_cell_killed_and_a_live_task_claims_it(stores, slurm, experiment, tmp_path):
+    """A detached one-task array with a one-minute limit and more work than that: SIGUSR2 before the
+    limit ends its running cell KILLED (back in the queue, no retry used) and the task asks Slurm to
+    requeue it. A second command's task (a longer limit) joins, claims what is left, writes the
+    report and exits 0: every job FINISHED exactly once."""
     queue, uri = stores
     env = {**os.environ, **slurm}
     path = write(tmp_path, epochs=12, train_size=400)
-    out = subprocess.run(study_command(path, queue, uri, experiment, "--launcher", "slurm", "--workers", "1",
-                                       "--time", "1", "--signal-delay", "30"),
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=500)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "progress: 6/6 done" in out.stderr or "report/report.md" in out.stdout
-    check_complete(uri, experiment, [out.stderr])
-    logs = "".join(p.read_text() for p in (tmp_path / "cnnbench-slurm").rglob("*.err"))
-    assert "requeueing Slurm task" in logs, logs[-3000:]
+    first = subprocess.run(study_command(path, queue, uri, experiment, "--launcher", "slurm", "--workers", "1",
+                                         "--detach", "--time", "1", "--signal-delay", "30"),
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    logs = lambda: "".join(p.read_text() for p in (tmp_path / "cnnbench-slurm").rglob("*.err"))  # noqa: E731
+    deadline = time.time() + 150
+    while "requeueing Slurm task" not in logs() and time.time() < deadline:
+        time.sleep(1)
+    assert "requeueing Slurm task" in logs(), logs()[-3000:]
+    killed = [r for r in runs(uri, experiment)[1] if r.info.status == "KILLED"]
+    assert killed, "the time limit ended no cell KILLED"
+    second = subprocess.run(study_command(path, queue, uri, experiment, "--launcher", "slurm", "--workers", "1",
+                                          "--time", "10"), env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=400)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "joined" in second.stderr
+    check_complete(uri, experiment, [first.stderr, second.stderr])
 
 
 def test_a_launcher_without_its_engine_is_refused_before_any_run(tmp_path, monkeypatch):
@@ -366,4 +376,4 @@ def test_follow_stops_when_no_worker_is_left():
 
     calls = []
     assert launchers.follow(Gone(), lambda: bool(calls.append(1)), poll_s=0) is False
-    assert len(calls) == 2  # checked before and after seeing no worker
+    assert len(calls) == launchers.FOLLOW_CONFIRM + 1  # no worker seen several polls in a row, then done() once more

@@ -43,6 +43,9 @@ CREDENTIAL_ENV = ("CNNBENCH_STORAGE_PASSWORD", "PGPASSWORD", "PGPASSFILE", "PGSE
                   "AWS_SESSION_TOKEN", "MLFLOW_S3_ENDPOINT_URL", "GOOGLE_APPLICATION_CREDENTIALS",
                   "AZURE_STORAGE_CONNECTION_STRING")
 FOLLOW_POLL_S = 2.0
+FOLLOW_CONFIRM = 3  # polls in a row that must see no worker before the follower believes it
+SLURM_ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
+               "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"}
 SLURM_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 SBATCH_RE = re.compile(r"^--([a-z][a-z0-9-]*)(?:=(\S.*))?$")
 # sbatch options the launcher sets itself (from its own options), not accepted as extra lines
@@ -303,13 +306,15 @@ class SlurmLaunched(Launched):
     def alive(self) -> bool:
         if self.cluster != "slurm":  # submitit's local executor (tests): its own process states
             return not all(job.done() for job in self.jobs)
-        # not submitit's job states: they come from sacct, which needs Slurm's accounting daemon
-        out = subprocess.run(["squeue", "-h", "-j", self.job_id, "-o", "%i"], capture_output=True, text=True, timeout=60)
+        # not submitit's job states: they come from sacct, which needs Slurm's accounting daemon. Every
+        # state but an ended one counts (a requeued task passes through REQUEUED and COMPLETING)
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", self.job_id, "-o", "%T"], capture_output=True,
+                             text=True, timeout=60)
         if out.returncode != 0:
             if "Invalid job id" in out.stderr:
                 return False
             raise ConfigError(f"squeue failed while following Slurm job {self.job_id}: {out.stderr.strip()}")
-        return bool(out.stdout.strip())
+        return any(state not in SLURM_ENDED for state in out.stdout.split())
 
     def cancel(self) -> None:
         if self.cluster == "slurm":
@@ -420,10 +425,12 @@ def follow(launched: Launched, done: Callable[[], bool], progress: Callable[[], 
            poll_s: float = FOLLOW_POLL_S, stream=None) -> bool:
     """Wait until the campaign is done (``done()``, read from its storage) or no launched worker is
     queued or running any more; ``progress()`` whenever it may have changed. True when done."""
+    gone = 0
     while True:
         if done():
             return True
-        if not launched.alive():
+        gone = 0 if launched.alive() else gone + 1
+        if gone >= FOLLOW_CONFIRM:  # seen several times: not a requeue passing between states
             return done()
         if progress is not None:
             progress()
