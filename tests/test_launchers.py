@@ -239,18 +239,19 @@ def test_slurm_time_limit_ends_the_cell_killed_and_a_live_task_claims_it(stores,
     report and exits 0: every job FINISHED exactly once."""
     queue, uri = stores
     env = {**os.environ, **slurm}
-    path = write(tmp_path, epochs=12, train_size=400)
+    path = write(tmp_path, epochs=40, train_size=400)  # about 10 s a cell: more work than the limit allows
     first = subprocess.run(study_command(path, queue, uri, experiment, "--launcher", "slurm", "--workers", "1",
                                          "--detach", "--time", "1", "--signal-delay", "30"),
                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     logs = lambda: "".join(p.read_text() for p in (tmp_path / "cnnbench-slurm").rglob("*.err"))  # noqa: E731
-    deadline = time.time() + 150
-    while "requeueing Slurm task" not in logs() and time.time() < deadline:
+    killed = lambda: [r for r in runs(uri, experiment)[1] if r.info.status == "KILLED"]  # noqa: E731
+    deadline = time.time() + 180
+    while not killed() and time.time() < deadline:  # SIGUSR2 (Slurm may send it up to a minute early) or the limit
         time.sleep(1)
-    assert "requeueing Slurm task" in logs(), logs()[-3000:]
-    killed = [r for r in runs(uri, experiment)[1] if r.info.status == "KILLED"]
-    assert killed, "the time limit ended no cell KILLED"
+    assert killed(), "the time limit ended no cell KILLED: " + logs()[-3000:]
+    if "requeueing Slurm task" not in logs():  # the limit's SIGTERM came first: nothing asks for a requeue
+        assert "TIME LIMIT" in logs() or "CANCELLED" in logs(), logs()[-3000:]
     second = subprocess.run(study_command(path, queue, uri, experiment, "--launcher", "slurm", "--workers", "1",
                                           "--time", "10"), env=env, cwd=tmp_path, capture_output=True, text=True,
                             timeout=400)

@@ -118,7 +118,7 @@ class Parent:
     def set_tags(self, tags: dict[str, Any]) -> None:
         from cnnbench.tracking import runs as mlruns
 
-        mlruns.set_tags(self.client, self.run_id, tags)
+        _retrying(lambda: mlruns.set_tags(self.client, self.run_id, tags))
 
     def log_params(self, params: dict[str, Any]) -> None:
         from cnnbench.tracking import runs as mlruns
@@ -141,4 +141,23 @@ class Parent:
             self.set_tags({"failure_reason": reason})
         elif status == "FINISHED" and "failure_reason" in self.client.get_run(self.run_id).data.tags:
             self.client.delete_tag(self.run_id, "failure_reason")
-        self.client.set_terminated(self.run_id, status)
+        _retrying(lambda: self.client.set_terminated(self.run_id, status))
+
+
+STORE_RETRIES = 6  # a parent's end must not be lost to a store locked for a moment (SQLite under load)
+
+
+def _retrying(write, attempts: int = STORE_RETRIES):
+    """``write()``, again after a transient store error (a locked database, a dropped connection),
+    with a growing pause; the last error is raised."""
+    import time
+
+    from cnnbench.campaign.workers import is_transient
+
+    for attempt in range(attempts):
+        try:
+            return write()
+        except Exception as err:
+            if attempt == attempts - 1 or not is_transient(err):
+                raise
+            time.sleep(0.5 * (attempt + 1))
