@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -123,8 +122,7 @@ def main() -> None:
                         results.append(result)
             finally:
                 if ray_head is not None:
-                    os.killpg(ray_head.pid, signal.SIGTERM)
-                    ray_head.wait(timeout=60)
+                    servers.stop(ray_head)
                 if slurm_cm is not None:
                     slurm_cm.__exit__(None, None, None)
     summary = {}

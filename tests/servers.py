@@ -7,25 +7,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from faultkit import free_port, start_mlflow_server, stop
+
 
 class Unavailable(Exception):
     """A server cannot be started here (the reason is the message): the fixture skips."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin() -> Path | None:
@@ -78,48 +72,18 @@ def create_database(url: str, name: str) -> str:
 
 
 @contextmanager
-def mlflow_server(backend: str, artifacts: Path, timeout_s: float = 120) -> Iterator[str]:
-    """``mlflow server`` on ``backend`` (serving artifacts from ``artifacts``) on a free loopback port;
-    yields its http URL. Stopped by its process group (it spawns workers)."""
+def mlflow_server(backend: str, artifacts: Path) -> Iterator[str]:
+    """``mlflow server`` on ``backend`` (serving artifacts from ``artifacts``) on a free loopback port
+    (faultkit's, stopped by its process group: it spawns workers); yields its http URL."""
     port = free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    log = open(artifacts.parent / f"mlflow-server-{port}.log", "w")
-    proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", backend, "--artifacts-destination",
-                             artifacts.as_uri(), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "2"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout_s
-        import urllib.request
-
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.flush()
-                raise Unavailable(f"mlflow server did not start: {(artifacts.parent / log.name).read_text()[-2000:]}")
-            time.sleep(0.3)
-        yield url
+        proc = start_mlflow_server(backend, artifacts, port, environ=dict(os.environ))
+    except AssertionError as err:
+        raise Unavailable(str(err)) from None
+    try:
+        yield f"http://127.0.0.1:{port}"
     finally:
-        _stop_group(proc)
-        log.close()
-
-
-def _stop_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=timeout_s)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        stop(proc)
 
 
 SLURM_CONF = """ClusterName=cnnbench-test
@@ -207,7 +171,7 @@ def slurm(folder: Path, cpus: int = 2, timeout_s: float = 60) -> Iterator[dict[s
             except Unavailable:
                 pass
         for p in reversed(procs):  # slurmd, slurmctld, munged
-            _stop_group(p)
+            stop(p)
         shutil.rmtree(munge_dir, ignore_errors=True)
 
 

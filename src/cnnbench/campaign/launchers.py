@@ -413,12 +413,20 @@ def submit_ray(spec: dict[str, Any], workers: int, options: LauncherOptions, env
 
 def launch(spec: dict[str, Any], workers: int, options: LauncherOptions, env: dict[str, str], *, name: str) -> Launched:
     """``workers`` remote workers on ``spec`` (each gets its ``index``; its torch threads come from the
-    launcher's CPUs per task, so the caller's spec says one worker per machine share)."""
-    if options.name == "slurm":
-        return submit_slurm(spec, workers, options, env, name=name, cluster=options.submitit_cluster)
-    if options.name == "ray":
+    launcher's CPUs per task, so the caller's spec says one worker per machine share). A refused
+    submission (sbatch refusing a partition or an account, Ray unreachable) is a one-line ConfigError."""
+    if options.name not in ("slurm", "ray"):
+        raise ConfigError(f"--launcher {options.name!r} does not launch remote workers")
+    try:
+        if options.name == "slurm":
+            return submit_slurm(spec, workers, options, env, name=name, cluster=options.submitit_cluster)
         return submit_ray(spec, workers, options, env)
-    raise ConfigError(f"--launcher {options.name!r} does not launch remote workers")
+    except ConfigError:
+        raise
+    except Exception as err:
+        text = str(err).strip().splitlines()
+        raise ConfigError(f"--launcher {options.name}: submitting the workers failed: "
+                          f"{text[-1] if text else type(err).__name__}") from None
 
 
 def follow(launched: Launched, done: Callable[[], bool], progress: Callable[[], None] | None = None, *,

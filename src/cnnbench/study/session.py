@@ -237,11 +237,9 @@ def _run_remote(plan: Plan, parent: identity.Parent, spec: WorkerSpec, progress:
     submitted = time.time()
     try:
         launched = launchers.launch(remote, req.workers, options, dest.env, name=queue.campaign)
-    except Exception as err:  # sbatch refused the array (a partition, an account), Ray unreachable: nothing runs
-        text = str(err).strip().splitlines()
-        reason = f"--launcher {options.name}: submitting the workers failed: {text[-1] if text else type(err).__name__}"
-        parent.end("FAILED", reason=reason + "; the jobs wait in the queue, the same command submits them again")
-        raise ConfigError(reason) from None
+    except ConfigError as err:  # nothing runs: the parent must not stay RUNNING
+        parent.end("FAILED", reason=f"{err}; the jobs wait in the queue, the same command submits them again")
+        raise
     where = (f"Slurm array job {launched.job_id} ({req.workers} tasks; scripts and logs in "
              f"{Path(options.folder).resolve() / queue.campaign})" if options.name == "slurm"
              else f"{req.workers} Ray tasks on {launched.job_id}")

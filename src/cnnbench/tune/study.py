@@ -256,14 +256,7 @@ def run_remote(spec: WorkerSpec, shares: list[int], storage, options, destinatio
 
     remote = {**asdict(spec), "shares": shares, "n_jobs": 1, "storage": destination.storage,
               "tracking_uri": destination.tracking_uri}
-    try:
-        launched = launchers.launch(remote, len(shares), options, destination.env, name=spec.study_name)
-    except Exception as err:  # sbatch refused the array (a partition, an account), Ray unreachable
-        from cnnbench.errors import ConfigError
-
-        text = str(err).strip().splitlines()
-        raise ConfigError(f"--launcher {options.name}: submitting the workers failed: "
-                          f"{text[-1] if text else type(err).__name__}") from None
+    launched = launchers.launch(remote, len(shares), options, destination.env, name=spec.study_name)
     print(f"submitted {len(shares)} {options.name} workers ({launched.launcher} {launched.job_id})", file=stream, flush=True)
     seen = [-1]
 
