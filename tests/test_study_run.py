@@ -133,8 +133,9 @@ def test_two_local_workers_run_each_cell_seed_once_and_a_rerun_trains_nothing(cl
     assert {"metrics/history.csv", "plots/learning_curves.png"} <= {
         a.path for folder in ("metrics", "plots") for a in client.list_artifacts(run.info.run_id, folder)}
     report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/report.md", "report/cells.csv", "report/metric_by_cell.png", "report/learning_curves.png",
-            "report/vs_batch_size.png"} <= report_files
+    assert {"report/report.md", "report/report.html", "report/cells.csv", "report/cells.json", "report/metric_by_cell.png",
+            "report/learning_curves.png", "report/vs_batch_size.png", "report/intervals.png", "report/forest.png"} <= report_files
+    assert {"eval/test_predictions.npz"} <= {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert parent.data.tags["cnnbench.study"] == "grid" and parent.data.tags["cnnbench.study.budget"] == "default"
 
     again = cli(*args)
@@ -149,21 +150,29 @@ def test_two_local_workers_run_each_cell_seed_once_and_a_rerun_trains_nothing(cl
     for r in cells:
         values.setdefault(r.data.tags["cnnbench.study.cell"], {})[int(r.data.tags["cnnbench.seed"])] = r.data.metrics["test_accuracy"]
     ref = [values["optimizer=sgd, batch_size=32"][s] for s in (0, 1)]
+    raw = {}
     for label, by_seed in values.items():
         v = [by_seed[s] for s in (0, 1)]
-        mean, sd = statistics.mean(v), statistics.stdev(v)
-        half = stats.t.ppf(0.975, 1) * sd / math.sqrt(2)
         row = rows[label]
         assert row["n"] == 2
-        assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(sd)
-        assert row["ci_low"] == pytest.approx(mean - half) and row["ci_high"] == pytest.approx(mean + half)
+        assert row["mean"] == pytest.approx(statistics.mean(v)) and row["std"] == pytest.approx(statistics.stdev(v))
+        # two seeds: no seed interval (a t interval on 2 seeds leaves [0, 1]); said so
+        assert row["interval"] == "n too small" and row["ci_low"] is None and row["ci_high"] is None
         if label != "optimizer=sgd, batch_size=32":
-            assert row["diff_ref"] == pytest.approx(mean - statistics.mean(ref))
-            va, vb = sd ** 2 / 2, statistics.variance(ref) / 2
-            if va + vb > 0:  # Welch: t and its Welch-Satterthwaite degrees of freedom
-                t = (mean - statistics.mean(ref)) / math.sqrt(va + vb)
-                df = (va + vb) ** 2 / (va ** 2 + vb ** 2)
-                assert row["p_ref"] == pytest.approx(2 * stats.t.sf(abs(t), df))
+            # seeds are shared, so the comparison is paired: the mean of per-seed differences, ttest_rel
+            assert row["vs"] == "optimizer=sgd, batch_size=32" and row["design"] == "paired"
+            assert row["diff"] == pytest.approx(statistics.mean(a - b for a, b in zip(v, ref)))
+            if len({a - b for a, b in zip(v, ref)}) > 1:
+                raw[label] = stats.ttest_rel(v, ref).pvalue
+                assert row["p"] == pytest.approx(raw[label])
+            assert row["star"] is False  # n = 2 is never starred
+    if raw:  # Holm over the table's comparisons (the ones with a t statistic here)
+        from statsmodels.stats.multitest import multipletests
+
+        if len(raw) == 3:
+            holm = dict(zip(raw, multipletests(list(raw.values()), method="holm")[1]))
+            for label, p in holm.items():
+                assert rows[label]["p_corrected"] == pytest.approx(p)
     adam = rows["optimizer=adam, batch_size=32"]
     assert adam["published"] == 0.5 and adam["measured_minus_published"] == pytest.approx(adam["mean"] - 0.5)
     best = max(rows.values(), key=lambda r: r["mean"])

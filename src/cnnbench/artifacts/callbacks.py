@@ -116,7 +116,8 @@ class LearningCurves(ArtifactCallback):
 
 
 class TestEvaluation(ArtifactCallback):
-    """Confusion matrix, classification report, majority baseline and the predictions grid."""
+    """Confusion matrix, classification report, majority baseline, the predictions grid, and every
+    test example's prediction (``eval/test_predictions.npz``, for the study report's McNemar test)."""
 
     def __init__(self, confusion: bool = True, predictions: bool = True) -> None:
         super().__init__()
@@ -134,6 +135,9 @@ class TestEvaluation(ArtifactCallback):
         out = run.artifacts_dir / "eval"
         with self.timed(run, "evaluation"):
             run.summary_metrics.update(evaluation.majority_baseline(run.data.train.labels, result.labels, len(classes)))
+            run.summary_metrics["test_examples"] = float(len(result.labels))
+            evaluation.write_test_predictions(run.data.test.images, result.labels, result.predictions,
+                                              out / evaluation.PREDICTIONS_FILE)
             if self.confusion:
                 evaluation.write_confusion(result.labels, result.predictions, classes, out)
                 report = evaluation.write_classification_report(result.labels, result.predictions, classes, out)

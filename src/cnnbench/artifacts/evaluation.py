@@ -14,6 +14,30 @@ import torch
 from cnnbench.artifacts.figures import as_numpy, plt, save, tile_figure
 
 
+PREDICTIONS_FILE = "test_predictions.npz"
+
+
+def write_test_predictions(images: torch.Tensor, labels, predictions, path: Path) -> Path:
+    """Every test example's label and prediction (``eval/test_predictions.npz``, ~4 bytes per
+    example), so two runs can be compared example by example after the fact (McNemar's test in the
+    study report), with a hash of the test images: only runs that saw the same test set pair."""
+    import hashlib
+
+    labels, predictions = as_numpy(labels), as_numpy(predictions)
+    dtype = np.uint16 if max(int(labels.max(initial=0)), int(predictions.max(initial=0))) < 2**16 else np.int64
+    digest = hashlib.blake2b(np.ascontiguousarray(images.cpu().numpy()).tobytes(), digest_size=16).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, labels=labels.astype(dtype), predictions=predictions.astype(dtype),
+                        images_digest=np.array(digest))
+    return path
+
+
+def read_test_predictions(path: Path) -> tuple[np.ndarray, str]:
+    """(per-example correctness as booleans, the test images' digest) of a predictions file."""
+    with np.load(path, allow_pickle=False) as f:
+        return f["labels"] == f["predictions"], str(f["images_digest"])
+
+
 def confusion_tables(labels, predictions, classes: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(counts, row-normalised) confusion matrices; rows are true classes, columns predicted.
 

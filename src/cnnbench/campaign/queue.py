@@ -190,6 +190,25 @@ class JobQueue:
             conn.execute(campaigns.update().where(campaigns.c.name == self.campaign).values(ready=True))
         return True
 
+    def add(self, new: Iterable[Job]) -> list[str]:
+        """Enqueue the jobs whose keys the campaign does not have yet (a study adding seeds); their
+        keys. The campaign's unique (campaign, key) makes it exactly once when several commands add
+        the same jobs at the same time."""
+        self.wait_ready()
+        with self.engine.begin() as conn:
+            have = set(conn.execute(sa.select(jobs.c.key).where(jobs.c.campaign == self.campaign)).scalars())
+        added = []
+        for job in new:
+            if job.key in have:
+                continue
+            try:
+                self._enqueue([{"campaign": self.campaign, "key": job.key, "payload": json.dumps(job.payload),
+                                "state": WAITING, "attempts": 0, "transient": 0, "token": 0}])
+            except IntegrityError:
+                continue
+            added.append(job.key)
+        return added
+
     def _enqueue(self, batch: list[dict]) -> None:
         with self.engine.begin() as conn:
             conn.execute(jobs.insert(), batch)

@@ -141,10 +141,18 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
 @click.option("--device", default=None, type=click.Choice(("auto", "cpu", "cuda", "mps")), help="device for every cell (default: the study's)")
 @click.option("--format", "fmt", default="table", type=click.Choice(("table", "md", "csv", "json")), show_default=True,
               help="how the final report is printed")
+@click.option("--until-decided", is_flag=True, default=False,
+              help="after the seeds ran, add seeds (in batches, through the queue) to the cells whose comparison is "
+                   "still undecided, until it differs (corrected p below alpha / looks), its CI lies within "
+                   "± [report] practical_difference, or --max-seeds is reached")
+@click.option("--max-seeds", type=int, default=None, metavar="N", help="with --until-decided: seeds per cell at most")
+@click.option("--seed-batch", type=int, default=None, metavar="K",
+              help="with --until-decided: seeds added per look (default: the study's seed count)")
 @MAX_JOBS
 @launcher_options
 def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment, tracking_uri, max_retries,
-         heartbeat_interval, device, fmt, max_jobs=None, **launcher) -> None:
+         heartbeat_interval, device, fmt, until_decided=False, max_seeds=None, seed_batch=None, max_jobs=None,
+         **launcher) -> None:
     """Run every cell x seed exactly once across workers; resume = the same command.
 
     With --launcher slurm or ray the workers run there (PostgreSQL storage and an MLflow server
@@ -153,11 +161,15 @@ def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment,
     from cnnbench.study import report as reports
     from cnnbench.study.session import RunRequest, prepare, run
 
+    if until_decided != (max_seeds is not None):
+        raise click.UsageError("--until-decided needs --max-seeds N (the most seeds a cell may get)" if until_decided
+                               else "--max-seeds goes with --until-decided")
     name, study = _load(study_ref, budget, sets, max_jobs)
     request = RunRequest(study=study, source=name, storage=storage, study_name=study_name, experiment=experiment,
                          tracking_uri=tracking_uri, workers=workers, max_retries=max_retries,
                          heartbeat_interval=heartbeat_interval, device=device, command=_command_line(),
-                         max_jobs=max_jobs, launcher=launcher_from(launcher, study.launcher, f"study file {name}"))
+                         max_jobs=max_jobs, launcher=launcher_from(launcher, study.launcher, f"study file {name}"),
+                         max_seeds=max_seeds, seed_batch=seed_batch)
     outcome = run(prepare(request))
     if outcome.report is not None:
         click.echo(reports.render(outcome.report, fmt), nl=False)
@@ -280,7 +292,8 @@ def export_k8s(study_ref: str, budget, sets, workers, storage, tracking_uri, ima
 @BUDGET
 @click.option("--experiment", default=None, help="look for the study's parent run in this experiment only")
 @TRACKING
-@click.option("--format", "fmt", default="table", type=click.Choice(("table", "md", "csv", "json")), show_default=True)
+@click.option("--format", "fmt", default="table", type=click.Choice(("table", "md", "csv", "json", "html")), show_default=True,
+              help="html: one self-contained page (figures inline), as report/report.html on the parent")
 @click.option("--study-name", default=None, help="the name the study ran under, if not NAME or NAME-BUDGET")
 @click.option("--log/--no-log", default=False, show_default=True, help="also log the report to the parent run")
 @MAX_JOBS
@@ -297,15 +310,15 @@ def report(ref: str, budget, experiment, tracking_uri, fmt, study_name, log, max
     uri = resolve_uri(tracking_uri)
     check_reachable(uri)
     client = MlflowClient(uri)
-    study_id = ref
+    study_id, settings = ref, None
     if not _looks_like_run_id(ref):
         _, study = _load(ref, budget, (), max_jobs)
-        study_id = study_name or study.study_id
+        study_id, settings = study_name or study.study_id, study.report
     parent = reports.find_parent(client, study_id, experiment=experiment)
-    rep = reports.build(client, parent)
+    rep = reports.build(client, parent, settings=settings)
     if log:
         reports.log_to_parent(client, parent, rep)
-    click.echo(reports.render(rep, fmt), nl=False)
+    click.echo(reports.html_page(rep, client) if fmt == "html" else reports.render(rep, fmt), nl=False)
 
 
 def _minutes(seconds: float) -> str:

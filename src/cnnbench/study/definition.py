@@ -26,7 +26,7 @@ from cnnbench.config import ALIASES, OPTIONS, TrainConfig, apply_values
 from cnnbench.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "metric", "metric_goal", "seeds", "reference", "base", "grid", "variants",
-            "budgets", "published", "launcher")
+            "budgets", "published", "launcher", "report")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # What a study records unless it turns it on: the cheap artifacts (no t-SNE, retrieval or model upload).
 STUDY_DEFAULTS = {"tsne": False, "retrieval": False, "log_model": False, "quiet": True}
@@ -73,6 +73,7 @@ class Study:
     source_name: str  # file name or entry-point name
     sets: dict[str, str] = field(default_factory=dict)
     launcher: dict[str, Any] = field(default_factory=dict)  # [launcher]: where the workers run (not the definition)
+    report: Any = None  # [report]: stats.Settings (alpha, correction, practical_difference; not the definition)
 
     @property
     def study_id(self) -> str:
@@ -105,6 +106,7 @@ class Study:
             "has_variants": self.has_variants, "reference": self.reference, "published": self.published,
             "published_source": self.published_source, "published_metric": self.published_metric,
             "digest": self.digest, "sets": self.sets,
+            "report": self.report.as_dict() if self.report is not None else None,
             "cells": [{"index": c.index, "label": c.label, "axes": {short(k): v for k, v in c.axes.items()},
                        "variant": c.variant, "params": definition_params(c.config)} for c in self.cells],
         }
@@ -228,6 +230,9 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
     from cnnbench.campaign.launchers import LauncherOptions
 
     launcher = LauncherOptions.from_table(_table(raw, "launcher", where), where)
+    from cnnbench.study.stats import Settings
+
+    report = Settings.from_table(raw.get("report", {}), where)
     for bname, table in budgets.items():
         if not STUDY_NAME_RE.match(bname):  # it becomes part of the study id, a tag and filter value
             raise ConfigError(f"{where}: budget name {_brief(bname, 80)} is not accepted: use only letters, digits, "
@@ -304,7 +309,7 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
     return Study(name=name, description=description, metric=metric, goal=goal, seeds=seeds, cells=tuple(cells),
                  axes=tuple(grid), has_variants=bool(variants), reference=reference, published=published,
                  published_source=pub_source, published_metric=pub_metric, budget=budget, source_text=text,
-                 source_name=source, sets=dict(sets), launcher=launcher)
+                 source_name=source, sets=dict(sets), launcher=launcher, report=report)
 
 
 def _check_size(grid: Mapping[str, list], variants: Sequence, seeds: Sequence[int], max_jobs: int, where: str) -> None:

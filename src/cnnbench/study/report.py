@@ -4,17 +4,26 @@ It reads only MLflow (the parent run's ``study/definition.json`` and its child r
 run anywhere can be reported from any machine that reaches its tracking server, also while it is
 still running (cells without a finished seed show n = 0).
 
-Per cell: the metric's mean ± sample standard deviation over finished seeds (n), the 95 %
-confidence interval of the mean (Student t, n - 1 degrees of freedom), the difference to the
-reference cell with Welch's t-test p-value (``scipy.stats.ttest_ind(equal_var=False)``), train /
-test accuracy, ``fit_time_s``, parameter count, epochs run, failed seeds, and the published figure
-with measured - published.
+The statistics are :mod:`cnnbench.study.stats`'s. Per cell: n, mean, sample std and an interval
+that stays in the metric's range (a bootstrap over seeds from 3 seeds on; with one seed of a test
+accuracy, the binomial interval over the run's test examples; otherwise "n too small"). Each cell
+is compared with the study's reference (without one: the best cell with the runner-up), paired
+over the seeds both ran (paired t, exact sign-flip), by McNemar's exact test on the per-example
+test predictions where one seed is all they share, by Welch's test only where nothing pairs; the
+p-values are corrected across the table (Holm by default) and a star needs a corrected p below
+alpha with n >= 3. Each comparison also gets its minimum detectable difference (power 0.8) and,
+with the study's ``practical_difference``, the seeds it needs; a cell with a published figure gets
+whether its seeds are consistent with it. ``alpha``, ``correction`` and ``practical_difference``
+come from the study file's ``[report]`` table.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import math
+import re
 import tempfile
 import textwrap
 import time
@@ -26,10 +35,14 @@ import numpy as np
 import pandas as pd
 
 from cnnbench.errors import ConfigError
+from cnnbench.study import stats as st
 
-FORMATS = ("table", "md", "csv", "json")
+FORMATS = ("table", "md", "csv", "json", "html")
 DEFINITION = "study/definition.json"
+PREDICTIONS = "eval/test_predictions.npz"
 LOG_X_SPAN = 50.0  # a numeric axis spanning this factor or more is plotted on a log scale
+# --until-decided's settings on the parent run (params): the report's alpha per look comes from them
+PARAM_MAX_SEEDS, PARAM_SEED_BATCH, PARAM_LOOKS = "until_decided.max_seeds", "until_decided.seed_batch", "until_decided.looks"
 
 
 @dataclass
@@ -43,6 +56,13 @@ class CellResult:
     failed: dict[int, str] = field(default_factory=dict)  # seed -> reason
     running: list[int] = field(default_factory=list)
 
+    @property
+    def by_seed(self) -> dict[int, float]:
+        return dict(zip(self.seeds, self.values))
+
+    def run_of(self, seed: int) -> Any:
+        return self.runs[self.seeds.index(seed)]
+
 
 @dataclass
 class Report:
@@ -53,6 +73,9 @@ class Report:
     table: pd.DataFrame  # one row per cell, numeric columns
     pivot: pd.DataFrame | None
     best: str | None
+    settings: st.Settings = field(default_factory=st.Settings)
+    comparisons: list[st.Comparison] = field(default_factory=list)
+    max_seeds: int | None = None  # --until-decided's cap, when the study ran with it
 
     @property
     def metric(self) -> str:
@@ -63,33 +86,15 @@ class Report:
         d = self.definition
         budget = d.get("budget") or "default"
         partial = "" if self.status == "FINISHED" else f" [{self.status.lower()}: partial]"
-        return f"study {d['study_id']} (budget {budget}): {d['metric']} over seeds {d['seeds']}{partial}"
+        seeds = sorted({s for c in self.cells for s in c.seeds} | set(d["seeds"]))
+        shown = d["seeds"] if seeds == sorted(d["seeds"]) else f"{d['seeds']} + {len(seeds) - len(d['seeds'])} added"
+        return f"study {d['study_id']} (budget {budget}): {d['metric']} over seeds {shown}{partial}"
 
 
 def summarise(values: list[float]) -> dict[str, float]:
-    """n, mean, sample std, and the 95 % t confidence interval of the mean."""
-    from scipy import stats
-
-    a = np.asarray(values, dtype=float)
-    n = len(a)
-    out = {"n": n, "mean": float(a.mean()) if n else math.nan, "std": float(a.std(ddof=1)) if n > 1 else math.nan,
-           "ci_low": math.nan, "ci_high": math.nan}
-    if n > 1:
-        half = float(stats.t.ppf(0.975, n - 1)) * out["std"] / math.sqrt(n)
-        out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
-    return out
-
-
-def welch_p(a: list[float], b: list[float]) -> float:
-    from scipy import stats
-
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    import warnings
-
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # identical values: scipy warns and answers nan
-        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    """n, mean, sample std and the cell's interval (:func:`cnnbench.study.stats.cell_stats`)."""
+    s = st.cell_stats(values)
+    return {"n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.low, "ci_high": s.high}
 
 
 def find_parent(client, ref: str, *, experiment: str | None = None) -> str:
@@ -126,8 +131,9 @@ def _literal(value: str) -> str:
         raise ConfigError(f"cannot look up {value!r}: {err}") from None
 
 
-def build(client, parent_run_id: str, *, status: str | None = None) -> Report:
-    """The report of a study's parent run (``status``: the parent's, when it is about to change)."""
+def build(client, parent_run_id: str, *, status: str | None = None, settings: st.Settings | None = None) -> Report:
+    """The report of a study's parent run (``status``: the parent's, when it is about to change;
+    ``settings``: the study file's ``[report]`` as the command has it, else the recorded one)."""
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -145,11 +151,17 @@ def build(client, parent_run_id: str, *, status: str | None = None) -> Report:
     by_cell: dict[str, list] = {}
     for run in children:
         by_cell.setdefault(run.data.tags.get("cnnbench.study.cell", ""), []).append(run)
+    seeds = list(definition["seeds"])  # then the seeds --until-decided added, in order
+    for run in children:
+        seed = run.data.tags.get("cnnbench.seed", "")
+        if seed.isdigit() and int(seed) not in seeds:
+            seeds.append(int(seed))
+    seeds = seeds[:len(definition["seeds"])] + sorted(seeds[len(definition["seeds"]):])
     cells = []
     for c in definition["cells"]:
         runs = by_cell.get(c["label"], [])
         result = CellResult(c["label"], c["axes"], c["variant"], [], [], [])
-        for seed in definition["seeds"]:
+        for seed in seeds:
             mine = sorted((r for r in runs if r.data.tags.get("cnnbench.seed") == str(seed)), key=lambda r: r.info.start_time)
             done = [r for r in mine if r.info.status == "FINISHED"]
             if done:
@@ -162,11 +174,33 @@ def build(client, parent_run_id: str, *, status: str | None = None) -> Report:
             elif mine:
                 result.failed[seed] = mine[-1].data.tags.get("failure_reason", mine[-1].info.status)
         cells.append(result)
-    table, best = _table(definition, cells)
-    return Report(definition, parent_run_id, status or parent.info.status, cells, table, _pivot(definition, table), best)
+    if settings is None:
+        recorded = {k: v for k, v in (definition.get("report") or {}).items() if k in st.SETTING_KEYS}
+        settings = st.Settings(**recorded)
+    params = parent.data.params
+    max_seeds = int(params[PARAM_MAX_SEEDS]) if params.get(PARAM_MAX_SEEDS, "").isdigit() else None
+    if params.get(PARAM_LOOKS, "").isdigit():
+        settings = st.Settings(settings.alpha, settings.correction, settings.practical_difference, int(params[PARAM_LOOKS]))
+    return assemble(definition, cells, status=status or parent.info.status, settings=settings, client=client,
+                    parent_run_id=parent_run_id, max_seeds=max_seeds)
+
+
+def assemble(definition: dict[str, Any], cells: list[CellResult], *, status: str = "FINISHED",
+             settings: st.Settings | None = None, client=None, parent_run_id: str = "",
+             max_seeds: int | None = None) -> Report:
+    """The report of cells already read (``client``: to fetch per-example predictions for McNemar)."""
+    settings = settings or st.Settings()
+    table, best, comparisons = _table(definition, cells, settings, client, max_seeds)
+    return Report(definition, parent_run_id, status, cells, table, _pivot(definition, table), best, settings,
+                  comparisons, max_seeds)
 
 
 def _mean_of(runs: list, key: str, where: str = "metrics") -> float:
+    vals = _values_of(runs, key, where)
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def _values_of(runs: list, key: str, where: str = "metrics") -> list[float]:
     vals = []
     for r in runs:
         raw = getattr(r.data, where).get(key)
@@ -174,35 +208,104 @@ def _mean_of(runs: list, key: str, where: str = "metrics") -> float:
             vals.append(float(raw))
         except (TypeError, ValueError):
             pass
-    return float(np.mean(vals)) if vals else math.nan
+    return vals
 
 
-def _table(d: dict[str, Any], cells: list[CellResult]) -> tuple[pd.DataFrame, str | None]:
+def ranked(cells: list[CellResult], goal: str) -> list[CellResult]:
+    """Cells with a finished seed, best mean first."""
+    scored = [c for c in cells if any(v == v for v in c.values)]
+    sign = -1.0 if goal == "max" else 1.0
+    return sorted(scored, key=lambda c: sign * float(np.nanmean(c.values)))
+
+
+def comparisons_of(d: dict[str, Any], cells: list[CellResult], settings: st.Settings, client=None) -> list[st.Comparison]:
+    """Every comparison the report makes: each cell against the reference, or (no reference) the
+    best cell against the runner-up; p corrected across them, stars set."""
     ref = next((c for c in cells if c.label == d.get("reference")), None)
+    if ref is not None:
+        pairs = [(c, ref) for c in cells if c is not ref]
+    else:
+        order = ranked(cells, d.get("goal", "max"))
+        pairs = [(order[0], order[1])] if len(order) >= 2 else []
+    out = []
+    for cell, against in pairs:
+        a, b = cell.by_seed, against.by_seed
+        shared = [s for s in a if s in b and a[s] == a[s] and b[s] == b[s]]
+        correct_a = correct_b = None
+        if len(shared) == 1 and client is not None:
+            correct_a, correct_b = _paired_predictions(client, cell.run_of(shared[0]), against.run_of(shared[0]))
+        out.append(st.compare(cell.label, against.label, a, b, correct_a=correct_a, correct_b=correct_b,
+                              practical=settings.practical_difference, alpha=settings.level))
+    return st.star(out, settings.correction, settings.level)
+
+
+def _paired_predictions(client, run_a, run_b) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-example correctness of two runs on the same test set (their ``eval/test_predictions.npz``),
+    or (None, None) when either lacks it or they saw different test images."""
+    from cnnbench.artifacts.evaluation import read_test_predictions
+
+    got = []
+    with tempfile.TemporaryDirectory() as folder:
+        for i, run in enumerate((run_a, run_b)):
+            try:
+                path = client.download_artifacts(run.info.run_id, PREDICTIONS, f"{folder}/{i}")
+                got.append(read_test_predictions(Path(path)))
+            except Exception:
+                return None, None
+    (ca, da), (cb, db) = got
+    if da != db or len(ca) != len(cb):
+        return None, None
+    return ca, cb
+
+
+def decision(c: st.Comparison, settings: st.Settings, max_seeds: int | None) -> str:
+    """What the data say about one comparison (``--until-decided`` stops a cell on the first two)."""
+    if c.star:
+        return "differs"
+    pd_ = settings.practical_difference
+    if pd_ and c.n >= st.MIN_N and c.low == c.low and -pd_ < c.low and c.high < pd_:
+        return f"no difference of {pd_:g} or more"
+    if max_seeds and c.n >= max_seeds:
+        return f"undecided at --max-seeds {max_seeds}"
+    return "undecided"
+
+
+def _table(d: dict[str, Any], cells: list[CellResult], settings: st.Settings, client=None,
+           max_seeds: int | None = None) -> tuple[pd.DataFrame, str | None, list[st.Comparison]]:
+    comparisons = comparisons_of(d, cells, settings, client)
+    by_cell = {c.cell: c for c in comparisons}
+    pub_metric = d.get("published_metric", d["metric"])
     rows = []
     for c in cells:
-        s = summarise([v for v in c.values if not math.isnan(v)])
+        values = [v for v in c.values if v == v]
+        examples = _values_of(c.runs, "test_examples") if d["metric"] == "test_accuracy" and len(values) == 1 else []
+        s = st.cell_stats(values, test_examples=int(examples[0]) if examples else None)
         pub = d["published"].get(c.label, math.nan)
-        pub_measured = s["mean"] if d.get("published_metric", d["metric"]) == d["metric"] else _mean_of(c.runs, d["published_metric"])
-        row = {"cell": c.label, **{f"axis.{k}": v for k, v in c.axes.items()}, "variant": c.variant, **s,
-               "diff_ref": math.nan, "p_ref": math.nan,
-               "train_accuracy": _mean_of(c.runs, "train_accuracy"), "test_accuracy": _mean_of(c.runs, "test_accuracy"),
-               "fit_time_s": _mean_of(c.runs, "fit_time_s"), "params": _mean_of(c.runs, "param_count", "params"),
-               "epochs": _mean_of(c.runs, "epochs_completed"), "failed_seeds": len(c.failed), "running_seeds": len(c.running),
-               "published": pub, "measured_minus_published": pub_measured - pub if not math.isnan(pub) else math.nan}
-        if ref is not None and c is not ref:
-            ref_values = [v for v in ref.values if not math.isnan(v)]
-            row["diff_ref"] = s["mean"] - (float(np.mean(ref_values)) if ref_values else math.nan)
-            row["p_ref"] = welch_p([v for v in c.values if not math.isnan(v)], ref_values)
+        measured = values if pub_metric == d["metric"] else _values_of(c.runs, pub_metric)
+        verdict, pub_low, pub_high = st.against_published(measured, pub) if pub == pub else ("", math.nan, math.nan)
+        row = {"cell": c.label, **{f"axis.{k}": v for k, v in c.axes.items()}, "variant": c.variant,
+               "n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.low, "ci_high": s.high, "interval": s.interval}
+        cmp = by_cell.get(c.label)
+        row.update({"vs": cmp.against if cmp else "", "design": cmp.design if cmp else "",
+                    "n_compared": cmp.n if cmp else 0, "diff": cmp.diff if cmp else math.nan,
+                    "diff_low": cmp.low if cmp else math.nan, "diff_high": cmp.high if cmp else math.nan,
+                    "effect": cmp.effect if cmp else math.nan, "p": cmp.p if cmp else math.nan,
+                    "p_perm": cmp.p_perm if cmp else math.nan, "p_corrected": cmp.p_corrected if cmp else math.nan,
+                    "star": bool(cmp.star) if cmp else False, "mde": cmp.mde if cmp else math.nan,
+                    "seeds_needed": cmp.seeds_needed if cmp else math.nan,
+                    "decision": decision(cmp, settings, max_seeds) if cmp else ""})
+        row.update({"train_accuracy": _mean_of(c.runs, "train_accuracy"), "test_accuracy": _mean_of(c.runs, "test_accuracy"),
+                    "fit_time_s": _mean_of(c.runs, "fit_time_s"), "params": _mean_of(c.runs, "param_count", "params"),
+                    "epochs": _mean_of(c.runs, "epochs_completed"), "failed_seeds": len(c.failed),
+                    "running_seeds": len(c.running), "published": pub,
+                    "measured_minus_published": float(np.mean(measured)) - pub if pub == pub and measured else math.nan,
+                    "published_verdict": verdict, "published_low": pub_low, "published_high": pub_high})
         rows.append(row)
     table = pd.DataFrame(rows)
-    scored = table[table["n"] > 0]
-    best = None
-    if len(scored):
-        idx = scored["mean"].idxmax() if d.get("goal", "max") == "max" else scored["mean"].idxmin()
-        best = str(table.loc[idx, "cell"])
+    order = ranked(cells, d.get("goal", "max"))
+    best = order[0].label if order else None
     table.insert(0, "best", table["cell"] == best)
-    return table, best
+    return table, best, comparisons
 
 
 def _pivot(d: dict[str, Any], table: pd.DataFrame) -> pd.DataFrame | None:
@@ -260,6 +363,13 @@ def _pm(mean: float, std: float, n: int) -> str:
     return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
 
 
+def _interval(lo: float, hi: float, kind: str) -> str:
+    if lo != lo:
+        return kind if kind == "n too small" else ""
+    tag = "boot" if kind.startswith("bootstrap") else ("binom" if kind.startswith("binomial") else "")
+    return f"[{lo:.4f}, {hi:.4f}]" + (f" {tag}" if tag else "")
+
+
 def display_frame(report: Report) -> pd.DataFrame:
     """The table as text columns, the way the terminal and Markdown show it."""
     t, m = report.table, report.metric
@@ -268,12 +378,21 @@ def display_frame(report: Report) -> pd.DataFrame:
         "cell": t["cell"],
         "n": t["n"].astype(int).astype(str),
         f"{m} mean ± std": [_pm(a, b, n) for a, b, n in zip(t["mean"], t["std"], t["n"])],
-        "95% CI": [f"[{lo:.4f}, {hi:.4f}]" if not math.isnan(lo) else "" for lo, hi in zip(t["ci_low"], t["ci_high"])],
+        "95% interval": [_interval(lo, hi, k) for lo, hi, k in zip(t["ci_low"], t["ci_high"], t["interval"])],
     })
-    if report.definition.get("reference"):
-        out["Δ ref"] = [f"{v:+.4f}" if not math.isnan(v) else ("ref" if c == report.definition["reference"] else "")
-                        for v, c in zip(t["diff_ref"], t["cell"])]
-        out["p (Welch)"] = [_p(v) for v in t["p_ref"]]
+    if report.comparisons:
+        ref = report.definition.get("reference")
+        out["vs"] = ["ref" if c == ref else v for v, c in zip(t["vs"], t["cell"])] if ref else list(t["vs"])
+        out["Δ [95% CI]"] = [_diff(v, lo, hi) for v, lo, hi in zip(t["diff"], t["diff_low"], t["diff_high"])]
+        out["effect"] = [_num(v, 2) if v == v and abs(v) != math.inf else ("∞" if v == v else "") for v in t["effect"]]
+        out["test"] = list(t["design"])
+        out["p"] = [_p(v) for v in t["p"]]
+        out[f"p {report.settings.correction}"] = [_p(v) + (" ★" if s else "") if v == v else ""
+                                                  for v, s in zip(t["p_corrected"], t["star"])]
+        out["MDE"] = [_num(v) for v in t["mde"]]
+        if report.settings.practical_difference:
+            out["seeds needed"] = ["" if v != v else str(int(v)) for v in t["seeds_needed"]]
+        out["decision"] = list(t["decision"])
     out["train_acc"] = [_num(v) for v in t["train_accuracy"]]
     out["test_acc"] = [_num(v) for v in t["test_accuracy"]]
     out["fit_time_s"] = [_num(v, 2) for v in t["fit_time_s"]]
@@ -285,7 +404,14 @@ def display_frame(report: Report) -> pd.DataFrame:
     if report.definition["published"]:
         out["published"] = [_num(v) for v in t["published"]]
         out["meas − pub"] = [f"{v:+.4f}" if not math.isnan(v) else "" for v in t["measured_minus_published"]]
+        out["vs published"] = list(t["published_verdict"])
     return out
+
+
+def _diff(v: float, lo: float, hi: float) -> str:
+    if v != v:
+        return ""
+    return f"{v:+.4f}" + (f" [{lo:+.4f}, {hi:+.4f}]" if lo == lo else "")
 
 
 def _p(p: float) -> str:
@@ -294,15 +420,36 @@ def _p(p: float) -> str:
     return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
 
 
-def render(report: Report, fmt: str = "table") -> str:
+def records(report: Report) -> list[dict[str, Any]]:
+    """The table's rows as JSON-able dicts at full float precision (NaN as null)."""
+    out = []
+    for row in report.table.to_dict(orient="records"):
+        clean = {}
+        for k, v in row.items():
+            if isinstance(v, (np.floating, float)):
+                v = None if v != v else float(v)
+            elif isinstance(v, np.integer):
+                v = int(v)
+            elif isinstance(v, np.bool_):
+                v = bool(v)
+            clean[k] = v
+        out.append(clean)
+    return out
+
+
+def render(report: Report, fmt: str = "table", figures_folder: Path | None = None) -> str:
+    """The report as text (``table``, ``md``, ``csv``, ``json``) or a self-contained HTML page
+    (``html``: the PNGs of ``figures_folder`` inlined)."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown --format {fmt!r}; accepted: {', '.join(FORMATS)}")
     if fmt == "csv":
-        return report.table.to_csv(index=False)
+        return report.table.to_csv(index=False, float_format="%.17g")
     if fmt == "json":
-        return report.table.to_json(orient="records", indent=2)
+        return json.dumps(records(report), indent=2) + "\n"
     frame = display_frame(report)
     notes = _notes(report)
+    if fmt == "html":
+        return _html(report, frame, notes, figures_folder)
     if fmt == "md":
         parts = [f"# {report.title}", "", _markdown(frame)]
         if report.pivot is not None:
@@ -319,14 +466,34 @@ def render(report: Report, fmt: str = "table") -> str:
 
 
 def _notes(report: Report) -> list[str]:
-    d = report.definition
+    d, cfg = report.definition, report.settings
     notes = []
     if report.best:
         notes.append(f"best cell (*) by mean {d['metric']} ({'higher' if d.get('goal', 'max') == 'max' else 'lower'} is better): {report.best}")
-    if d.get("reference"):
-        notes.append(f"Δ ref and p: difference of means to {d['reference']!r} and Welch's t-test p-value (n >= 2 each)")
+    kinds = set(report.table["interval"]) if len(report.table) else set()
+    notes.append("95% interval: " + "; ".join(k for k in (
+        "boot = percentile bootstrap of the mean over seeds (scipy.stats.bootstrap, 9,999 resamples; stays in the "
+        "metric's range, unlike a t interval on few seeds)" if any(k.startswith("bootstrap") for k in kinds) else "",
+        "binom = exact binomial (Clopper-Pearson) interval of one run's test accuracy over its test examples: the "
+        "test-set sampling error alone, not the variation over seeds" if any(k.startswith("binomial") for k in kinds) else "",
+        f"n too small = fewer than {st.MIN_N} seeds: no seed interval" if "n too small" in kinds else "") if k))
+    if report.comparisons:
+        against = (f"each cell against the reference {d['reference']!r}" if d.get("reference")
+                   else f"the best cell against the runner-up ({report.comparisons[0].cell} vs {report.comparisons[0].against})")
+        notes.append(f"comparisons: {against}; Δ = cell − {'reference' if d.get('reference') else 'runner-up'} with its 95% CI. "
+                     f"test: paired = paired t-test over the seeds both ran (a seed fixes the split and the shuffling; "
+                     f"effect: Cohen's d_z; exact sign-flip p in the json), McNemar = exact test on the per-example test "
+                     f"predictions of one shared seed, Welch = unpaired (no shared seed; effect: Hedges' g)")
+        level = f"alpha {cfg.alpha:g}" + (f" / {cfg.looks} looks = {cfg.level:.4g} per look (--until-decided)" if cfg.looks > 1 else "")
+        notes.append(f"p {cfg.correction}: {'Holm step-down' if cfg.correction == 'holm' else cfg.correction} correction "
+                     f"over the {len(report.comparisons)} comparisons of this table; ★ = corrected p < {level}, with n >= "
+                     f"{st.MIN_N} seeds (or McNemar)")
+        notes.append(f"MDE: the smallest true difference the paired test detects at this n with power {st.POWER:g}"
+                     + (f"; seeds needed: to detect a difference of {cfg.practical_difference:g} (practical_difference)"
+                        if cfg.practical_difference else "; set [report] practical_difference for the seeds needed"))
     if d["published"]:
-        notes.append(f"published: {d.get('published_source') or 'the study file'} ({d.get('published_metric', d['metric'])})")
+        notes.append(f"published: {d.get('published_source') or 'the study file'} ({d.get('published_metric', d['metric'])}); "
+                     f"vs published: the seeds' 95% t interval holds it (consistent), lies below (lower) or above (higher)")
         agree, total, tau = published_order(report)
         if total:
             notes.append(f"order vs published: {agree} of {total} cell pairs ranked as published (Kendall tau {tau:+.2f})")
@@ -383,7 +550,8 @@ def figures(report: Report, client, folder: Path) -> list[Path]:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("val_accuracy (mean over seeds, band: min-max)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     written.append(_save(fig, folder / "learning_curves.png"))
 
     numeric = [a for a in t.columns if a.startswith("axis.") and _is_numeric(t[a])]
@@ -412,9 +580,11 @@ def figures(report: Report, client, folder: Path) -> list[Path]:
         others = [a for a in t.columns if a.startswith("axis.") and a not in numeric] + (["variant"] if d["has_variants"] else [])
         groups = list(t.groupby([t[o].astype(str) for o in others], sort=False)) if others else [("", t)]
         fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 5), squeeze=False)
+        lo, hi = np.nanmin(t["mean"].to_numpy(float), initial=np.inf), np.nanmax(t["mean"].to_numpy(float), initial=-np.inf)
+        scale = {"vmin": lo, "vmax": hi} if lo <= hi else {}  # one colour scale across the panels
         for ax, (key, g) in zip(axes[0], groups):
             piv = g.pivot_table(index=numeric[0], columns=numeric[1], values="mean", aggfunc="mean")
-            im = ax.imshow(piv.values.astype(float), cmap="viridis", aspect="auto")
+            im = ax.imshow(piv.values.astype(float), cmap="viridis", aspect="auto", **scale)
             ax.set_xticks(range(len(piv.columns)), [str(v) for v in piv.columns])
             ax.set_yticks(range(len(piv.index)), [str(v) for v in piv.index])
             ax.set_xlabel(numeric[1].removeprefix("axis."))
@@ -426,7 +596,71 @@ def figures(report: Report, client, folder: Path) -> list[Path]:
                     ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white", fontsize=8)
             fig.colorbar(im, ax=ax, label=m)
         written.append(_save(fig, folder / "heatmap.png"))
+    written.append(_intervals_figure(report, folder / "intervals.png"))
+    if report.comparisons:
+        written.append(_forest_figure(report, folder / "forest.png"))
     return written
+
+
+def _intervals_figure(report: Report, path: Path) -> Path:
+    """Each cell's mean with its 95 % interval (hollow: n too small, no interval)."""
+    import matplotlib.pyplot as plt
+
+    t = report.table
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(t) + 1)))
+    y = np.arange(len(t))[::-1]
+    for yi, (_, r) in zip(y, t.iterrows()):
+        if r["ci_low"] == r["ci_low"]:
+            ax.errorbar(r["mean"], yi, xerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]], fmt="o",
+                        color="tab:orange" if r["best"] else "tab:blue", capsize=3)
+        elif r["mean"] == r["mean"]:
+            ax.plot(r["mean"], yi, "o", mfc="none", color="gray")
+        if r["published"] == r["published"]:
+            ax.plot(r["published"], yi, "x", color="black")
+    ax.set_yticks(y, t["cell"], fontsize=8)
+    ax.set_xlabel(f"{report.metric}: mean and 95% interval (hollow: n < {st.MIN_N}; x: published)")
+    ax.set_title(textwrap.fill(report.title, 70), fontsize=9)
+    return _save(fig, path)
+
+
+def _forest_figure(report: Report, path: Path) -> Path:
+    """The compared differences with their 95 % CIs, zero and ± practical_difference marked."""
+    import matplotlib.pyplot as plt
+
+    cs = report.comparisons
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(cs) + 1)))
+    y = np.arange(len(cs))[::-1]
+    for yi, c in zip(y, cs):
+        colour = "tab:red" if c.star else "tab:gray"
+        if c.low == c.low:
+            ax.errorbar(c.diff, yi, xerr=[[c.diff - c.low], [c.high - c.diff]], fmt="s", color=colour, capsize=3)
+        elif c.diff == c.diff:
+            ax.plot(c.diff, yi, "s", mfc="none", color=colour)
+    ax.axvline(0, color="black", lw=0.8)
+    pd_ = report.settings.practical_difference
+    if pd_:
+        ax.axvspan(-pd_, pd_, color="tab:green", alpha=0.12, label=f"± practical_difference {pd_:g}")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_yticks(y, [f"{c.cell} − {c.against}" for c in cs], fontsize=7)
+    ax.set_xlabel(f"Δ {report.metric} (95% CI; red: ★ after {report.settings.correction})")
+    return _save(fig, path)
+
+
+def _html(report: Report, frame: pd.DataFrame, notes: list[str], folder: Path | None) -> str:
+    """One HTML file with everything inline (no script, no external link: it opens offline)."""
+    parts = [f"<h1>{html.escape(report.title)}</h1>", frame.to_html(index=False, border=0, classes="cells")]
+    if report.pivot is not None:
+        parts += [f"<h2>{html.escape(report.metric)} by {html.escape(str(report.pivot.index.name))} x "
+                  f"{html.escape(str(report.pivot.columns.name))}</h2>", report.pivot.fillna("—").to_html(border=0)]
+    parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    for png in sorted(folder.glob("*.png")) if folder else []:
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<figure><img alt='{html.escape(png.stem)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(png.stem)}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+             "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}img{max-width:100%}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
 def _is_numeric(col: pd.Series) -> bool:
@@ -442,25 +676,58 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def html_page(report: Report, client) -> str:
+    """The self-contained HTML report, its figures drawn here."""
+    with tempfile.TemporaryDirectory(prefix="cnnbench-report-") as tmp:
+        folder = Path(tmp)
+        figures(report, client, folder)
+        return render(report, "html", folder)
+
+
+METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def metric_name(*parts: str) -> str:
+    """An MLflow metric name from a cell label (characters MLflow refuses become '_')."""
+    return "/".join(METRIC_NAME.sub("_", p) for p in parts)
+
+
+def parent_metrics(report: Report) -> dict[str, float]:
+    """The report's numbers as metrics of the parent run: per cell mean and interval, per comparison
+    the difference, its CI and the corrected p."""
+    out: dict[str, float] = {}
+    for _, r in report.table.iterrows():
+        for key in ("mean", "ci_low", "ci_high", "n"):
+            out[metric_name("cell", r["cell"], key)] = r[key]
+    for c in report.comparisons:
+        for key in ("diff", "low", "high", "p", "p_corrected", "mde"):
+            out[metric_name("compare", c.cell, key)] = getattr(c, key)
+    return {k: float(v) for k, v in out.items() if v == v and abs(float(v)) != math.inf}
+
+
 def log_to_parent(client, parent_run_id: str, report: Report) -> None:
-    """``report/report.md``, ``report/cells.csv`` and ``report/*.png`` on the parent run, plus the
-    best cell as a tag."""
+    """``report/report.md``, ``report.html`` (self-contained), ``cells.csv``, ``cells.json`` and
+    ``report/*.png`` on the parent run; the best cell as a tag; the report's numbers as metrics."""
     with tempfile.TemporaryDirectory(prefix="cnnbench-report-") as tmp:
         folder = Path(tmp) / "report"
         pngs = figures(report, client, folder)
         md = render(report, "md") + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+        (folder / "report.html").write_text(render(report, "html", folder))
         (folder / "report.md").write_text(md)
         (folder / "cells.csv").write_text(render(report, "csv"))
+        (folder / "cells.json").write_text(render(report, "json"))
         client.log_artifacts(parent_run_id, str(folder), artifact_path="report")
     from mlflow.entities import Metric, RunTag
 
     tags = [RunTag("cnnbench.study.best_cell", report.best)] if report.best else []
-    metrics = []
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in parent_metrics(report).items()]
     agree, total, tau = published_order(report) if report.definition["published"] else (0, 0, math.nan)
     if total:
-        now = int(time.time() * 1000)
-        metrics = [Metric("published_pairs_in_order", agree / total, now, 0)]
+        metrics.append(Metric("published_pairs_in_order", agree / total, now, 0))
         if not math.isnan(tau):
             metrics.append(Metric("published_kendall_tau", tau, now, 0))
-    if tags or metrics:
-        client.log_batch(parent_run_id, metrics=metrics, tags=tags)
+    for start in range(0, max(len(metrics), 1), 900):  # MLflow's log_batch takes at most 1000 metrics
+        chunk = metrics[start:start + 900]
+        if chunk or (tags and start == 0):
+            client.log_batch(parent_run_id, metrics=chunk, tags=tags if start == 0 else [])

@@ -12,6 +12,7 @@ the report from MLflow. The whole command runs under the campaign's signal polic
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -51,6 +52,19 @@ class RunRequest:
     command: str = ""  # how it was started: the resume line repeats it
     max_jobs: int | None = None
     launcher: LauncherOptions = field(default_factory=LauncherOptions)
+    max_seeds: int | None = None  # --until-decided: seeds per cell at most
+    seed_batch: int | None = None  # --until-decided: seeds added per look (default: the study's seed count)
+
+    @property
+    def looks(self) -> int:
+        """How often --until-decided may look at the data: the first look, then one per batch."""
+        if not self.max_seeds:
+            return 1
+        return 1 + math.ceil((self.max_seeds - len(self.study.seeds)) / self.batch)
+
+    @property
+    def batch(self) -> int:
+        return self.seed_batch or len(self.study.seeds)
 
 
 @dataclass
@@ -75,6 +89,7 @@ class Outcome:
     failed: list[str]  # one line per failed job
     report: Any = None
     started_workers: bool = True
+    added: int = 0  # --until-decided: runs this look added (the workers run again)
 
 
 def prepare(request: RunRequest) -> Plan:
@@ -88,6 +103,7 @@ def prepare(request: RunRequest) -> Plan:
         if value < low:
             raise ConfigError(f"{flag} must be at least {low}; got {value}")
     study = request.study
+    check_until_decided(request)
     tracking_uri = resolve_uri(request.tracking_uri or study.cells[0].config.run.tracking_uri)
     check_reachable(tracking_uri)
     resolve_cells(study)
@@ -103,6 +119,62 @@ def prepare(request: RunRequest) -> Plan:
         check_definition(queue, study)  # refused before any run exists
     experiment = request.experiment or _base_experiment(study) or study.name
     return Plan(request, tracking_uri, storage_url, queue, experiment, destination)
+
+
+def check_until_decided(request: RunRequest) -> None:
+    """--until-decided's numbers, before anything exists."""
+    from cnnbench.study.definition import MAX_JOBS, MAX_SEED
+
+    study, cap = request.study, request.max_seeds
+    if cap is None:
+        if request.seed_batch is not None:
+            raise ConfigError("--seed-batch goes with --until-decided --max-seeds N")
+        return
+    n0 = len(study.seeds)
+    if cap <= n0:
+        raise ConfigError(f"--max-seeds must be more than the study's {n0} seed(s) (it caps the seeds --until-decided "
+                          f"adds); got {cap}")
+    limit = request.max_jobs or MAX_JOBS
+    if cap * len(study.cells) > limit:
+        raise ConfigError(f"--max-seeds {cap} x {len(study.cells)} cells = {cap * len(study.cells)} runs at most, over "
+                          f"the limit of {limit}; lower --max-seeds or raise --max-jobs")
+    if max(study.seeds) + cap - n0 > MAX_SEED:
+        raise ConfigError(f"--max-seeds {cap}: the added seeds would pass the largest seed, {MAX_SEED}")
+    if request.seed_batch is not None and request.seed_batch < 1:
+        raise ConfigError(f"--seed-batch must be at least 1; got {request.seed_batch}")
+    if request.launcher.detach:
+        raise ConfigError("--until-decided cannot --detach: this command decides after each batch which cells get "
+                          "more seeds; follow the study (drop --detach)")
+
+
+def added_seeds(study: Study, max_seeds: int) -> list[int]:
+    """The study's seeds, then the ones --until-decided may add, in order (the same for every cell,
+    so cells stay paired by seed)."""
+    start = max(study.seeds) + 1
+    return [*study.seeds, *range(start, start + max_seeds - len(study.seeds))]
+
+
+def seeds_to_add(report: Any, request: RunRequest) -> dict[str, list[int]]:
+    """label -> the seeds (beyond those it has) each cell of a still-undecided comparison needs for
+    the next look: both sides of the comparison up to the shared n plus one batch, at most --max-seeds."""
+    from cnnbench.study import report as reports
+
+    order = added_seeds(request.study, request.max_seeds)
+    cells = {c.label: c for c in report.cells}
+    want: dict[str, int] = {}
+    for c in report.comparisons:
+        if reports.decision(c, report.settings, request.max_seeds) != "undecided":
+            continue
+        target = min(request.max_seeds, c.n + request.batch)
+        for label in (c.cell, c.against):
+            want[label] = max(want.get(label, 0), target)
+    out = {}
+    for label, target in want.items():
+        have = set(cells[label].seeds) | set(cells[label].failed) | set(cells[label].running)
+        missing = [s for s in order[:target] if s not in have]
+        if missing:
+            out[label] = missing
+    return out
 
 
 def check_definition(queue: JobQueue, study: Study) -> dict[str, Any]:
@@ -170,13 +242,35 @@ def create_or_join(plan: Plan) -> tuple[identity.Parent, str, bool]:
     return identity.Parent(client, attrs[ATTR_PARENT]), attrs[ATTR_EXPERIMENT], False
 
 
+def record_until_decided(parent: identity.Parent, request: RunRequest) -> None:
+    """--until-decided's settings on the parent (the report's alpha per look comes from them); a
+    later command must give the same ones: the looks already taken were tested at that alpha."""
+    from cnnbench.study import report as reports
+
+    recorded = parent.client.get_run(parent.run_id).data.params
+    mine = {reports.PARAM_MAX_SEEDS: str(request.max_seeds), reports.PARAM_SEED_BATCH: str(request.batch),
+            reports.PARAM_LOOKS: str(request.looks)}
+    if reports.PARAM_MAX_SEEDS in recorded:
+        before = {k: recorded.get(k) for k in mine}
+        if before != mine:
+            raise ConfigError(f"this study ran --until-decided with --max-seeds {before[reports.PARAM_MAX_SEEDS]} "
+                              f"--seed-batch {before[reports.PARAM_SEED_BATCH]}; give the same (its looks were "
+                              f"tested at alpha / {before[reports.PARAM_LOOKS]}) or --study-name NEW")
+        return
+    parent.log_params(mine)
+
+
 def run(plan: Plan, *, stream=None) -> Outcome:
-    """Create or join, run the workers, finish (see the module doc)."""
+    """Create or join, run the workers, finish (see the module doc); with --until-decided, again
+    after each look that added seeds."""
     stream = stream or sys.stderr
     held: list[identity.Parent] = []
     with signal_policy():
         try:
-            return _run(plan, stream, held)
+            outcome = _run(plan, stream, held)
+            while outcome.added:
+                outcome = _run(plan, stream, held)
+            return outcome
         except KeyboardInterrupt as err:  # a cell's own RunInterrupted names `train --resume`: the study's replaces it
             raise _interrupted(plan, held[0] if held else None, err) from None
 
@@ -201,6 +295,8 @@ def _run(plan: Plan, stream, held: list) -> Outcome:
         state = f"joined ({before['finished']} of {total} runs finished" + (f", {len(requeued)} re-queued)" if requeued else ")")
     print(f"study {queue.campaign!r} ({state}): {len(study.cells)} cells x {len(study.seeds)} seeds = {total} runs; "
           f"queue {redact(plan.storage_url)}; parent run {parent.run_id} in experiment {experiment!r}", file=stream, flush=True)
+    if req.max_seeds:
+        record_until_decided(parent, req)
     if before["waiting"] + before["running"] == 0:  # nothing to do: no worker, the report from MLflow
         outcome = _finish(plan, parent, created=False, was=was, changed=bool(requeued), ran=0, started=started, stream=stream)
         outcome.started_workers = False
@@ -421,6 +517,15 @@ def _finish(plan: Plan, parent: identity.Parent, *, created: bool, was: str, cha
         parent.end("FAILED", reason=f"the study report could not be written ({type(err).__name__}: {err}); the cells "
                                     f"are kept and the same command writes it again")
         raise
+    if plan.request.max_seeds and not counts["failed"]:
+        more = seeds_to_add(outcome.report, plan.request)
+        index = {c.label: c.index for c in plan.request.study.cells}
+        added = queue.add(job_of(index[label], label, s) for label, seeds in more.items() for s in seeds)
+        if added:  # the parent goes on: the same command runs the new jobs and looks again
+            outcome.added = len(added)
+            shown = "; ".join(f"{label}: {', '.join(map(str, seeds))}" for label, seeds in more.items())
+            print(f"--until-decided: {len(more)} cells of undecided comparisons get seeds ({shown})", file=stream, flush=True)
+            return outcome
     if log:
         parent.log_metrics({"jobs_total": sum(counts.values()), "jobs_finished": counts["finished"],
                             "failed_jobs": counts["failed"], "missing_jobs": counts["waiting"] + counts["running"]})
@@ -445,7 +550,7 @@ def close_orphans(client: MlflowClient, parent_id: str) -> None:
 def finish(plan: Plan, parent_id: str, *, status: str, log: bool) -> Any:
     from cnnbench.study import report as reports
 
-    rep = reports.build(MlflowClient(plan.tracking_uri), parent_id, status=status)
+    rep = reports.build(MlflowClient(plan.tracking_uri), parent_id, status=status, settings=plan.request.study.report)
     if log:
         reports.log_to_parent(MlflowClient(plan.tracking_uri), parent_id, rep)
     return rep

@@ -41,6 +41,51 @@ POWER = 0.8
 BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0
 MAX_SEEDS_REPORTED = 10_000
+SETTING_KEYS = ("alpha", "correction", "practical_difference")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A study file's ``[report]`` table: the significance level, the correction across the table and
+    the smallest difference of the metric that matters (optional; it sizes seeds and decides
+    equivalence). ``looks``: how many times ``--until-decided`` may look at the data; each look tests
+    at alpha / looks (Bonferroni over the looks), so adding seeds until a difference shows cannot
+    push the false-positive rate above alpha."""
+
+    alpha: float = ALPHA
+    correction: str = "holm"
+    practical_difference: float | None = None
+    looks: int = 1
+
+    @property
+    def level(self) -> float:
+        """The alpha each corrected p is compared with."""
+        return self.alpha / self.looks
+
+    @classmethod
+    def from_table(cls, table: dict, where: str) -> "Settings":
+        from cnnbench.errors import ConfigError
+
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [report] must be a table ({', '.join(SETTING_KEYS)}); got {table!r}")
+        unknown = sorted(set(table) - set(SETTING_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: [report] has unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SETTING_KEYS)}")
+        alpha = table.get("alpha", ALPHA)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            raise ConfigError(f"{where}: [report] alpha must be a number between 0 and 1 (exclusive); got {alpha!r}")
+        correction = table.get("correction", "holm")
+        if correction not in CORRECTIONS:
+            raise ConfigError(f"{where}: [report] correction must be one of {', '.join(CORRECTIONS)}; got {correction!r}")
+        practical = table.get("practical_difference")
+        if practical is not None and (isinstance(practical, bool) or not isinstance(practical, (int, float))
+                                      or not 0 < practical < math.inf):
+            raise ConfigError(f"{where}: [report] practical_difference must be a positive number (in the metric's "
+                              f"units, e.g. 0.01 for one accuracy point); got {practical!r}")
+        return cls(float(alpha), correction, None if practical is None else float(practical))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass

@@ -53,7 +53,7 @@ class Objective:
     """With ``seeds`` > 1 a trial trains its configuration once per seed (``--seed``, ``--seed + 1``,
     ...), each in its own child run, and scores the mean of the seeds' best epochs; the pruner
     watches the first seed (a pruned trial trains no other seed). The trial's ``result`` holds the
-    spread (std and the 95 % t interval of the mean, the study report's ``summarise``)."""
+    spread (std and the study report's cell interval: a bootstrap over 3 or more seeds)."""
 
     def __init__(self, base: TrainConfig, space: SearchSpace, context: StudyContext, *, label: str = "", stream=None,
                  seeds: int = 1) -> None:
@@ -92,11 +92,12 @@ class Objective:
                    "fit_time_s": float(np.sum([r.metrics.get("fit_time_s", math.nan) for r in results])),
                    "trial_seconds": time.perf_counter() - started}
         if self.seeds > 1:
-            from cnnbench.study.report import summarise
+            from cnnbench.study.stats import cell_stats
 
-            spread = summarise(scores)
-            summary.update(seeds=self.seeds, values=scores, value_std=spread["std"], value_ci_low=spread["ci_low"],
-                           value_ci_high=spread["ci_high"])
+            spread = cell_stats(scores)  # the study report's cell interval (none below 3 seeds)
+            bound = lambda v: None if math.isnan(v) else v  # noqa: E731 -- JSON-safe
+            summary.update(seeds=self.seeds, values=scores, value_std=spread.std, value_ci_low=bound(spread.low),
+                           value_ci_high=bound(spread.high), value_interval=spread.interval)
         trial.set_user_attr("result", summary)
         return value
 
