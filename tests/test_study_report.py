@@ -104,7 +104,7 @@ def test_every_cell_is_compared_with_the_reference_paired_over_seeds_and_holm_co
     assert rows["c2"]["interval"] == "bootstrap over seeds"
     assert rows["ref"]["vs"] == "" and rows["ref"]["p"] is None
     text = reports.render(rep, "table")
-    assert "p holm" in text and "★" in text and "Holm step-down correction over the 4 comparisons" in text
+    assert "p holm" in text and "★" in text and "Holm step-down correction over the 4 comparison(s)" in text
 
 
 def test_without_a_reference_the_best_cell_is_compared_with_the_runner_up():

@@ -8,7 +8,6 @@ the child runs; failed cells, retries, Ctrl-C and resume; bad input refused befo
 from __future__ import annotations
 
 import json
-import math
 import signal
 import statistics
 import subprocess
@@ -494,3 +493,88 @@ def test_a_cell_predicted_not_to_fit_the_memory_budget_is_skipped_not_launched(c
     assert skipped.info.status == "FAILED" and skipped.data.tags["cnnbench.study.skipped"] == "memory"
     assert "predicted to need" in skipped.data.tags["failure_reason"] and "budget is 20 MiB" in skipped.data.tags["failure_reason"]
     assert "train_loss" not in skipped.data.metrics  # never trained
+
+
+UNTIL = """
+name = "{name}"
+seeds = 2
+reference = "base"
+
+[base]
+model = "lenet5"
+dataset = "digits"
+epochs = 2
+train_size = 300
+optimizer = "adam"
+lr = 0.01
+kernels = false
+predictions = false
+memory = false
+confusion = false
+summary = false
+
+[[variants]]
+name = "base"
+
+[[variants]]
+name = "other"
+{other}
+"""
+
+
+def _until(cli, tmp_path, name: str, other: str, *extra: str):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(UNTIL.format(name=name, other=other))
+    uri, storage = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/{name}.db"
+    result = cli("study", "run", str(path), "--tracking-uri", uri, "--storage", storage, "--format", "json",
+                 "--until-decided", "--max-seeds", "4", "--seed-batch", "1", *extra)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    found = client.search_runs([exp.experiment_id], max_results=1000)
+    (parent,) = [r for r in found if r.data.tags.get("cnnbench.role") == "study"]
+    cells = [r for r in found if r.data.tags.get("cnnbench.role") == "cell"]
+    pairs = sorted((r.data.tags["cnnbench.study.cell"], int(r.data.tags["cnnbench.seed"])) for r in cells)
+    assert all(r.info.status == "FINISHED" for r in cells) and len(set(pairs)) == len(pairs)  # each once
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["until_decided.max_seeds"] == "4" and parent.data.params["until_decided.looks"] == "3"
+    start = result.output.index("[\n")
+    rows = {r["cell"]: r for r in json.loads(result.output[start:result.output.index("\n]", start) + 2])}
+    return result.output, pairs, rows, client, parent
+
+
+def test_until_decided_adds_seeds_until_a_clear_difference_is_significant(cli, tmp_path):
+    output, pairs, rows, client, parent = _until(cli, tmp_path, "ud-differ", "lr = 1e-7")  # "other" cannot learn
+    # seeds 0, 1: n = 2 decides nothing; one more seed each (through the queue) and the paired test at
+    # alpha / 3 looks says the cells differ: no fourth seed
+    assert pairs == [("base", 0), ("base", 1), ("base", 2), ("other", 0), ("other", 1), ("other", 2)]
+    assert "--until-decided: 2 runs added to the cells of undecided comparisons (other + seed 2; base + seed 2)" in output \
+        or "--until-decided: 2 runs added to the cells of undecided comparisons (base + seed 2; other + seed 2)" in output
+    other = rows["other"]
+    assert other["n_compared"] == 3 and other["design"] == "paired" and other["star"] is True
+    assert other["decision"] == "differs" and other["p_corrected"] < 0.05 / 3
+    values = {}
+    for r in client.search_runs([parent.info.experiment_id], "tags.`cnnbench.role` = 'cell'"):
+        values.setdefault(r.data.tags["cnnbench.study.cell"], {})[int(r.data.tags["cnnbench.seed"])] = r.data.metrics["test_accuracy"]
+    assert other["p"] == pytest.approx(stats.ttest_rel([values["other"][s] for s in range(3)],
+                                                       [values["base"][s] for s in range(3)]).pvalue)
+    md = Path(client.download_artifacts(parent.info.run_id, "report/report.md", str(tmp_path / "dl"))).read_text()
+    assert "alpha 0.05 / 3 looks = 0.01667 per look (--until-decided)" in md
+
+
+def test_until_decided_stops_at_max_seeds_when_the_cells_do_not_differ(cli, tmp_path):
+    # "other" trains as "base" does, in another memory layout: float noise at most, no difference to find
+    output, pairs, rows, _, _ = _until(cli, tmp_path, "ud-same", "channels_last = \"on\"")
+    assert pairs == [(c, s) for c in ("base", "other") for s in range(4)]  # seeds added up to --max-seeds
+    assert output.count("--until-decided: 2 runs added") == 2
+    other = rows["other"]
+    assert other["n_compared"] == 4 and abs(other["diff"]) < 0.01 and other["star"] is False
+    assert other["decision"] == "undecided at --max-seeds 4"
+
+    # the same command again: the study is complete and decided as far as it may go; nothing runs
+    again = cli("study", "run", str(tmp_path / "ud-same.toml"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                "--storage", f"sqlite:///{tmp_path}/ud-same.db", "--until-decided", "--max-seeds", "4", "--seed-batch", "1")
+    assert again.exit_code == 0 and "FINISHED  test_accuracy" not in again.output
+    other_cap = cli("study", "run", str(tmp_path / "ud-same.toml"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                    "--storage", f"sqlite:///{tmp_path}/ud-same.db", "--until-decided", "--max-seeds", "6")
+    assert other_cap.exit_code != 0 and "this study ran --until-decided with --max-seeds 4 --seed-batch 1" in other_cap.output

@@ -153,3 +153,30 @@ def test_a_difference_of_the_detectable_size_is_starred_at_the_predicted_rate():
         ref, (other,) = _paired_table(rng, 2, n, shift, noise=noise)
         hits += st.star([st.compare("c", "ref", other, ref)])[0].star
     assert abs(hits / 1000 - st.POWER) <= 0.04
+
+
+def _until_decided(rng, level: float, start: int = 3, cap: int = 10) -> bool:
+    """One null two-cell study run as --until-decided runs it: look, add a seed, look again, stop at
+    the first star or at the cap. True when it ended on a (false) star."""
+    ref, (other,) = _paired_table(rng, 2, cap, 0.0)
+    for n in range(start, cap + 1):
+        if st.star([st.compare("c", "ref", {s: other[s] for s in range(n)}, {s: ref[s] for s in range(n)},
+                               alpha=level)], alpha=level)[0].star:
+            return True
+    return False
+
+
+def test_until_decided_keeps_the_false_positive_rate_by_testing_each_look_at_alpha_over_looks():
+    from cnnbench.study.definition import expand
+    from cnnbench.study.session import RunRequest
+
+    study = expand({"name": "s", "seeds": 3, "reference": "a", "base": {"model": "lenet5", "dataset": "digits"},
+                    "variants": [{"name": "a"}, {"name": "b"}]}, source="t")
+    looks = RunRequest(study=study, source="t", max_seeds=10, seed_batch=1).looks
+    assert looks == 8  # seeds 3, 4, ..., 10
+    rng = np.random.default_rng(11)
+    corrected = sum(_until_decided(rng, st.ALPHA / looks) for _ in range(1000)) / 1000
+    rng = np.random.default_rng(11)
+    naive = sum(_until_decided(rng, st.ALPHA) for _ in range(1000)) / 1000
+    assert corrected <= st.ALPHA + 0.01
+    assert naive > st.ALPHA + 0.03  # looking 8 times at alpha each: what the correction is for

@@ -173,7 +173,7 @@ def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment,
     outcome = run(prepare(request))
     if outcome.report is not None:
         click.echo(reports.render(outcome.report, fmt), nl=False)
-        click.echo(f"parent run {outcome.parent_run_id}: report/report.md, report/cells.csv and report/*.png")
+        click.echo(f"parent run {outcome.parent_run_id}: report/report.html, report.md, cells.csv, cells.json and *.png")
     if outcome.exit_code:
         from cnnbench.campaign import EXIT_JOBS_FAILED
 

@@ -486,7 +486,7 @@ def _notes(report: Report) -> list[str]:
                      f"predictions of one shared seed, Welch = unpaired (no shared seed; effect: Hedges' g)")
         level = f"alpha {cfg.alpha:g}" + (f" / {cfg.looks} looks = {cfg.level:.4g} per look (--until-decided)" if cfg.looks > 1 else "")
         notes.append(f"p {cfg.correction}: {'Holm step-down' if cfg.correction == 'holm' else cfg.correction} correction "
-                     f"over the {len(report.comparisons)} comparisons of this table; ★ = corrected p < {level}, with n >= "
+                     f"over the {len(report.comparisons)} comparison(s) of this table; ★ = corrected p < {level}, with n >= "
                      f"{st.MIN_N} seeds (or McNemar)")
         notes.append(f"MDE: the smallest true difference the paired test detects at this n with power {st.POWER:g}"
                      + (f"; seeds needed: to detect a difference of {cfg.practical_difference:g} (practical_difference)"

@@ -293,7 +293,9 @@ def _run(plan: Plan, stream, held: list) -> Outcome:
         state = "new"
     else:
         state = f"joined ({before['finished']} of {total} runs finished" + (f", {len(requeued)} re-queued)" if requeued else ")")
-    print(f"study {queue.campaign!r} ({state}): {len(study.cells)} cells x {len(study.seeds)} seeds = {total} runs; "
+    planned = len(study.cells) * len(study.seeds)
+    extra = f" + {total - planned} added by --until-decided" if total > planned else ""
+    print(f"study {queue.campaign!r} ({state}): {len(study.cells)} cells x {len(study.seeds)} seeds = {planned} runs{extra}; "
           f"queue {redact(plan.storage_url)}; parent run {parent.run_id} in experiment {experiment!r}", file=stream, flush=True)
     if req.max_seeds:
         record_until_decided(parent, req)
@@ -523,8 +525,9 @@ def _finish(plan: Plan, parent: identity.Parent, *, created: bool, was: str, cha
         added = queue.add(job_of(index[label], label, s) for label, seeds in more.items() for s in seeds)
         if added:  # the parent goes on: the same command runs the new jobs and looks again
             outcome.added = len(added)
-            shown = "; ".join(f"{label}: {', '.join(map(str, seeds))}" for label, seeds in more.items())
-            print(f"--until-decided: {len(more)} cells of undecided comparisons get seeds ({shown})", file=stream, flush=True)
+            shown = "; ".join(f"{label} + seed {', '.join(map(str, seeds))}" for label, seeds in more.items())
+            print(f"--until-decided: {len(added)} runs added to the cells of undecided comparisons ({shown})",
+                  file=stream, flush=True)
             return outcome
     if log:
         parent.log_metrics({"jobs_total": sum(counts.values()), "jobs_finished": counts["finished"],
