@@ -141,11 +141,27 @@ def config_from_params(ctx: click.Context, params: dict[str, Any]) -> TrainConfi
         model_options["kernel_size"] = kernel
     for section, given in (("model", model_options),
                            ("data", parse_key_values(params.get("dataset_options", ()), flag="--dataset-option"))):
-        if given or use_all:
-            opts = {} if use_all else dict(getattr(base, section).options)
+        chosen = sections.get(section, {}).get("name")
+        replaced = not use_all and chosen is not None and chosen != getattr(base, section).name
+        if given or use_all or replaced:
+            opts = {} if use_all or replaced else dict(getattr(base, section).options)
+            if replaced:  # another plugin starts from its own defaults, as in apply_values (FAULTS P4)
+                _note_dropped(section, getattr(base, section), chosen, given, "the preset's" if preset else "the --config file's")
             opts.update(given)
             sections.setdefault(section, {})["options"] = opts
     return base.replace(**sections)
+
+
+def _note_dropped(section: str, before: Any, chosen: str, given: dict[str, Any], source: str) -> None:
+    """Say which options of the preset's (or --config file's) model or dataset are not carried over
+    to the one chosen on the command line."""
+    dropped = {k: v for k, v in before.options.items() if k not in given}
+    if not dropped:
+        return
+    flag, what = ("--model", "model") if section == "model" else ("--dataset", "dataset")
+    shown = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in dropped.items())
+    click.echo(f"note: {flag} {chosen} replaces {source} {what} {before.name}, so its {what} option(s) {shown} "
+               f"are not used (give them again with {flag}-option to keep them)", err=True)
 
 
 # Where a campaign's workers run (``study run``, ``tune``): cnnbench.campaign.launchers. Every value

@@ -25,6 +25,11 @@ class DataError(ConfigError):
     """A dataset's files are missing, truncated or malformed (the message names the file)."""
 
 
+class ImageTooLargeError(DataError):
+    """An image file whose header declares more pixels than cnnbench reads
+    (:data:`cnnbench.data.images.MAX_IMAGE_PIXELS`); refused before its pixels are decoded."""
+
+
 class TrackingError(CnnbenchError):
     """The MLflow tracking store cannot be reached or refuses the run."""
 

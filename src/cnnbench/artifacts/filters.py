@@ -41,13 +41,16 @@ def parse_kernel(text: str) -> tuple[str, np.ndarray]:
 
 
 def load_image(path: str | Path, channel: str, size: int | None) -> np.ndarray:
-    """One channel of an image file as float (H, W) in [0, 255], optionally resized to size x size."""
+    """One channel of an image file as float (H, W) in [0, 255], optionally resized to size x size.
+    An image above :data:`cnnbench.data.images.MAX_IMAGE_PIXELS` is refused before it is decoded."""
     from PIL import Image, UnidentifiedImageError
+
+    from cnnbench.data.images import open_image
 
     if channel not in CHANNELS:
         raise ConfigError(f"--channel must be one of {', '.join(CHANNELS)}; got {channel!r}")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img = img.convert("L" if channel == "gray" else "RGB")
             if size is not None:
                 img = img.resize((size, size), Image.Resampling.BILINEAR)

@@ -35,6 +35,8 @@ def command(image: str, kernels: tuple[str, ...], channel: str, size: int | None
         raise ConfigError("--no-mlflow writes the files only: give --out DIR")
     chosen = [parse_kernel(k) for k in (kernels or KERNEL_NAMES)]
     pixels = load_image(image, channel, size)
+    if out_dir:
+        _writable_folder(out_dir)  # after the input checks (a bad image leaves no folder), before any run
     uri = None
     if not no_mlflow:
         from cnnbench.tracking.files_run import prepare
@@ -44,7 +46,13 @@ def command(image: str, kernels: tuple[str, ...], channel: str, size: int | None
     with tempfile.TemporaryDirectory(prefix="cnnbench-filters-") as tmp:
         folder = Path(out_dir) if out_dir else Path(tmp)
         title = f"{Path(image).name}, {channel} channel, {pixels.shape[1]}x{pixels.shape[0]}"
-        stats = write(pixels, results, folder, title)
+        try:
+            stats = write(pixels, results, folder, title)
+        except OSError as err:  # the disk filled up, or the folder went away meanwhile
+            from cnnbench.errors import CnnbenchError
+
+            raise CnnbenchError(f"cannot write the filter images to {folder}: {err.strerror or err}"
+                                f"{f' ({err.filename})' if err.filename else ''}") from None
         for name, s in stats.items():
             click.echo(f"{name:<14} mean {s['mean']:9.2f}  min {s['min']:9.2f}  max {s['max']:9.2f}  |mean| {s['abs_mean']:8.2f}")
         if uri is not None:
@@ -56,3 +64,19 @@ def command(image: str, kernels: tuple[str, ...], channel: str, size: int | None
             run_id = log_folder(tracking_uri=uri, experiment=experiment, run_name=f"filters-{Path(image).stem}",
                                 command="filters", params=params, metrics=metrics, folder=folder, artifact_path="filters")
             click.echo(f"MLflow run: {run_id}  (tracking URI: {uri}); figure at filters/filters.png")
+
+
+def _writable_folder(out_dir: str) -> None:
+    """Create ``--out`` (with its parents) and check it takes files, or one ConfigError line."""
+    import os
+
+    from cnnbench.errors import ConfigError
+
+    folder = Path(out_dir).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out_dir}: cannot create the folder ({err.strerror or type(err).__name__}); "
+                          f"give a folder you can write to") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out_dir}: the folder is not writable; give a folder you can write to")

@@ -3,7 +3,8 @@
 The batches are Python 2 pickles holding ``data`` (N, 3072) uint8 in R, G, B planes and ``labels``.
 They are read with a restricted unpickler (numpy arrays, lists, dicts only: a pickle can otherwise
 run code) and validated by shape, dtype, count and label range rather than by md5, since
-re-exports of the data set differ byte-wise.
+re-exports of the data set differ byte-wise. The count is the format's: 10,000 images in each batch
+(or the ``num_cases_per_batch`` that ``batches.meta`` declares, for a subset made on purpose).
 """
 
 from __future__ import annotations
@@ -117,19 +118,35 @@ def _ensure_files(root: Path, download: bool) -> Path:
     return folder
 
 
-def check_counts(folder: Path, splits: dict[str, object]) -> None:
-    """Every batch of CIFAR-10 holds the same number of images (10,000): one that holds fewer was
-    cut short or replaced, and training on the rest would silently miss images."""
-    from collections import Counter
+def declared_per_batch(meta: dict) -> int:
+    """The images per batch the data set defines: 10,000, unless ``batches.meta`` declares another
+    ``num_cases_per_batch`` (a subset made on purpose says so in its meta file)."""
+    from numbers import Integral
 
+    declared = meta.get("num_cases_per_batch", IMAGES_PER_BATCH)
+    usable = isinstance(declared, Integral) and not isinstance(declared, bool) and declared > 0
+    return int(declared) if usable else IMAGES_PER_BATCH
+
+
+def check_counts(folder: Path, splits: dict[str, object], per_batch: int = IMAGES_PER_BATCH) -> None:
+    """Every batch of CIFAR-10 holds the number of images the format defines: 10,000 records of 3,073
+    bytes (a label and 3,072 pixels) per data batch and in the test batch, or the
+    ``num_cases_per_batch`` that ``batches.meta`` declares. A batch that holds fewer was cut short or
+    replaced, and training on the rest would silently miss images; so would a set of batches all cut
+    alike, which a comparison of the files with each other does not see."""
     counts = {name: int(size) for name, size in splits.items()}
-    usual, _ = Counter(counts.values()).most_common(1)[0]
-    odd = {name: n for name, n in counts.items() if n != usual}
-    if odd:
+    odd = {name: n for name, n in counts.items() if n != per_batch}
+    if not odd:
+        return
+    source = "the real data set" if per_batch == IMAGES_PER_BATCH else f"{folder / META_FILE}: num_cases_per_batch"
+    if len(odd) < len(counts):
         shown = ", ".join(f"{folder / name} holds {n}" for name, n in odd.items())
-        raise DataError(f"{shown} images where every other CIFAR-10 batch holds {usual} ({IMAGES_PER_BATCH} in the "
-                        f"real data set): the file is cut short or not from CIFAR-10; replace it with the one from "
-                        f"cifar-10-python.tar.gz")
+        raise DataError(f"{shown} images where every other CIFAR-10 batch holds {per_batch} ({source}): the file is "
+                        f"cut short or not from CIFAR-10; replace it with the one from cifar-10-python.tar.gz")
+    held = sorted(set(odd.values()))
+    raise DataError(f"every CIFAR-10 batch in {folder} holds {' or '.join(map(str, held))} images where the format "
+                    f"defines {per_batch} per batch ({source}): the files are cut short or not from CIFAR-10; "
+                    f"replace them with the ones from cifar-10-python.tar.gz")
 
 
 def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True):
@@ -142,7 +159,7 @@ def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True):
     if len(names) != len(CLASSES):
         raise DataError(f"{folder / META_FILE}: 'label_names' must list {len(CLASSES)} class names, got {names!r}")
     batches = {name: _read_split(folder, (name,)) for name in (*TRAIN_FILES, TEST_FILE)}
-    check_counts(folder, {name: len(split.labels) for name, split in batches.items()})
+    check_counts(folder, {name: len(split.labels) for name, split in batches.items()}, declared_per_batch(meta))
     train = _concat([batches[name] for name in TRAIN_FILES])
     return DatasetBundle(train=train, test=batches[TEST_FILE], classes=names)
 

@@ -5,7 +5,8 @@ stratified, by seed). Class names are the sorted folder names under ``train``. G
 detected (a mix becomes RGB). Images of differing sizes are resized to the ``size`` option, or
 rejected with the offending file named when ``size`` is 0. Images are decoded once, in threads, at
 load time (large folders are then cached as a tensor under ``<default data dir>/cache``); training
-runs on the in-memory uint8 tensors like every other dataset.
+runs on the in-memory uint8 tensors like every other dataset. An image whose header declares more
+than :data:`cnnbench.data.images.MAX_IMAGE_PIXELS` pixels is refused by name before it is decoded.
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ def _unreadable(path: Path, err: Exception) -> DataError:
 
 
 def _open(path: Path):
-    from PIL import Image
+    from cnnbench.data.images import open_image
 
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:  # refuses an image above the pixel limit before decoding it
             img.load()
             return img.copy()
     except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
@@ -167,10 +168,10 @@ def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True, 
 
 def _header(path: Path) -> tuple[str, tuple[int, int]]:
     """Mode and (width, height) from an image's header, without decoding its pixels."""
-    from PIL import Image
+    from cnnbench.data.images import open_image
 
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:  # an image above the pixel limit is refused here, by name
             return img.mode, img.size
     except (OSError, ValueError, SyntaxError) as err:
         raise _unreadable(path, err) from None

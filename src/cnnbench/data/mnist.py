@@ -8,6 +8,7 @@ Files (each ``.gz`` or raw): ``train-images-idx3-ubyte``, ``train-labels-idx1-ub
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ def read_idx(path: Path, *, magic: int, dims: int):
         raise DataError(f"{path} is not an IDX file of the expected kind: magic number {found:#010x}, "
                         f"expected {magic:#010x}")
     shape = struct.unpack(f">{dims}I", raw[4:header])
-    expected = header + int(np.prod(shape))
+    expected = header + math.prod(shape)  # Python integers: np.prod wraps in int64 (2^22 x 2^21 x 2^21 -> 0)
     if len(raw) != expected:
         state = "truncated" if len(raw) < expected else "longer than its header says"
         raise DataError(f"{path} is {state}: {len(raw)} bytes, expected {expected} for shape {shape}")

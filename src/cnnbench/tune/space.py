@@ -9,6 +9,7 @@ dropping the values a model cannot take on this input (e.g. kernel sizes too lar
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,6 +25,8 @@ GRAMMAR = (
 )
 DEFAULT_SPACE = ("lr=loguniform(1e-5,1e-1)", "batch_size=choice(32,64,128,256)", "model.kernel_size=choice(3,5,7)")
 KINDS = ("loguniform", "uniform", "int", "choice")
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max, without importing numpy
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_CHECKED_VALUES = 64  # an int range up to this size is checked value by value
 _EXPR = re.compile(r"^\s*(?P<name>[A-Za-z_][\w.\-]*)\s*=\s*(?P<kind>[A-Za-z_]\w*)\s*\((?P<args>.*)\)\s*$", re.S)
 
@@ -209,10 +212,18 @@ def _split_args(text: str) -> list[str]:
 
 
 def _number(text: str, integer: bool, where: str) -> int | float:
+    """A search bound or choice as a number, refused here (at parse time) when training could not
+    hold it: a float beyond float32 (what models and optimizers compute in), an int beyond int64."""
     try:
-        return int(text) if integer else float(text)
+        value = int(text) if integer else float(text)
     except ValueError:
         raise ConfigError(f"{where}: {text!r} is not {'an integer' if integer else 'a number'}") from None
+    if integer and not INT64_MIN <= value <= INT64_MAX:
+        raise ConfigError(f"{where}: {text} is beyond the 64-bit integer range ({INT64_MIN} to {INT64_MAX})")
+    if not integer and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        raise ConfigError(f"{where}: {text} is beyond the float32 range that training computes in "
+                          f"(at most {FLOAT32_MAX:.6g} in size); give a range within it")
+    return value
 
 
 def _typed(target: Target, text: str, where: str) -> Any:

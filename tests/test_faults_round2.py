@@ -1,0 +1,215 @@
+"""FAULTS.md round 2 (issue 30), deliverables 3 and 6: one test per row, named after its ID.
+
+Covered here:
+- D23: an IDX header whose dimensions multiply past int64 (2^22 x 2^21 x 2^21) is a one-line DataError
+  (the product is taken in Python integers), not a numpy reshape traceback.
+- D34, D51, D53x: image-folder PNGs whose headers declare 20000x20000, 50000x50000 and 40000x40000
+  pixels (the last cut at 200 bytes) are cnnbench's one-line "image too large" error naming the file
+  and the limit (``cnnbench.data.images.MAX_IMAGE_PIXELS``), not Pillow's ``DecompressionBombError``;
+  also an image between the limit and twice it, which Pillow only warns about.
+- D57: ``cnnbench memory ... --dataset imagefolder`` on such a folder: the same line.
+- D63: CIFAR-10 batches all cut alike (a "mini CIFAR") are refused against the 10,000 images per batch
+  the format defines, unless ``batches.meta`` declares the smaller count.
+- F2b: ``cnnbench filters`` on the bomb PNG: the same line, and no output folder.
+- F7: ``cnnbench filters --out`` to a folder that cannot be created: one line, exit 2, no run.
+- S6: ``tune --search 'lr=loguniform(1e-5,1e308)'`` is refused at parse time (beyond float32), no run.
+- P4: ``--preset fast-cifar10 --model lenet5`` drops the preset's model options (``widths``) with a
+  printed note, and trains lenet5.
+
+Every refusal is checked for its exit code, exactly one line on stderr with the file or value and the
+limit, no traceback, and no MLflow run left (none RUNNING).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from test_data_files import write_cifar, write_idx_set
+from test_data_imagefolder import write_tree
+
+from cnnbench.data import cifar, mnist
+from cnnbench.data.images import MAX_IMAGE_PIXELS
+
+Q = ["--epochs", "1", "--no-tsne", "--no-retrieval", "--no-kernels", "--no-predictions", "--no-memory",
+     "--no-log-model", "--quiet"]
+LOG_LINE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARNING|DEBUG) ")
+LIMIT = f"{MAX_IMAGE_PIXELS:,} pixels"
+
+
+def error_lines(result) -> list[str]:
+    """stderr without MLflow's own INFO log lines (schema creation on a new store)."""
+    return [line for line in result.stderr.splitlines() if line.strip() and not LOG_LINE.match(line)]
+
+
+def one_line(result, code: int, *words: str) -> str:
+    """The refusal: exit ``code``, exactly one stderr line holding every word, no traceback."""
+    lines = error_lines(result)
+    assert result.exit_code == code, (result.exit_code, result.output)
+    assert "Traceback" not in result.output and "DecompressionBomb" not in result.output, result.output
+    assert len(lines) == 1, lines
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def bomb_png(path: Path, width: int, height: int, *, cut: int | None = None) -> Path:
+    """A 1-bit grayscale PNG whose header declares width x height; only its first rows are stored
+    (the header is what Pillow checks), optionally cut after ``cut`` bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = (b"\x00" + bytes((width + 7) // 8)) * 4
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows, 0)) + chunk(b"IEND", b""))  # stored: a few KB
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:cut] if cut else data)
+    return path
+
+
+def bomb_folder(root: Path, width: int, height: int, *, cut: int | None = None) -> Path:
+    """An image folder with one ordinary class and one class holding the bomb."""
+    write_tree(root, {"train": {"ok": 2}}, mode="L", size=(28, 28))
+    return bomb_png(root / "train" / "zbomb" / "big.png", width, height, cut=cut)
+
+
+def train_imagefolder(cli, root: Path, tracking_uri: str, experiment: str):
+    return cli("train", "--dataset", "imagefolder", "--data-dir", root, "--model", "lenet5",
+               "--tracking-uri", tracking_uri, "--experiment", experiment, *Q)
+
+
+# -- D: bad data files ----------------------------------------------------------------------------------
+def test_D23_idx_dimensions_beyond_int64_are_one_line(cli, tmp_path, tracking_uri, experiment, runs_in):
+    folder = tmp_path / "MNIST" / "raw"
+    write_idx_set(folder, gz=False)
+    header = struct.pack(">I3I", mnist.IMAGE_MAGIC, 2**22, 2**21, 2**21)  # np.prod wraps this to 0
+    (folder / mnist.FILES["train_images"]).write_bytes(header)
+    result = cli("train", "--dataset", "mnist", "--no-download", "--data-dir", tmp_path,
+                 "--tracking-uri", tracking_uri, "--experiment", experiment, *Q)
+    line = one_line(result, 2, "train-images-idx3-ubyte is truncated", "16 bytes",
+                    str(16 + 2**22 * 2**21 * 2**21), "(4194304, 2097152, 2097152)")
+    assert "reshape" not in line
+    assert runs_in(experiment) == []
+
+
+@pytest.mark.parametrize("side", [20_000, 9_000], ids=["above-twice-the-limit", "between-limit-and-twice"])
+def test_D34_an_oversized_png_in_a_class_folder_is_one_line(cli, tmp_path, tracking_uri, experiment, runs_in, side):
+    """20000x20000 is above twice the limit (Pillow's DecompressionBombError); 9000x9000 lies between
+    the limit and twice it, where Pillow only warns: cnnbench refuses both by name."""
+    assert MAX_IMAGE_PIXELS < side * side
+    big = bomb_folder(tmp_path, side, side)
+    result = train_imagefolder(cli, tmp_path, tracking_uri, experiment)
+    one_line(result, 2, "image too large", str(big), f"{side * side:,} pixels", LIMIT)
+    assert runs_in(experiment) == []
+
+
+def test_D51_a_50000_square_bomb_png_is_one_line(cli, tmp_path, tracking_uri, experiment, runs_in):
+    big = bomb_folder(tmp_path, 50_000, 50_000)
+    result = train_imagefolder(cli, tmp_path, tracking_uri, experiment)
+    one_line(result, 2, "image too large", str(big), "2,500,000,000 pixels", LIMIT)
+    assert runs_in(experiment) == []
+
+
+def test_D53x_a_bomb_header_with_its_data_cut_is_one_line(cli, tmp_path, tracking_uri, experiment, runs_in):
+    big = bomb_folder(tmp_path, 40_000, 40_000, cut=200)
+    assert big.stat().st_size == 200
+    result = train_imagefolder(cli, tmp_path, tracking_uri, experiment)
+    one_line(result, 2, "image too large", str(big), "1,600,000,000 pixels", LIMIT)
+    assert runs_in(experiment) == []
+
+
+def test_D57_memory_on_a_bomb_folder_is_one_line(cli, tmp_path):
+    big = bomb_folder(tmp_path, 50_000, 50_000)
+    result = cli("memory", "lenet5", "--dataset", "imagefolder", "--data-dir", tmp_path, "--no-track")
+    one_line(result, 2, "image too large", str(big), LIMIT)
+
+
+def test_D63_cifar_batches_all_cut_alike_are_refused_against_the_format(cli, tmp_path, tracking_uri, experiment,
+                                                                        runs_in):
+    write_cifar(tmp_path, per_batch=100)
+    meta = tmp_path / cifar.FOLDER / cifar.META_FILE  # the real meta file: 10,000 per batch
+    meta.write_bytes(pickle.dumps({"label_names": list(cifar.CLASSES), "num_cases_per_batch": 10_000,
+                                   "num_vis": 3072}, protocol=2))
+    result = cli("train", "--dataset", "cifar10", "--no-download", "--data-dir", tmp_path, "--train-size", "50",
+                 "--tracking-uri", tracking_uri, "--experiment", experiment, *Q)
+    one_line(result, 2, f"every CIFAR-10 batch in {tmp_path / cifar.FOLDER} holds 100 images",
+             "defines 10000 per batch")
+    assert runs_in(experiment) == []
+    meta.write_bytes(pickle.dumps({"label_names": list(cifar.CLASSES)}, protocol=2))  # no count: 10,000 too
+    with pytest.raises(cifar.DataError, match=r"holds 100 images where the format defines 10000"):
+        cifar.load(data_dir=tmp_path, download=False)
+    # a subset made on purpose says so in its meta file (as the fake files of the other tests do)
+    meta.write_bytes(pickle.dumps({"label_names": list(cifar.CLASSES), "num_cases_per_batch": 100}, protocol=2))
+    assert len(cifar.load(data_dir=tmp_path, download=False).train.labels) == 500
+    (tmp_path / cifar.FOLDER / "test_batch").write_bytes(pickle.dumps(
+        {"data": cifar_data(99), "labels": [0] * 99}, protocol=2))
+    with pytest.raises(cifar.DataError, match=r"test_batch holds 99 images where every other CIFAR-10 batch holds 100"):
+        cifar.load(data_dir=tmp_path, download=False)
+
+
+def cifar_data(n: int):
+    import numpy as np
+
+    return np.zeros((n, cifar.PIXELS), np.uint8)
+
+
+# -- F: cnnbench filters --------------------------------------------------------------------------------
+def test_F2b_filters_on_a_bomb_png_is_one_line(cli, tmp_path):
+    big = bomb_png(tmp_path / "bomb.png", 50_000, 50_000)
+    out = tmp_path / "out"
+    result = cli("filters", big, "--kernel", "laplacian", "--no-mlflow", "--out", out)
+    one_line(result, 2, "image too large", str(big), "2,500,000,000 pixels", LIMIT)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["/proc/forbidden", "under-a-file"])
+def test_F7_filters_out_to_an_unwritable_path_is_one_line(cli, tmp_path, tracking_uri, experiment, runs_in, where):
+    from PIL import Image
+
+    image = tmp_path / "small.png"
+    Image.new("L", (12, 10), 128).save(image)
+    if where == "under-a-file":
+        (tmp_path / "afile").write_text("not a folder")
+        where = str(tmp_path / "afile" / "out")
+    result = cli("filters", image, "--kernel", "laplacian", "--no-mlflow", "--out", where)
+    one_line(result, 2, f"--out {where}: cannot create the folder")
+    result = cli("filters", image, "--kernel", "laplacian", "--out", where, "--tracking-uri", tracking_uri,
+                 "--experiment", experiment)
+    one_line(result, 2, f"--out {where}: cannot create the folder")
+    assert runs_in(experiment) == []
+
+
+# -- S: bad tune input ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("expr, value, limit", [
+    ("lr=loguniform(1e-5,1e308)", "1e308", "float32"), ("lr=choice(1e-3,1e39)", "1e39", "float32"),
+    ("batch_size=int(1,100000000000000000000)", "100000000000000000000", "64-bit integer"),
+])
+def test_S6_search_ranges_beyond_float32_are_refused_at_parse_time(cli, tmp_path, tracking_uri, experiment,
+                                                                   runs_in, expr, value, limit):
+    result = cli("tune", "--trials", "1", "--epochs", "1", "--storage", f"sqlite:///{tmp_path}/optuna.db",
+                 "--study-name", "s6", "--tracking-uri", tracking_uri, "--experiment", experiment, "--search", expr)
+    one_line(result, 2, f"--search {expr!r}", value, limit)
+    assert runs_in(experiment) == []
+
+
+# -- P: presets -----------------------------------------------------------------------------------------
+def test_P4_preset_with_another_model_drops_the_presets_model_options(cli, tracking_uri, experiment, runs_in):
+    result = cli("train", "--preset", "fast-cifar10", "--model", "lenet5", "--model-option", "dropout=0.1",
+                 "--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--tracking-uri", tracking_uri, "--experiment", experiment, "--device", "cpu",
+                 *Q[2:])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in error_lines(result) if line.startswith("note:")]
+    note = ("note: --model lenet5 replaces the preset's model fast_cnn, so its model option(s) widths=32,64,128 "
+            "are not used (give them again with --model-option to keep them)")
+    assert notes == [note], result.stderr
+    (run,) = runs_in(experiment)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model"] == "lenet5" and params["preset"] == "fast-cifar10" and "model.widths" not in params
+    assert params["model.dropout"] == "0.1"  # an option given beside --model is kept
+    assert params["optimizer"] == "nesterov"  # the rest of the preset still applies
+
