@@ -1,7 +1,7 @@
 """Channels-last vs NCHW on CPU, per model, and torch's thread count under a competing load.
 
     python benchmarks/bench_channels_last.py [--models a,b] [--steps 12] [--repeats 3] [--batch 128]
-                                             [--competing N] [--threads-only] [--quick]
+                                             [--competing N] [--threads-only] [--quick] [--json OUT]
 
 Layout: each model is built for 3x32x32 inputs and 10 classes and trained (Adam, batch ``--batch``) for
 ``--steps`` steps after 2 warm-up steps, once contiguous and once channels-last (model and batches), in
@@ -13,11 +13,13 @@ Threads: the bare training loop of one model (``--thread-model``, default stride
 busy processes (default 1: another job on the same cores), each as the ratio to the quiet
 physical-core figure: how much of its speed a run keeps when something else shares the cores.
 ``--quick`` (CI's slow set): two models, 3 steps, one repeat. The figures report; nothing asserts.
+``--json OUT`` also writes the unrounded rates and ratios (the table prints them rounded).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import statistics
@@ -53,10 +55,11 @@ def busy(stop) -> None:
         sum(i * i for i in range(10_000))
 
 
-def layouts(models: list[str], steps: int, repeats: int, batch: int) -> None:
+def layouts(models: list[str], steps: int, repeats: int, batch: int) -> dict[str, dict]:
     print(f"channels-last on CPU ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads, batch {batch}, "
           f"load {os.getloadavg()[0]:.2f}); images/s, median of {repeats}")
     print(f"{'model':<12} {'NCHW':>8} {'NHWC':>8} {'NHWC/NCHW':>10}")
+    out = {}
     for name in models:
         rates: dict[bool, list[float]] = {False: [], True: []}
         for r in range(repeats):
@@ -64,9 +67,11 @@ def layouts(models: list[str], steps: int, repeats: int, batch: int) -> None:
                 rates[cl].append(step_rate(name, cl, steps, batch))
         a, b = statistics.median(rates[False]), statistics.median(rates[True])
         print(f"{name:<12} {a:>8.0f} {b:>8.0f} {b / a:>10.2f}", flush=True)
+        out[name] = {"nchw_images_s": a, "nhwc_images_s": b, "ratio": b / a}
+    return out
 
 
-def threads(model: str, steps: int, repeats: int, batch: int, competing: int) -> None:
+def threads(model: str, steps: int, repeats: int, batch: int, competing: int) -> list[dict]:
     physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     settings = sorted({1, physical})
     results: dict[tuple[int, int], float] = {}
@@ -89,6 +94,8 @@ def threads(model: str, steps: int, repeats: int, batch: int, competing: int) ->
     print(f"{'threads':>7} {'competing':>9} {'images/s':>9} {'ratio':>6}")
     for (load, n), rate in sorted(results.items()):
         print(f"{n:>7} {load:>9} {rate:>9.0f} {rate / quiet:>6.2f}")
+    return [{"threads": n, "competing": load, "images_s": rate, "ratio": rate / quiet}
+            for (load, n), rate in sorted(results.items())]
 
 
 def main() -> None:
@@ -101,13 +108,18 @@ def main() -> None:
     ap.add_argument("--thread-model", default="strided_cnn")
     ap.add_argument("--threads-only", action="store_true")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", help="also write the unrounded figures here")
     args = ap.parse_args()
     models = args.models.split(",")
     if args.quick:
         models, args.steps, args.repeats = models[:2], 3, 1
+    report = {"models": {}}
     if not args.threads_only:
-        layouts(models, args.steps, args.repeats, args.batch)
-    threads(args.thread_model, args.steps, args.repeats, args.batch, args.competing)
+        report["models"] = layouts(models, args.steps, args.repeats, args.batch)
+    report["threads"] = threads(args.thread_model, args.steps, args.repeats, args.batch, args.competing)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
 
 
 if __name__ == "__main__":

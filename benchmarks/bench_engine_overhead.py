@@ -1,7 +1,8 @@
 """Engine overhead: a tracked ``cnnbench`` training epoch vs a minimal hand-written PyTorch loop,
 and the seconds spent building the end-of-run artifacts.
 
-    python benchmarks/bench_engine_overhead.py [--epochs 5] [--cifar-dir DIR | --no-cifar] [--json OUT]
+    python benchmarks/bench_engine_overhead.py [--epochs 5] [--train-size N] [--cifar-dir DIR | --no-cifar]
+                                               [--cifar-train N] [--json OUT]
 
 Both sides train the same model (same initial weights), on the same uint8 tensors already on the
 device, with the same batch size, optimizer (Adam, lr 1e-3) and device, in one process. The epochs
@@ -24,7 +25,8 @@ The first hand-written epoch (cold) and the last cnnbench epoch (it ends with th
 counted; ``--epochs N`` timed epochs each need N + 1 training epochs. End-of-run artifacts are timed
 per builder (``artifacts_time_s``) and in total with the tracker's upload and model logging, on the
 default run (lenet5 on digits) and on CIFAR-10 with its 10k test set (``--cifar-model``, default
-lenet5, trained on a ``--cifar-train`` subset to bound the time).
+lenet5, trained on a ``--cifar-train`` subset to bound the time). The smoke size (tests/test_benchmarks.py):
+``--epochs 3 --train-size 300`` and a small fake CIFAR-10 folder.
 """
 
 from __future__ import annotations
@@ -118,9 +120,10 @@ def measure(config: TrainConfig, timed_epochs: int) -> dict:
     config = config.replace(run={"epochs": timed_epochs + 1, "quiet": True})
     data = api.load_data(api.resolve(config).config)
     start = EvalStart()
-    builders = api.default_callbacks(config)
+    recorded = api.run_callbacks(config)  # what `cnnbench train` records, the MLflow tracker last
+    *builders, tracker = recorded
     interleave = Interleave(data, config.optim.batch_size, config.optim.lr)
-    result = api.train(config, [start, *builders, interleave], data=data)
+    result = api.train(config, [start, *builders, interleave, tracker], data=data)
     end_of_run_s = time.perf_counter() - start.at
     hand, ours = interleave.hand_s[1:], interleave.cnnbench_s  # hand epoch i + 1 runs right after interval i
     per_builder = {}
@@ -158,6 +161,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per side (>= 3)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cifar-dir", help="folder holding cifar-10-batches-py/")
+    parser.add_argument("--train-size", type=int, help="training subset of the default run (default: all of digits)")
     parser.add_argument("--no-cifar", action="store_true")
     parser.add_argument("--cifar-model", default="lenet5")
     parser.add_argument("--cifar-train", type=int, default=10000, help="training subset (the test set stays 10k)")
@@ -170,7 +174,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="cnnbench-bench-") as tmp:
         run = {"device": args.device, "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "bench-engine-overhead"}
-        report = {"default_run": measure(TrainConfig().replace(run=run), args.epochs)}
+        default = TrainConfig().replace(run=run)
+        if args.train_size:
+            default = default.replace(data={"train_size": args.train_size})
+        report = {"default_run": measure(default, args.epochs)}
         print(json.dumps(report["default_run"], indent=2), flush=True)
         if not args.no_cifar:
             cifar = TrainConfig().replace(

@@ -7,7 +7,12 @@ only difference is where the workers start: local processes, a one-node Slurm ar
 Ray tasks on a Ray head started here (``ray start --head --block``, stopped by its pid). The servers
 and the Slurm daemons are the test suite's (tests/servers.py). Needs root for Slurm (as in CI).
 
-    python benchmarks/bench_launchers.py [--repeats 3] [--launchers local,slurm,ray] [--out results.json]
+    python benchmarks/bench_launchers.py [--repeats 3] [--launchers local,slurm,ray] [--quick] [--out results.json]
+
+``--quick``: a 2-cell study, 1 epoch of 100 images. ``--stores sqlite`` (``--launchers local`` only): a
+SQLite queue and MLflow store in the temp folder instead of the servers; the smoke size in
+tests/test_benchmarks.py is ``--quick --launchers local --stores sqlite --repeats 1``. Where a server
+cannot be started here it exits 77 (the reason on stderr).
 
 Reported per launcher (median of --repeats, launchers interleaved in each round):
 - wall: the command's wall time;
@@ -52,6 +57,10 @@ summary = false
 lr = [0.001, 0.002, 0.005, 0.01]
 optimizer = ["sgd", "adam"]
 """
+QUICK_CELLS = 2
+QUICK_STUDY = (STUDY.replace("epochs = 2", "epochs = 1").replace("train_size = 300", "train_size = 100")
+               .replace("lr = [0.001, 0.002, 0.005, 0.01]", "lr = [0.001, 0.01]").replace('["sgd", "adam"]', '["sgd"]'))
+UNAVAILABLE = 77  # exit status where a server cannot be started here (as automake's "skipped")
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_DISABLE_USAGE_STATS": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
@@ -91,11 +100,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--launchers", default="local,slurm,ray")
+    parser.add_argument("--quick", action="store_true", help=f"a {QUICK_CELLS}-cell study, 1 epoch of 100 images (smoke)")
+    parser.add_argument("--stores", choices=("servers", "sqlite"), default="servers",
+                        help="servers: PostgreSQL queue + mlflow server (default); sqlite: files, --launchers local only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.stores == "sqlite" and args.launchers != "local":
+        parser.error("--stores sqlite runs --launchers local only (Slurm and Ray workers use the servers)")
+    try:
+        run(args)
+    except servers.Unavailable as err:
+        print(f"cannot start the servers here: {err}", file=sys.stderr)
+        sys.exit(UNAVAILABLE)
+
+
+def run(args) -> None:
+    cells = QUICK_CELLS if args.quick else CELLS
     launchers = args.launchers.split(",")
     folder = Path(tempfile.mkdtemp(prefix="bench-launchers-"))
-    (folder / "bench.toml").write_text(STUDY)
+    (folder / "bench.toml").write_text(QUICK_STUDY if args.quick else STUDY)
+    if args.stores == "sqlite":
+        results = [one("local", round_, folder, f"sqlite:///{folder}/queue.db", f"sqlite:///{folder}/mlflow.db", dict(os.environ))
+                   for round_ in range(args.repeats)]
+        for result in results:
+            print(json.dumps(result), flush=True)
+        report(args, launchers, cells, results)
+        return
     results: list[dict] = []
     with servers.postgres() as pg:
         backend, queue = servers.create_database(pg, "mlflow"), servers.create_database(pg, "queue")
@@ -125,20 +155,24 @@ def main() -> None:
                     servers.stop(ray_head)
                 if slurm_cm is not None:
                     slurm_cm.__exit__(None, None, None)
+    report(args, launchers, cells, results)
+
+
+def report(args, launchers: list[str], cells: int, results: list[dict]) -> None:
     summary = {}
     for launcher in launchers:
         mine = [r for r in results if r["launcher"] == launcher]
         summary[launcher] = {k: statistics.median(r[k] for r in mine) for k in ("wall_s", "first_start_s", "cell_s")}
     local = summary.get("local", {}).get("wall_s")
-    print(f"\n{CELLS} cells, --workers 2, median of {args.repeats} (CPU: {os.cpu_count()} cores)")
+    print(f"\n{cells} cells, --workers 2, median of {args.repeats} (CPU: {os.cpu_count()} cores)")
     print(f"{'launcher':<8} {'wall s':>8} {'first start s':>14} {'cell s':>7} {'wall / local':>13} {'overhead/cell s':>16}")
     for launcher, m in summary.items():
         ratio = f"{m['wall_s'] / local:.2f}" if local else "-"
-        over = f"{(m['wall_s'] - local) / CELLS:.2f}" if local else "-"
-        m["overhead_per_cell_s"] = (m["wall_s"] - local) / CELLS if local else None
+        over = f"{(m['wall_s'] - local) / cells:.2f}" if local else "-"
+        m["overhead_per_cell_s"] = (m["wall_s"] - local) / cells if local else None
         print(f"{launcher:<8} {m['wall_s']:>8.1f} {m['first_start_s']:>14.1f} {m['cell_s']:>7.2f} {ratio:>13} {over:>16}")
     if args.out:
-        args.out.write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
+        args.out.write_text(json.dumps({"cells": cells, "runs": results, "summary": summary}, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ CUDA (skipped without a GPU): ResNet-18/50/152 at 224 px, predicted vs ``max_mem
 ``max_memory_reserved`` vs device-level used memory, each cell in a fresh process as R4 measured
 it (the R4-L figure: ResNet-152, batch 8, Adam: 3540 MB device-level on a 6 GB GPU).
 
-    python benchmarks/bench_memory.py [--quick] [--cuda-only] [--json out.json]
+    python benchmarks/bench_memory.py [--quick] [--models a,b] [--cuda-only] [--json out.json]
+
+``--models`` limits the CPU section to those models (the smoke size in tests/test_benchmarks.py:
+``--quick --models lenet5,mlp``).
 """
 
 from __future__ import annotations
@@ -55,9 +58,9 @@ def natural_input(model: str) -> tuple[str, tuple[int, int, int], int]:
     return "cifar10", (info.channels, info.height, info.width), info.num_classes
 
 
-def cpu_section(quick: bool) -> list[dict]:
+def cpu_section(quick: bool, models: list[str] | None = None) -> list[dict]:
     rows = []
-    for model in MODELS.names():
+    for model in models or MODELS.names():
         dataset, shape, classes = natural_input(model)
         batches = (QUICK_BIG if quick else BIG[model]) if model in BIG else (QUICK if quick else BATCHES)
         for optimizer in OPTIMIZERS:
@@ -117,16 +120,21 @@ def cuda_section(quick: bool) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 batch sizes per model (CI)")
+    parser.add_argument("--models", default=None, help="comma-separated models for the CPU section (default: every registered one)")
     parser.add_argument("--cuda-only", action="store_true", help="skip the CPU section")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    models = [m for m in (args.models or "").split(",") if m]
+    unknown = sorted(set(models) - set(MODELS.names()))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; registered: {', '.join(MODELS.names())}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s); MiB = 2**20 bytes; "
           f"error = (predicted - measured) / measured")
     rows: list[dict] = []
     if not args.cuda_only:
         print(f"{'model':<12} {'input':<9} {'optimizer':<9} {'batch':>4}  {'predicted':>9}  {'tracked':>9}  "
               f"{'measured':>9}  {'error':>8}  {'eval-pred':>8} {'eval-meas':>8}  {'peak at':<22} {'predict':>6}")
-        rows = cpu_section(args.quick)
+        rows = cpu_section(args.quick, models)
         worst = max(rows, key=lambda r: abs(r["error_pct"]))
         misses = [r for r in rows if abs(r["error_pct"]) > GOAL_PCT]
         bare = max(rows, key=lambda r: abs(error_pct(r["tracked"], r["measured"])))

@@ -12,6 +12,9 @@ no MLflow), on SQLite and on a throwaway PostgreSQL server started here on 127.0
 Each figure is the median over ``--repeats`` runs, each on a new database. Usage::
 
     python benchmarks/bench_queue.py [--quick] [--baseline] [--repeats 3] [--out queue.json]
+
+The smoke size (tests/test_benchmarks.py): ``--backends sqlite --jobs 200 --workers 1,2 --repeats 1
+--target-waiting 500 --target-running 50 --target-claims 20``.
 """
 
 from __future__ import annotations
@@ -345,6 +348,9 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--jobs", default="1000,10000")
     parser.add_argument("--workers", default=None, help="comma-separated worker counts (default 1,4,16,32; quick: 1,4)")
+    parser.add_argument("--target-waiting", type=int, default=10_000, help="jobs waiting in the latency target")
+    parser.add_argument("--target-running", type=int, default=1_000, help="jobs claimed and left running in it")
+    parser.add_argument("--target-claims", type=int, default=200, help="claims timed in it")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
@@ -375,8 +381,10 @@ def main() -> None:
             runs = []
             for _ in range(args.repeats):
                 with dbs.fresh(backend) as url:
-                    runs.append(target(url, waiting=10_000, running=1_000, claims=200))
-            targets.append({"db": backend, "waiting": 10_000, "running": 1_000, **median_of(runs), "runs": runs})
+                    runs.append(target(url, waiting=args.target_waiting, running=args.target_running,
+                                       claims=args.target_claims))
+            targets.append({"db": backend, "waiting": args.target_waiting, "running": args.target_running,
+                            **median_of(runs), "runs": runs})
             save(args.out, rows, targets, args)
     shutil.rmtree(folder, ignore_errors=True)
     print(table(rows))

@@ -9,12 +9,14 @@ artifacts) for the same seeds, in one process, with the data already loaded and 
   the campaign queue, heartbeat, child run under the parent, the train callbacks, finish in the queue).
 
 The overhead per cell is the difference of the mean wall times; the claim + finish of a job in the
-queue is also timed on its own. Usage: ``python benchmarks/bench_study.py [--seeds 8] [--threads 1]``.
+queue is also timed on its own. Usage: ``python benchmarks/bench_study.py [--seeds 8] [--threads 1] [--json OUT]``
+(``--json``: the unrounded seconds; the smoke size in tests/test_benchmarks.py is ``--seeds 2``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -37,7 +39,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", help="also write the seconds (unrounded) here")
     args = parser.parse_args()
+    if args.seeds < 2:
+        parser.error("--seeds must be at least 2 (the first study cell, with the warm-up, is reported apart)")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -108,6 +113,12 @@ def main() -> None:
     print(f"overhead per cell: mean {statistics.mean(steady) - statistics.mean(plain):+.3f} s  "
           f"median {statistics.median(steady) - statistics.median(plain):+.3f} s")
     print(f"queue claim + finish alone (20 jobs, one process): mean {statistics.mean(claims) * 1000:.0f} ms")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "seeds": args.seeds, "threads": args.threads, "plain_s": plain, "study_cell_s": per_cell, "total_s": total,
+            "overhead_mean_s": statistics.mean(steady) - statistics.mean(plain),
+            "overhead_median_s": statistics.median(steady) - statistics.median(plain), "claim_finish_s": claims,
+        }, indent=2))
 
 
 if __name__ == "__main__":

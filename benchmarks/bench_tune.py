@@ -1,18 +1,21 @@
 """``cnnbench tune`` timings: per-trial overhead on a local store, and the default 30-trial study.
 
-    python benchmarks/bench_tune.py overhead [--trials 10]
-    python benchmarks/bench_tune.py study [--trials 30]   # runs `cnnbench tune --trials N` with defaults
+    python benchmarks/bench_tune.py overhead [--trials 10] [--json OUT]
+    python benchmarks/bench_tune.py study [--trials 30] [--json OUT] [-- EXTRA TUNE FLAGS]
+                                          # runs `cnnbench tune --trials N` with defaults (and EXTRA)
 
 overhead: tiny trials (10 images, 1 epoch) in a SQLite study with a SQLite MLflow store; per trial, the
 wall time minus what ``api.train`` itself spends outside tune's callbacks (so the load of a shared
 machine on the training part does not blur the number).
 study: wall time, trial states, best value and mean overhead of the default study on digits, read
-back from the parent MLflow run.
+back from the parent MLflow run. ``--json`` writes the figures unrounded. The smoke sizes (tests/
+test_benchmarks.py): ``overhead --trials 2`` and ``study --trials 2 -- --epochs 1 --train-size 200``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -22,7 +25,7 @@ import time
 from pathlib import Path
 
 
-def overhead(trials: int) -> None:
+def overhead(trials: int) -> dict:
     import optuna
 
     from cnnbench import api
@@ -64,6 +67,7 @@ def overhead(trials: int) -> None:
           f"reports/user attrs + the child run's creation, params, metrics and end + best-so-far on the parent): "
           f"median {statistics.median(overheads):.3f} s, max {overheads[-1]:.3f} s over {trials} trials "
           f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+    return {"trials": trials, "overhead_s": overheads, "median_s": statistics.median(overheads), "max_s": overheads[-1]}
 
 
 def _time_calls(owner, name: str, spent: dict, key: str) -> None:
@@ -79,12 +83,12 @@ def _time_calls(owner, name: str, spent: dict, key: str) -> None:
     setattr(owner, name, timed)
 
 
-def study(trials: int) -> None:
+def study(trials: int, extra: list[str] = ()) -> dict:
     from mlflow.tracking import MlflowClient
 
     folder = Path(tempfile.mkdtemp(prefix="bench-tune-study-"))
     uri = f"sqlite:///{folder}/mlflow.db"
-    cmd = [sys.executable, "-m", "cnnbench.cli", "tune", "--trials", str(trials), "--tracking-uri", uri, "--study-name", "bench"]
+    cmd = [sys.executable, "-m", "cnnbench.cli", "tune", "--trials", str(trials), "--tracking-uri", uri, "--study-name", "bench", *extra]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=folder)
     wall = time.perf_counter() - start
@@ -96,14 +100,23 @@ def study(trials: int) -> None:
           f"{m['trials_complete']:.0f} complete / {m['trials_pruned']:.0f} pruned / {m['trials_failed']:.0f} failed, "
           f"best val_accuracy {m['best_val_accuracy']:.4f}, mean time per complete trial outside the training epochs {m.get('mean_trial_outside_fit_s', float('nan')):.2f} s "
           f"(incl. val/test evaluation), load average {os.getloadavg()[0]:.1f}")
+    return {"trials": trials, "command": cmd[2:], "wall_s": wall, "metrics": dict(m)}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("overhead", "study"))
     parser.add_argument("--trials", type=int, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--json", help="also write the figures (unrounded) here")
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.extra = argv[cut + 1:]  # study: more `cnnbench tune` flags (after --)
     if args.what == "overhead":
-        overhead(args.trials or 10)
+        if args.extra:
+            parser.error("overhead takes no extra tune flags")
+        result = overhead(args.trials or 10)
     else:
-        study(args.trials or 30)
+        result = study(args.trials or 30, args.extra)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))

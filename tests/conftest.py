@@ -88,3 +88,14 @@ def _no_leaked_mlflow_environment(monkeypatch):
     import mlflow.tracking.fluent as fluent
 
     monkeypatch.setattr(fluent, "_active_experiment_id", None)  # what set_experiment() chose
+
+
+SLOW_TIMEOUT_S = 1800  # the `slow` tests' pytest-timeout (every other test: `timeout` in pyproject.toml)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A generous timeout per marker: `slow` tests (real training, servers, worker processes) get
+    :data:`SLOW_TIMEOUT_S` unless they set their own ``@pytest.mark.timeout``."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))

@@ -115,7 +115,10 @@ def test_resume_refuses_other_flags_instead_of_ignoring_them(cli, tracking_uri, 
 PROMPT_EXIT = """
 import atexit, sys, threading, time
 from pathlib import Path
+import cnnbench.processes
 from cnnbench.processes import prompt_exit
+if sys.argv[2] == "public":  # as on an interpreter the private exit calls were not checked on
+    cnnbench.processes.PRIVATE_EXIT_VERSIONS = ()
 out = Path(sys.argv[1])
 def late():  # a non-daemon thread still writing: the interpreter would wait for it, so must we
     time.sleep(0.3)
@@ -126,21 +129,58 @@ pool = ThreadPoolExecutor(1)  # never shut down (MLflow's artifact pool): its id
 pool.submit(time.sleep, 0.1).result()
 atexit.register(lambda: out.write_text("atexit ran"))
 print("buffered, not yet flushed", end="")
-prompt_exit({code})
+try:
+    prompt_exit({code})
+except SystemExit:  # the public path: the interpreter's own exit does the rest
+    out.with_suffix(".public").write_text("SystemExit")
+    raise
 """
 
 
+@pytest.mark.parametrize("path", ["private", "public"])
 @pytest.mark.parametrize("code, status", [("0", 0), ("3", 3), ("None", 0), ("-1", 255), ("'a message'", 1)])
-def test_the_prompt_exit_keeps_the_exit_status_output_threads_and_atexit_handlers(tmp_path, code, status):
+def test_the_prompt_exit_keeps_the_exit_status_output_threads_and_atexit_handlers(tmp_path, code, status, path):
     """cnnbench's console script skips the interpreter's teardown (os._exit): everything a normal
-    exit does for the user must still happen, in the same order."""
+    exit does for the user must still happen, in the same order; and the same where the private
+    calls are not used (an unchecked interpreter: SystemExit and the ordinary teardown)."""
     marker = tmp_path / "marker.txt"
-    out = subprocess.run([sys.executable, "-c", PROMPT_EXIT.format(code=code), str(marker)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([sys.executable, "-c", PROMPT_EXIT.format(code=code), str(marker), path], capture_output=True,
+                         text=True, timeout=60)
     assert out.returncode == status, out.stderr
     assert out.stdout == "buffered, not yet flushed"
     assert marker.read_text() == "atexit ran" and marker.with_suffix(".thread").read_text() == "joined"
     assert ("a message" in out.stderr) == (status == 1)
+    from cnnbench.processes import private_exit_hooks
+
+    assert marker.with_suffix(".public").exists() == (path == "public" or private_exit_hooks() is None)
+
+
+def test_the_private_exit_calls_exist_as_checked_on_the_versions_that_use_them():
+    """``prompt_exit`` calls CPython's private ``threading._shutdown()`` and ``atexit._run_exitfuncs()``
+    only on :data:`~cnnbench.processes.PRIVATE_EXIT_VERSIONS`: on those, both must still exist and take
+    no argument (this fails when CPython renames or changes them; then drop the version, or adapt).
+    A version outside the list (e.g. a new CPython) takes the public path until someone checks it."""
+    import atexit
+    import inspect
+    import threading
+
+    from cnnbench.processes import PRIVATE_EXIT_VERSIONS, private_exit_hooks
+
+    checked = sys.implementation.name == "cpython" and tuple(sys.version_info[:2]) in PRIVATE_EXIT_VERSIONS
+    if not checked:
+        assert private_exit_hooks() is None
+        pytest.skip(f"{sys.implementation.name} {sys.version_info[:2]} is not a checked version: the public exit is used")
+    assert private_exit_hooks() == (threading._shutdown, atexit._run_exitfuncs)
+    assert inspect.isfunction(threading._shutdown)
+    assert not inspect.signature(threading._shutdown).parameters
+    assert callable(atexit._run_exitfuncs) and inspect.isbuiltin(atexit._run_exitfuncs)
+    try:
+        params = inspect.signature(atexit._run_exitfuncs).parameters
+    except ValueError:  # a builtin without a text signature: a call with an argument must be refused
+        with pytest.raises(TypeError):
+            atexit._run_exitfuncs(None)
+    else:
+        assert not params
 
 
 def test_the_console_script_exits_with_the_commands_status(tmp_path):
