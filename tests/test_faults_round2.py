@@ -1,4 +1,4 @@
-"""FAULTS.md round 2 (issue 30), deliverables 3 and 6: one test per row, named after its ID.
+"""FAULTS.md round 2 (issue 30), deliverables 1, 3 and 6: one test per row, named after its ID.
 
 Covered here:
 - D23: an IDX header whose dimensions multiply past int64 (2^22 x 2^21 x 2^21) is a one-line DataError
@@ -15,6 +15,15 @@ Covered here:
 - S6: ``tune --search 'lr=loguniform(1e-5,1e308)'`` is refused at parse time (beyond float32), no run.
 - P4: ``--preset fast-cifar10 --model lenet5`` drops the preset's model options (``widths``) with a
   printed note, and trains lenet5.
+- X26: a study file's ``[base] tracking_uri`` different from ``$MLFLOW_TRACKING_URI`` / ``--tracking-uri``
+  is refused in one line naming both and ``--use-file-destination``, contacting nothing; with nothing
+  else given the file's URI is used without the environment's MLflow credentials; a ``--config``
+  file's ``run.tracking_uri`` is ignored with a note (the run lands in the user's store) unless
+  ``--use-file-destination`` (train, tune, study run).
+- X5: under ``mlflow run`` a ``-P storage=`` password MLflow logged as the run's ``storage`` param is
+  masked in that run (database stores) before the storage is opened, with a note.
+- X25: the spec files ``run_local`` writes for worker processes hold no password (it goes through
+  ``$CNNBENCH_STORAGE_PASSWORD`` / MLflow's variables), are 0600, and are gone with their folder.
 
 Every refusal is checked for its exit code, exactly one line on stderr with the file or value and the
 limit, no traceback, and no MLflow run left (none RUNNING).
@@ -22,6 +31,7 @@ limit, no traceback, and no MLflow run left (none RUNNING).
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import struct
@@ -213,3 +223,166 @@ def test_P4_preset_with_another_model_drops_the_presets_model_options(cli, track
     assert params["model.dropout"] == "0.1"  # an option given beside --model is kept
     assert params["optimizer"] == "nesterov"  # the rest of the preset still applies
 
+
+
+# -- X: credentials go only where the user sends them (deliverable 1) -----------------------------------
+class Listener:
+    """A tiny HTTP server on 127.0.0.1 (a free port) that records every request's path and
+    Authorization header: /health answers 200, anything else 401 (the run stops there, in seconds)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.requests: list[tuple[str, str | None]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                outer.requests.append((self.path, self.headers.get("Authorization")))
+                self.send_response(200 if self.path.startswith("/health") else 401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_GET  # noqa: N815
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def listener():
+    server = Listener()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def user_env(monkeypatch, tmp_path):
+    """The user's own store and credentials in the environment (FAULTS X26's setting)."""
+    mine = f"sqlite:///{tmp_path / 'mine.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mine)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "EnvSecret42")
+    return mine
+
+
+def innocent_study(tmp_path: Path, uri: str) -> Path:
+    path = tmp_path / "innocent.toml"
+    path.write_text(f'name = "innocent"\nseeds = 1\n[base]\nmodel = "lenet5"\ndataset = "digits"\nepochs = 1\n'
+                    f'tracking_uri = "{uri}"\n[grid]\nlr = [0.01]\n')
+    return path
+
+
+def test_X26_a_study_files_tracking_uri_never_replaces_the_users_nor_gets_its_credentials(cli, tmp_path, listener,
+                                                                                          user_env, runs_in):
+    study = innocent_study(tmp_path, listener.uri)
+    result = cli("study", "run", study, "--storage", f"sqlite:///{tmp_path / 'q.db'}")
+    line = one_line(result, 2, listener.uri, user_env, "$MLFLOW_TRACKING_URI", "--use-file-destination")
+    assert "EnvSecret42" not in line
+    assert listener.requests == []  # nothing contacted, no credentials sent
+    # the same with --tracking-uri on the command line
+    result = cli("study", "run", study, "--tracking-uri", user_env, "--storage", f"sqlite:///{tmp_path / 'q.db'}")
+    one_line(result, 2, listener.uri, user_env, "--tracking-uri", "--use-file-destination")
+    assert listener.requests == []
+
+
+def test_X26_a_file_chosen_uri_with_nothing_else_given_gets_no_environment_credentials(cli, tmp_path, listener,
+                                                                                       monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "EnvSecret42")
+    result = cli("study", "run", innocent_study(tmp_path, listener.uri), "--storage", f"sqlite:///{tmp_path / 'q.db'}")
+    assert result.exit_code != 0  # the listener refuses the API: the run stops at the reachability check
+    assert listener.requests, "the file's URI is used when nothing else is given"
+    assert all(auth is None for _, auth in listener.requests), listener.requests
+    assert "EnvSecret42" not in result.output
+    assert "MLFLOW_TRACKING_USERNAME" in result.stderr and "not sent" in result.stderr
+
+
+def test_X26_a_replayed_config_json_replays_the_experiment_not_its_destination(cli, tmp_path, listener, user_env,
+                                                                               runs_in, experiment):
+    config = tmp_path / "someone-elses-config.json"
+    config.write_text(json.dumps({"run": {"tracking_uri": listener.uri}, "data": {"name": "digits"}}))
+    result = cli("train", "--config", config, "--experiment", experiment, *Q)
+    assert result.exit_code == 0, result.output
+    assert listener.requests == []
+    notes = [line for line in error_lines(result) if line.startswith("note:")]
+    assert len(notes) == 1 and listener.uri in notes[0] and "--use-file-destination" in notes[0], notes
+    assert "EnvSecret42" not in result.output
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient(user_env).get_experiment_by_name(experiment)
+    assert exp is not None and len(MlflowClient(user_env).search_runs([exp.experiment_id])) == 1  # in the user's store
+    # --use-file-destination sends it there (with the user's credentials: the user said so)
+    result = cli("train", "--config", config, "--use-file-destination", "--experiment", experiment, *Q)
+    assert result.exit_code != 0 and listener.requests
+    assert listener.requests[0][1] is not None
+    # tune reads --config the same way: nothing contacted, and a --tracking-uri beside the flag is refused
+    listener.requests.clear()
+    result = cli("tune", "--config", config, "--use-file-destination", "--tracking-uri", user_env, "--trials", "1")
+    one_line(result, 2, "--use-file-destination", listener.uri)
+    assert listener.requests == []
+
+
+def test_X5_a_password_in_mlflow_run_storage_param_is_masked_in_the_run(cli, tmp_path, monkeypatch, tracking_uri):
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    secret = "postgresql://alice:TopSecret@127.0.0.1:9/db"
+    client = MlflowClient(tracking_uri)
+    exp = client.create_experiment(f"secrets-{tmp_path.name}")
+    run = client.create_run(exp)  # what `mlflow run . -e tune -P storage=...` does before cnnbench starts
+    client.log_batch(run.info.run_id, params=[Param("storage", secret), Param("trials", "1")])
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    result = cli("tune", "--storage", secret, "--trials", "1", "--epochs", "1", "--quiet")
+    assert result.exit_code != 0  # nothing listens on port 9
+    assert "TopSecret" not in result.output
+    params = client.get_run(run.info.run_id).data.params
+    assert params["storage"] == "postgresql://alice:***@127.0.0.1:9/db" and params["trials"] == "1"
+    assert "masked" in result.stderr and run.info.run_id in result.stderr
+
+
+def test_X25_worker_specs_hold_no_password_and_are_removed(monkeypatch):
+    import os
+    import stat
+
+    from cnnbench.campaign import workers
+
+    seen = []
+
+    class FakeProcess:
+        def __init__(self, args, env=None):
+            path = Path(args[-1])
+            seen.append((path, path.read_text(), stat.S_IMODE(path.stat().st_mode), dict(env or os.environ)))
+
+        def wait(self, timeout=None):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(workers.subprocess, "Popen", FakeProcess)
+    monkeypatch.delenv("CNNBENCH_STORAGE_PASSWORD", raising=False)
+    spec = {"storage": "postgresql://alice:TopSecret@db.example:5432/campaign", "tracking_uri": "http://bob:Pw9@mlflow:5000",
+            "config": {"run": {"tracking_uri": "http://bob:Pw9@mlflow:5000"}}, "entry": "x:y"}
+    here = []
+    _, codes = workers.run_local(spec, 3, here.append)
+    assert codes == [0, 0] and len(seen) == 2
+    for path, text, mode, env in seen:
+        assert "TopSecret" not in text and "Pw9" not in text, text
+        assert json.loads(text)["storage"] == "postgresql://alice@db.example:5432/campaign"
+        assert mode == 0o600
+        assert env["CNNBENCH_STORAGE_PASSWORD"] == "TopSecret" and env["MLFLOW_TRACKING_PASSWORD"] == "Pw9"
+        assert not path.exists() and not path.parent.exists()  # removed with its folder at the end
+    assert here[0]["storage"] == spec["storage"]  # worker 0, in this process, keeps the URL as given

@@ -83,7 +83,8 @@ def train(ctx: click.Context, resume: str | None, **params) -> None:
 
     if resume:
         others = sorted(OPTIONS[n].flag for n in given_on_command_line(ctx) - RESUME_COMPATIBLE)
-        others += [f"--{p.replace('_', '-')}" for p in ("config_file", "model_options", "dataset_options", "kernel_size")
+        others += [f"--{p.replace('_', '-')}" for p in ("config_file", "model_options", "dataset_options", "kernel_size",
+                                                              "use_file_destination")
                    if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
         if others:
             raise click.UsageError(f"--resume continues a run with the settings it was started with; drop "

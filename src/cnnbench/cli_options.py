@@ -11,7 +11,7 @@ import click
 from cnnbench.config import GROUPS, OPTIONS, TrainConfig, TrainOption, apply_values
 
 # Parameters of the command line that are not config fields: where they are listed in --help.
-CLI_ONLY_GROUPS = {"config_file": "run", "model_options": "model", "dataset_options": "data", "kernel_size": "model"}
+CLI_ONLY_GROUPS = {"config_file": "run", "use_file_destination": "run", "model_options": "model", "dataset_options": "data", "kernel_size": "model"}
 
 
 class KernelSize(click.ParamType):
@@ -66,12 +66,24 @@ def _extra(decls: list[str], dest: str, **kwargs: Any) -> click.Option:
     return option
 
 
+def file_destination_option() -> click.Option:
+    """``--use-file-destination``: the one way a file's tracking URI is used (FAULTS X26); shared by
+    ``train``, ``tune`` and ``study run``."""
+    from cnnbench.tracking.store import FILE_DESTINATION_FLAG, FILE_DESTINATION_HELP
+
+    return _extra([FILE_DESTINATION_FLAG], "use_file_destination", is_flag=True, default=False,
+                  help=FILE_DESTINATION_HELP)
+
+
 def train_parameters(*, exclude: tuple[str, ...] = ()) -> list[click.Parameter]:
     """Every train option (declared order, grouped) plus the command line's own helpers."""
     params: list[click.Parameter] = [click_option(o) for name, o in OPTIONS.items() if name not in exclude]
     params += [
         _extra(["--config"], "config_file", type=click.Path(dir_okay=False),
-               help="JSON config (a run's config.json); flags given here override it"),
+               help="JSON config (a run's config.json); flags given here override it; its run.tracking_uri is "
+                    "not used (a config replays the experiment, not its destination) unless "
+                    "--use-file-destination"),
+        file_destination_option(),
         _extra(["--model-option"], "model_options", multiple=True, metavar="KEY=VALUE",
                help="model option (repeatable; cnnbench info MODEL lists them), logged as model.KEY"),
         _extra(["--dataset-option"], "dataset_options", multiple=True, metavar="KEY=VALUE",
@@ -149,7 +161,22 @@ def config_from_params(ctx: click.Context, params: dict[str, Any]) -> TrainConfi
                 _note_dropped(section, getattr(base, section), chosen, given, "the preset's" if preset else "the --config file's")
             opts.update(given)
             sections.setdefault(section, {})["options"] = opts
-    return base.replace(**sections)
+    config = base.replace(**sections)
+    if params.get("config_file"):
+        config = _file_destination(config, base, params, explicit)
+    return config
+
+
+def _file_destination(config: TrainConfig, base: TrainConfig, params: dict[str, Any], explicit) -> TrainConfig:
+    """A --config file's run.tracking_uri is used only with --use-file-destination (FAULTS X26)."""
+    from cnnbench.tracking.store import choose_tracking_uri
+
+    from_file = base.run.tracking_uri
+    given = params.get("tracking_uri") if explicit("tracking_uri") else None
+    chosen = choose_tracking_uri(given or None, from_file, where=f"--config {params['config_file']}",
+                                 accept_file=bool(params.get("use_file_destination")), replay=True,
+                                 note=lambda line: click.echo(line, err=True))
+    return config if chosen == config.run.tracking_uri else config.replace(run={"tracking_uri": chosen})
 
 
 def _note_dropped(section: str, before: Any, chosen: str, given: dict[str, Any], source: str) -> None:
@@ -194,6 +221,13 @@ LAUNCHER_FLAGS: dict[str, click.Option] = {
     "num_gpus": click.Option(["--ray-num-gpus", "launcher_num_gpus"], type=float, default=None, metavar="N",
                              help="ray: GPUs per worker task (default 0)"),
 }
+
+
+def file_destination(command: Callable) -> Callable:
+    """Add ``--use-file-destination`` to a Click command (``study run``; train and tune have it among
+    the train options)."""
+    command.__click_params__ = [*getattr(command, "__click_params__", []), file_destination_option()]  # type: ignore[attr-defined]
+    return command
 
 
 def launcher_options(command: Callable) -> Callable:

@@ -162,16 +162,58 @@ def read_spec(path: str | Path) -> dict[str, Any]:
     return spec
 
 
+def without_secrets(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``spec`` with no password in it (FAULTS X25), and the environment that carries them instead:
+    the storage URL's password as ``$CNNBENCH_STORAGE_PASSWORD`` (every storage opener reads it), an
+    ``http://USER:PASSWORD@`` tracking URI's as MLflow's own variables; a config's tracking URI masked."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from cnnbench.tracking.store import mask_uri
+
+    spec, env = dict(spec), {}
+    storage = spec.get("storage")
+    if isinstance(storage, str) and mask_uri(storage) != storage and "://" in storage:
+        from sqlalchemy.engine import URL, make_url
+
+        from cnnbench.campaign.storage import PASSWORD_ENV
+
+        url = make_url(storage)
+        if url.password:
+            env[PASSWORD_ENV] = str(url.password)
+            spec["storage"] = URL.create(url.drivername, url.username, None, url.host, url.port, url.database,
+                                         url.query).render_as_string(hide_password=False)
+    uri = spec.get("tracking_uri")
+    if isinstance(uri, str) and uri.startswith(("http://", "https://")) and "@" in urlsplit(uri).netloc:
+        parts = urlsplit(uri)
+        env.setdefault("MLFLOW_TRACKING_USERNAME", parts.username or "")
+        if parts.password:
+            env.setdefault("MLFLOW_TRACKING_PASSWORD", parts.password)
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        spec["tracking_uri"] = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    if isinstance(spec.get("config"), dict) and isinstance(spec["config"].get("run"), dict):
+        run = spec["config"]["run"]
+        if run.get("tracking_uri"):
+            spec["config"] = {**spec["config"], "run": {**run, "tracking_uri": mask_uri(run["tracking_uri"])}}
+    return spec, {k: v for k, v in env.items() if os.environ.get(k) != v}
+
+
 def run_local(spec: dict[str, Any], workers: int, run_here: Callable[[dict[str, Any]], Any]) -> tuple[Any, list[int]]:
     """Worker 0 in this process (``run_here(spec)``), workers 1..N-1 as worker processes on the same
     spec; returns worker 0's result and the others' exit codes. On any exception here (an interrupt
-    included) the other workers are stopped first: each ends its job KILLED and exits."""
+    included) the other workers are stopped first: each ends its job KILLED and exits.
+
+    The spec files the processes read hold no password (:func:`without_secrets`: it goes through
+    their environment), are this user's only (0600), deleted by the worker once read, and with their
+    folder when this function ends."""
     procs: list[subprocess.Popen] = []
+    shared, secrets = without_secrets(spec)
+    child_env = {**os.environ, **secrets}
     with tempfile.TemporaryDirectory(prefix="cnnbench-campaign-") as folder:
         try:
             for index in range(1, workers):
-                path = write_spec({**spec, "index": index, "parent_pid": os.getpid()}, Path(folder), f"w{index}.json")
-                procs.append(subprocess.Popen([sys.executable, "-m", "cnnbench.campaign.workers", str(path)]))
+                path = write_spec({**shared, "index": index, "parent_pid": os.getpid()}, Path(folder), f"w{index}.json")
+                procs.append(subprocess.Popen([sys.executable, "-m", "cnnbench.campaign.workers", str(path)],
+                                              env=child_env))
             result = run_here({**spec, "index": 0})
             codes = [p.wait() for p in procs]
         except BaseException as err:

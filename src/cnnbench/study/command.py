@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cnnbench.cli_options import launcher_options
+from cnnbench.cli_options import file_destination, launcher_options
 
 BUDGET = click.option("--budget", default=None, metavar="B", help="apply the study's [budgets.B] overrides (e.g. quick, faithful)")
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -134,6 +134,7 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
               help="name in the storage (default: NAME or NAME-BUDGET); a new name starts a separate study")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the study's [base] experiment, else its name)")
 @TRACKING
+@file_destination
 @click.option("--max-retries", type=int, default=1, show_default=True,
               help="times a failed cell or one whose worker died is run again")
 @click.option("--heartbeat-interval", type=int, default=30, show_default=True, metavar="SECONDS",
@@ -152,7 +153,7 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
 @launcher_options
 def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment, tracking_uri, max_retries,
          heartbeat_interval, device, fmt, until_decided=False, max_seeds=None, seed_batch=None, max_jobs=None,
-         **launcher) -> None:
+         use_file_destination=False, **launcher) -> None:
     """Run every cell x seed exactly once across workers; resume = the same command.
 
     With --launcher slurm or ray the workers run there (PostgreSQL storage and an MLflow server
@@ -169,7 +170,7 @@ def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment,
                          tracking_uri=tracking_uri, workers=workers, max_retries=max_retries,
                          heartbeat_interval=heartbeat_interval, device=device, command=_command_line(),
                          max_jobs=max_jobs, launcher=launcher_from(launcher, study.launcher, f"study file {name}"),
-                         max_seeds=max_seeds, seed_batch=seed_batch)
+                         max_seeds=max_seeds, seed_batch=seed_batch, use_file_destination=use_file_destination)
     outcome = run(prepare(request))
     if outcome.report is not None:
         click.echo(reports.render(outcome.report, fmt), nl=False)

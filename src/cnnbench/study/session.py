@@ -54,6 +54,7 @@ class RunRequest:
     launcher: LauncherOptions = field(default_factory=LauncherOptions)
     max_seeds: int | None = None  # --until-decided: seeds per cell at most
     seed_batch: int | None = None  # --until-decided: seeds added per look (default: the study's seed count)
+    use_file_destination: bool = False  # the study file's [base] tracking_uri may replace the user's (FAULTS X26)
 
     @property
     def looks(self) -> int:
@@ -95,7 +96,7 @@ class Outcome:
 def prepare(request: RunRequest) -> Plan:
     from cnnbench.campaign import storage as storages
     from cnnbench.campaign.launchers import check_available, check_remote
-    from cnnbench.tracking.store import check_reachable, resolve_uri
+    from cnnbench.tracking.store import check_reachable, choose_tracking_uri, resolve_uri
 
     request.launcher.check(request.workers)
     for flag, value, low in (("--workers", request.workers, 1), ("--max-retries", request.max_retries, 0),
@@ -104,7 +105,10 @@ def prepare(request: RunRequest) -> Plan:
             raise ConfigError(f"{flag} must be at least {low}; got {value}")
     study = request.study
     check_until_decided(request)
-    tracking_uri = resolve_uri(request.tracking_uri or study.cells[0].config.run.tracking_uri)
+    from_file = None if "tracking_uri" in study.sets else study.cells[0].config.run.tracking_uri
+    given = request.tracking_uri or (study.cells[0].config.run.tracking_uri if "tracking_uri" in study.sets else None)
+    tracking_uri = resolve_uri(choose_tracking_uri(given, from_file, where=f"study file {request.source} [base]",
+                                                   accept_file=request.use_file_destination))
     check_reachable(tracking_uri)
     resolve_cells(study)
     storage_url = request.storage or storages.default_storage(tracking_uri)

@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import sqlite3
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -268,3 +269,95 @@ def ui_hint(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
     return f"mlflow ui --backend-store-uri {uri}"
+
+
+# -- destinations named by files (FAULTS X26) -----------------------------------------------------
+FILE_DESTINATION_FLAG = "--use-file-destination"
+FILE_DESTINATION_HELP = ("send the runs to the tracking URI a --config or study file names (its run.tracking_uri / "
+                         "[base] tracking_uri), with this environment's MLflow credentials; without it a file never "
+                         "chooses where runs go nor receives $MLFLOW_TRACKING_USERNAME/PASSWORD")
+CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def same_destination(a: str | None, b: str | None) -> bool:
+    """Whether two URIs name the same store (credentials in the URL and a trailing slash aside)."""
+    if not a or not b:
+        return False
+    strip = lambda u: _USERINFO_ANY.sub(r"\g<scheme>", str(u).strip()).rstrip("/")  # noqa: E731
+    return strip(a) == strip(b)
+
+
+_USERINFO_ANY = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@?#]*@")
+
+
+def choose_tracking_uri(given: str | None, from_file: str | None, *, where: str, accept_file: bool = False,
+                        replay: bool = False, flag: str = "--tracking-uri", note=None) -> str | None:
+    """The tracking URI to use when a file (``where``) names ``from_file`` and the command line gave
+    ``given`` (None: not given; ``$MLFLOW_TRACKING_URI`` is looked up here).
+
+    A file never silently replaces the destination the user gave, nor receives the user's
+    credentials (FAULTS X26):
+    - ``accept_file`` (the command line's ``--use-file-destination``): the file's URI;
+    - ``replay`` (a ``--config`` file: a run's recorded config.json replays the experiment, not its
+      destination): the file's URI is ignored, with a note;
+    - the user's (``given``, else ``$MLFLOW_TRACKING_URI``) differs from the file's: a ConfigError
+      naming both and the flag that accepts the file's;
+    - the user gave none: the file's, but the environment's MLflow credentials are dropped from this
+      process (and so from its workers), so they never go to a host a file chose.
+    Returns what to pass to :func:`resolve_uri` (None: the user's / MLflow's default)."""
+    say = note or (lambda line: print(line, file=sys.stderr, flush=True))
+    if not from_file:
+        return given
+    if accept_file:
+        if given and not same_destination(given, from_file):
+            raise ConfigError(f"{flag} {mask_uri(given)} contradicts {FILE_DESTINATION_FLAG} ({where} names "
+                              f"{mask_uri(from_file)}); give one of them")
+        return from_file
+    user = given or os.environ.get("MLFLOW_TRACKING_URI") or None
+    if same_destination(user, from_file):
+        return given or from_file
+    if replay:
+        say(f"note: {where} names the tracking URI {mask_uri(from_file)}, not used (a config replays the experiment, "
+            f"not its destination; {FILE_DESTINATION_FLAG} sends the run there)")
+        return given
+    if user:
+        origin = flag if given else "$MLFLOW_TRACKING_URI"
+        raise ConfigError(f"{where} names the tracking URI {mask_uri(from_file)}, but {origin} is {mask_uri(user)}; "
+                          f"refusing to let a file choose where runs go: drop it from the file, or pass "
+                          f"{FILE_DESTINATION_FLAG} to use the file's")
+    dropped = [name for name in CREDENTIAL_VARIABLES if os.environ.pop(name, None) is not None]
+    if dropped:
+        say(f"note: the tracking URI {mask_uri(from_file)} comes from {where}, so {', '.join(dropped)} from this "
+            f"environment are not sent to it ({FILE_DESTINATION_FLAG} does)")
+    return from_file
+
+
+def mask_logged_params(tracking_uri: str, run_id: str) -> tuple[list[str], list[str]]:
+    """The params of ``run_id`` whose value holds a password (what ``mlflow run -P storage=...`` logs
+    before cnnbench starts: FAULTS X5) masked in place, where the store is a database MLflow opens
+    here (SQLite, PostgreSQL, MySQL); MLflow's API cannot change a param, so an ``http://`` server's
+    stay. Returns (masked keys, keys left in clear)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        params = client.get_run(run_id).data.params
+    except Exception:  # not a run of this store: nothing of ours to mask
+        return [], []
+    secret = {k: v for k, v in params.items() if mask_uri(v) != v}
+    if not secret:
+        return [], []
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlParam
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        store = client._tracking_client.store
+        if isinstance(store, SqlAlchemyStore):
+            with store.ManagedSessionMaker() as session:
+                for key, value in secret.items():
+                    session.query(SqlParam).filter(SqlParam.run_uuid == run_id, SqlParam.key == key).update(
+                        {SqlParam.value: mask_uri(value)}, synchronize_session=False)
+            return sorted(secret), []
+    except Exception:  # an MLflow whose schema differs: say so instead
+        pass
+    return [], sorted(secret)

@@ -106,6 +106,7 @@ def prepare(request: TuneRequest) -> Plan:
     tracking_uri = resolve_uri(request.config.run.tracking_uri)
     check_reachable(tracking_uri)
     storage_url = request.storage or storages.default_storage(tracking_uri)
+    _mask_mlflow_run_params(tracking_uri, storage_url)
     destination = None
     if request.launcher.name != "local":  # one-machine stores refused, passwords out of the URLs
         destination = check_remote(request.launcher.name, storage_url, tracking_uri)
@@ -128,6 +129,28 @@ def prepare(request: TuneRequest) -> Plan:
     notes += [str(w.message) for w in caught if "resuming study" in str(w.message)]
     return Plan(request, space, direction, tracking_uri, storage_url, storage, study, resumed, base_params, notes,
                 destination)
+
+
+def _mask_mlflow_run_params(tracking_uri: str, storage_url: str) -> None:
+    """Under ``mlflow run`` (``$MLFLOW_RUN_ID``), a ``-P storage=...`` password is already a param of
+    that run, logged by MLflow before this command started (FAULTS X5): masked there now, and said at
+    once (before the storage is opened, which may fail)."""
+    import os
+
+    from cnnbench.tracking.store import mask_logged_params, mask_uri
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id or mask_uri(storage_url) == storage_url:
+        return
+    masked, left = mask_logged_params(tracking_uri, run_id)
+    advice = f"pass the URL without the password and set ${storages.PASSWORD_ENV} (or PGPASSWORD) instead"
+    if masked:
+        print(f"note: `mlflow run` logged the storage password as param(s) {', '.join(masked)} of run {run_id}; "
+              f"masked there now; {advice}", file=sys.stderr, flush=True)
+    elif left:
+        print(f"warning: `mlflow run` logged the storage password in clear as param(s) {', '.join(left)} of run "
+              f"{run_id}, which the store {mask_uri(tracking_uri)} does not let cnnbench change; delete that run; "
+              f"{advice}", file=sys.stderr, flush=True)
 
 
 def _check_numbers(request: TuneRequest) -> None:
