@@ -279,8 +279,10 @@ def test_switches_turn_kinds_off(digits, tmp_path):
     run = RunState(config=config, model=lenet(digits), data=digits, device=torch.device("cpu"), artifacts_dir=tmp_path)
     simulate_run(run, artifact_callbacks(config), epochs=1, steps_per_epoch=1)
     written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
-    assert written == {"config.json"}
+    # the per-example test predictions stay (~4 bytes an example): the study report's McNemar test reads them
+    assert written == {"config.json", "eval/test_predictions.npz"}
     assert "baseline_accuracy" in run.summary_metrics  # a number, not a file: always there
+    assert run.summary_metrics["test_examples"] == len(digits.test)
 
 
 def test_failure_salvages_curves_without_raising(digits, tmp_path):

@@ -214,7 +214,7 @@ def _store_study(tmp_path, correct: dict[str, np.ndarray], *, images_differ: boo
     return client, parent
 
 
-def test_one_seed_per_cell_is_compared_by_mcnemar_on_the_stored_predictions(tmp_path):
+def test_one_seed_per_cell_is_compared_by_mcnemar_on_the_stored_predictions(tmp_path, cli):
     from statsmodels.stats.contingency_tables import mcnemar
 
     rng = np.random.default_rng(0)
@@ -246,6 +246,8 @@ def test_one_seed_per_cell_is_compared_by_mcnemar_on_the_stored_predictions(tmp_
     metrics = client.get_run(parent).data.metrics
     assert metrics["compare/better/p_corrected"] == pytest.approx(c.p_corrected)
     assert metrics["cell/better/mean"] == pytest.approx(better.mean())
+    printed = cli("study", "report", parent, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--format", "html")
+    assert printed.exit_code == 0 and printed.output.startswith("<!DOCTYPE html>") and "data:image/png;base64," in printed.output
 
 
 def test_runs_that_saw_different_test_images_are_not_paired_by_example(tmp_path):

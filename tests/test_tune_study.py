@@ -80,20 +80,20 @@ def check_children_match_study(tracking_uri, children, study, parent_ids):
 
 
 def test_parent_and_child_runs_hold_the_study_with_a_failed_trial_and_the_retrain(tune, tracking_uri, experiment):
-    # l2=1e40 overflows the loss on the first batch: that trial must end FAIL and the study go on
+    # lr=1e30 (within float32, as --search requires) blows the weights up on the first step: that trial must end FAIL and the study go on
     result = tune("--sampler", "grid", "--pruner", "none", "--trials", "2", "--study-name", "structure",
-                  "--search", "l2=choice(0.0,1e40)", "--retrain-best", "--retrain-epochs", "1")
+                  "--search", "lr=choice(0.01,1e30)", "--retrain-best", "--retrain-epochs", "1")
     assert "1 complete, 0 pruned, 1 failed" in result.output
     study = optuna.load_study(study_name="structure", storage=tune.storage)
-    states = {t.params["l2"]: t for t in study.trials}
-    assert states[0.0].state.name == "COMPLETE" and states[1e40].state.name == "FAIL"
-    assert "non-finite loss" in states[1e40].user_attrs["fail_reason"]
+    states = {t.params["lr"]: t for t in study.trials}
+    assert states[0.01].state.name == "COMPLETE" and states[1e30].state.name == "FAIL"
+    assert "non-finite loss" in states[1e30].user_attrs["fail_reason"]
 
     parents, children, retrains = study_runs(tracking_uri, experiment)
     assert len(parents) == 1 and len(retrains) == 1
     parent = parents[0]
     by_number = check_children_match_study(tracking_uri, children, study, {parent.info.run_id})
-    failed = by_number[states[1e40].number]
+    failed = by_number[states[1e30].number]
     assert failed.info.status == "FAILED" and "non-finite loss" in failed.data.tags["failure_reason"]
 
     tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
@@ -106,7 +106,7 @@ def test_parent_and_child_runs_hold_the_study_with_a_failed_trial_and_the_retrai
         assert (run.data.tags["cnnbench.role"], run.data.tags["cnnbench.campaign"], run.data.tags["cnnbench.job"]) == \
             ("trial", "structure", f"trial-{number}")
     assert not [r for r in [parent, *children, *retrains] if "cnnbench.tune.role" in r.data.tags]
-    assert params["search.l2"] == "l2=choice(0.0,1e+40)" and params["best_l2"] == "0.0"
+    assert params["search.lr"] == "lr=choice(0.01,1e+30)" and params["best_lr"] == "0.01"
     assert params["best_trial_number"] == str(study.best_trial.number)
     assert metrics["best_val_accuracy"] == pytest.approx(study.best_value)
     assert study.best_value == pytest.approx(max(m.value for m in MlflowClient(tracking_uri).get_metric_history(
@@ -124,7 +124,7 @@ def test_parent_and_child_runs_hold_the_study_with_a_failed_trial_and_the_retrai
     assert tags["cnnbench.tune.retrain_run_id"] == retrain.info.run_id
     assert retrain.data.tags["cnnbench.train_on"] == "train+val"
     assert (retrain.data.tags["cnnbench.role"], retrain.data.tags["cnnbench.campaign"]) == ("retrain", "structure")
-    assert retrain.data.params["l2"] == "0.0" and retrain.data.params["epochs"] == "1"
+    assert retrain.data.params["lr"] == "0.01" and retrain.data.params["epochs"] == "1"
     assert "test_accuracy" in retrain.data.metrics and retrain.info.status == "FINISHED"
     assert "mlflow.parentRunId" not in retrain.data.tags  # its own run, linked by tags
 

@@ -171,12 +171,20 @@ class JobQueue:
     def create(self, jobs: Iterable[Job], attrs: dict) -> bool:
         """Create the campaign and enqueue every job once; False (nothing done) when it exists already:
         join it with :meth:`wait_ready`."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(campaigns.insert().values(name=self.campaign, attrs=json.dumps(attrs), ready=False,
-                                                       created_at=time.time()))
-        except IntegrityError:
-            return False
+        from cnnbench.campaign.storage import is_locked
+
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(campaigns.insert().values(name=self.campaign, attrs=json.dumps(attrs), ready=False,
+                                                           created_at=time.time()))
+                break
+            except IntegrityError:
+                return False
+            except OperationalError as err:  # SQLite: another process creating it holds the lock past the timeout
+                if not is_locked(err) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         batch: list[dict] = []
         for job in jobs:
             batch.append({"campaign": self.campaign, "key": job.key, "payload": json.dumps(job.payload),
@@ -423,6 +431,9 @@ def _create_tables(engine, attempts: int = 5) -> None:
             metadata.create_all(engine)
             return
         except (IntegrityError, ProgrammingError, OperationalError) as err:
-            if attempt == attempts - 1 or (isinstance(err, OperationalError) and "already exists" not in str(err)):
+            from cnnbench.campaign.storage import is_locked
+
+            transient = "already exists" in str(err) or is_locked(err)
+            if attempt == attempts - 1 or (isinstance(err, OperationalError) and not transient):
                 raise
             time.sleep(0.2 * (attempt + 1))
