@@ -10,7 +10,7 @@ folder (warm: the store exists). The phases come from the run's own ``time_<phas
 here, around the command.
 
 - interpreter: ``python -c pass`` (timed here, median of 5); cli imports: the run's
-  ``time_startup_s`` (process start to training entry) minus it;
+  ``time_startup_s`` (cnnbench's start, interpreter bootstrap included, to training entry) minus it;
 - lazy imports (torch, matplotlib, MLflow), store, setup (validation, model, memory prediction),
   data, fit (epochs + validation + test pass), artifacts (the builders, every hook), upload, model
   log: the run's metrics;

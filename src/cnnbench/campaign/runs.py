@@ -91,9 +91,9 @@ class Parent:
     def create(cls, client, experiment: str, *, run_name: str, role: str, campaign: str,
                tags: dict[str, Any] | None = None) -> "Parent":
         from cnnbench.tracking import describe
+        from cnnbench.tracking.experiments import ensure_experiment
 
-        found = client.get_experiment_by_name(experiment)
-        exp_id = found.experiment_id if found else client.create_experiment(experiment)
+        exp_id = ensure_experiment(client, experiment)
         run = client.create_run(exp_id, run_name=run_name, tags=describe.standard_tags(
             {**identity(role, campaign=campaign), **(tags or {})}))
         return cls(client, run.info.run_id)

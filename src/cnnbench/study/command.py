@@ -315,11 +315,52 @@ def report(ref: str, budget, experiment, tracking_uri, fmt, study_name, log, max
     if not _looks_like_run_id(ref):
         _, study = _load(ref, budget, (), max_jobs)
         study_id, settings = study_name or study.study_id, study.report
+        if budget is None and study_name is None:  # the only budget that ran, if only one did
+            ran = _study_ids_that_ran(client, study.name, experiment=experiment)
+            if len(ran) == 1:
+                (study_id, ran_budget), = ran.items()
+                if ran_budget is not None:
+                    try:
+                        settings = _load(ref, ran_budget, (), max_jobs)[1].report
+                    except Exception:  # the file no longer has that budget: the recorded settings
+                        settings = None
+            elif len(ran) > 1:
+                from cnnbench.errors import ConfigError
+
+                listed = ", ".join(f"--budget {b}" if b else "no --budget" for b in sorted(ran.values(), key=str))
+                raise ConfigError(f"study {study.name!r} ran with several budgets ({listed}); "
+                                  f"give the one to report with --budget (or the parent run id)")
     parent = reports.find_parent(client, study_id, experiment=experiment)
     rep = reports.build(client, parent, settings=settings)
     if log:
         reports.log_to_parent(client, parent, rep)
     click.echo(reports.html_page(rep, client) if fmt == "html" else reports.render(rep, fmt), nl=False)
+
+
+def _study_ids_that_ran(client, name: str, *, experiment: str | None = None) -> dict[str, str | None]:
+    """study id -> budget (None: no --budget) of the study parents of study ``name`` in the store
+    (or in ``experiment``): the sibling of :func:`cnnbench.study.report.find_parent` that finds which
+    budgets ran when ``study report NAME`` names none."""
+    from cnnbench.campaign.runs import quote
+    from cnnbench.study.run import TAG_BUDGET, TAG_ID, TAG_STUDY
+
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        ids = [exp.experiment_id] if exp else []
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    try:
+        query = f"tags.`{TAG_STUDY}` = {quote(name)} and tags.`cnnbench.role` = 'study'"
+    except ValueError:
+        return {}
+    found: dict[str, str | None] = {}
+    for start in range(0, len(ids), 100):
+        for run in client.search_runs(ids[start:start + 100], filter_string=query, max_results=5000):
+            tags = run.data.tags
+            if TAG_ID in tags:
+                ran = tags.get(TAG_BUDGET)
+                found[tags[TAG_ID]] = None if ran in (None, "", "default") else ran
+    return found
 
 
 def _minutes(seconds: float) -> str:

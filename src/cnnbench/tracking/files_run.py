@@ -23,10 +23,10 @@ def log_folder(*, tracking_uri: str, experiment: str, run_name: str, command: st
     from mlflow.tracking import MlflowClient
 
     from cnnbench.campaign.runs import identity
+    from cnnbench.tracking.experiments import ensure_experiment
 
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = ensure_experiment(client, experiment)
     # identity role "filters": cnnbench filters is this module's one command
     tags = {"cnnbench.command": command, **identity("filters")}
     run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id

@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from cnnbench.campaign.runs import identity
+from cnnbench.tracking.experiments import ensure_experiment
 from cnnbench.tracking.store import check_reachable, resolve_uri
 
 METRIC_KEYS = ("predicted_peak_mb", "measured_peak_mb", "error_pct", "eval_peak_mb", "optimizer_state_size_mb",
@@ -34,8 +35,7 @@ def log_sweep(*, tracking_uri: str, experiment: str, run_name: str, params: dict
               columns: tuple[str, ...], summary: dict[str, float], write_plot: Callable[[Path], Path]) -> str:
     """Log one sweep as a finished run; returns its run id."""
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = ensure_experiment(client, experiment)
     run = client.create_run(exp_id, run_name=run_name, tags={"cnnbench.command": "memory", **identity("memory")})
     run_id = run.info.run_id
     try:

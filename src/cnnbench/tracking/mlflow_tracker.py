@@ -26,6 +26,7 @@ from cnnbench.campaign import runs as campaign_runs
 from cnnbench.events import Callback, RunState
 from cnnbench.tracking import describe, phases
 from cnnbench.tracking import runs as mlruns
+from cnnbench.tracking.experiments import ensure_experiment
 from cnnbench.tracking.store import mask_uri, recorded_config
 
 FAILURE_REASON_MAX_CHARS = 4000
@@ -112,9 +113,10 @@ class MlflowTracker(Callback):
     def _open(self, run: RunState) -> None:
         mlflow.set_tracking_uri(self.tracking_uri)
         if self.run_id is None:
-            exp = mlflow.set_experiment(self.experiment)
+            exp_id = ensure_experiment(self.client, self.experiment)  # tagged: the UI opens on the runs table
+            mlflow.set_experiment(experiment_id=exp_id)
             tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
-            created = self.client.create_run(exp.experiment_id, run_name=self.run_name or describe.run_name(run.config),
+            created = self.client.create_run(exp_id, run_name=self.run_name or describe.run_name(run.config),
                                              tags=describe.standard_tags(tags))
             self.run_id = created.info.run_id
         else:  # fluent start_run refuses a run outside the experiment an earlier set_experiment chose

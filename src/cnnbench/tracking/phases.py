@@ -2,9 +2,13 @@
 summary metrics, in the same batch: no extra store round trip).
 
 ========================  ====================================================================
-``time_startup_s``        process start to the training entry (interpreter, ``cnnbench.cli``,
+``time_startup_s``        cnnbench's own start, to the training entry: the interpreter's
+                          bootstrap (the CPU seconds the process had used when ``cnnbench`` was
+                          first imported) + the wall seconds since that import (``cnnbench.cli``,
                           option parsing); ``cnnbench train`` only (a library caller's process
-                          started long before its run)
+                          started long before its run). Not the process's age: a shell that runs
+                          ``pip install ... && cnnbench train`` may exec cnnbench in its own
+                          process, whose age then counts the install (:func:`startup_s`)
 ``time_imports_s``        the lazy imports the run's callbacks need (torch, matplotlib, MLflow)
 ``time_store_s``          the tracking store: checked reachable, schema created on a new SQLite
                           file, the run created with its params, tags, description, config.json
@@ -49,6 +53,21 @@ def process_age_s() -> float | None:
         return None
 
 
+def startup_s() -> float:
+    """cnnbench's start so far: the CPU seconds the process had used when the ``cnnbench`` package
+    was imported (the interpreter's bootstrap; never more than the process's age then), plus the
+    wall seconds since that import. A shell's wait for a child (``pip install``) before it exec'd
+    cnnbench is in neither: it is the child's CPU time, not this process's."""
+    import cnnbench
+
+    imported_at, cpu_before = cnnbench._STARTED
+    since_import = max(0.0, time.perf_counter() - imported_at)
+    age = process_age_s()
+    if age is not None:
+        cpu_before = min(cpu_before, max(0.0, age - since_import))
+    return max(0.0, cpu_before) + since_import
+
+
 def add(run: RunState, phase: str, seconds: float) -> None:
     key = metric(phase)
     run.summary_metrics[key] = run.summary_metrics.get(key, 0.0) + seconds
@@ -62,9 +81,7 @@ class PhaseTimer(Callback):
     def __init__(self, *, startup: bool = False) -> None:
         self.before: dict[str, float] = {}
         if startup:
-            age = process_age_s()
-            if age is not None:
-                self.before["startup"] = age
+            self.before["startup"] = startup_s()
         self._lap = time.perf_counter()
         self._hook_start = 0.0
         self._fit_start: float | None = None

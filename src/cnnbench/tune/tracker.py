@@ -23,6 +23,7 @@ from cnnbench.campaign.runs import identity
 from cnnbench.events import RunState
 from cnnbench.tracking import describe
 from cnnbench.tracking import runs as mlruns
+from cnnbench.tracking.experiments import ensure_experiment
 from cnnbench.tracking.mlflow_tracker import FAILURE_REASON_MAX_CHARS, MlflowTracker, git_commit
 
 TAG_STUDY = "cnnbench.tune.study"
@@ -215,8 +216,7 @@ class ParentRun:
         if run_id:
             exp_id = client.get_run(run_id).info.experiment_id
         else:
-            found = client.get_experiment_by_name(experiment)
-            exp_id = found.experiment_id if found else client.create_experiment(experiment)
+            exp_id = ensure_experiment(client, experiment)
             run_id = client.create_run(exp_id, run_name=run_name, tags=describe.standard_tags()).info.run_id  # Source, user, commit
         exp_name = client.get_experiment(exp_id).name
         parent = cls(client, run_id, exp_name, metric)
