@@ -225,6 +225,8 @@ def comparisons_of(d: dict[str, Any], cells: list[CellResult], settings: st.Sett
     if ref is not None:
         pairs = [(c, ref) for c in cells if c is not ref]
     else:
+        # the data choose this pair, but the closest contender: under no true difference its test
+        # stars at most alpha (tests/test_study_report.py simulates 10-cell tables), so it stands alone
         order = ranked(cells, d.get("goal", "max"))
         pairs = [(order[0], order[1])] if len(order) >= 2 else []
     out = []
@@ -260,10 +262,11 @@ def _paired_predictions(client, run_a, run_b) -> tuple[np.ndarray | None, np.nda
 
 def decision(c: st.Comparison, settings: st.Settings, max_seeds: int | None) -> str:
     """What the data say about one comparison (``--until-decided`` stops a cell on the first two)."""
-    if c.star:
-        return "differs"
     pd_ = settings.practical_difference
-    if pd_ and c.n >= st.MIN_N and c.low == c.low and -pd_ < c.low and c.high < pd_:
+    small = bool(pd_ and c.n >= st.MIN_N and c.low == c.low and -pd_ < c.low and c.high < pd_)
+    if c.star:
+        return f"differs, by less than {pd_:g}" if small else "differs"
+    if small:
         return f"no difference of {pd_:g} or more"
     if max_seeds and c.n >= max_seeds:
         return f"undecided at --max-seeds {max_seeds}"
@@ -478,6 +481,7 @@ def _notes(report: Report) -> list[str]:
         "test-set sampling error alone, not the variation over seeds" if any(k.startswith("binomial") for k in kinds) else "",
         f"n too small = fewer than {st.MIN_N} seeds: no seed interval" if "n too small" in kinds else "") if k))
     if report.comparisons:
+        family = len(report.comparisons)
         against = (f"each cell against the reference {d['reference']!r}" if d.get("reference")
                    else f"the best cell against the runner-up ({report.comparisons[0].cell} vs {report.comparisons[0].against})")
         notes.append(f"comparisons: {against}; Δ = cell − {'reference' if d.get('reference') else 'runner-up'} with its 95% CI. "
@@ -486,7 +490,7 @@ def _notes(report: Report) -> list[str]:
                      f"predictions of one shared seed, Welch = unpaired (no shared seed; effect: Hedges' g)")
         level = f"alpha {cfg.alpha:g}" + (f" / {cfg.looks} looks = {cfg.level:.4g} per look (--until-decided)" if cfg.looks > 1 else "")
         notes.append(f"p {cfg.correction}: {'Holm step-down' if cfg.correction == 'holm' else cfg.correction} correction "
-                     f"over the {len(report.comparisons)} comparison(s) of this table; ★ = corrected p < {level}, with n >= "
+                     f"over the {family} comparison(s) of this table; ★ = corrected p < {level}, with n >= "
                      f"{st.MIN_N} seeds (or McNemar)")
         notes.append(f"MDE: the smallest true difference the paired test detects at this n with power {st.POWER:g}"
                      + (f"; seeds needed: to detect a difference of {cfg.practical_difference:g} (practical_difference)"
@@ -640,7 +644,7 @@ def _forest_figure(report: Report, path: Path) -> Path:
     pd_ = report.settings.practical_difference
     if pd_:
         ax.axvspan(-pd_, pd_, color="tab:green", alpha=0.12, label=f"± practical_difference {pd_:g}")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     ax.set_yticks(y, [f"{c.cell} − {c.against}" for c in cs], fontsize=7)
     ax.set_xlabel(f"Δ {report.metric} (95% CI; red: ★ after {report.settings.correction})")
     return _save(fig, path)
