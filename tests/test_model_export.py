@@ -204,3 +204,53 @@ def test_rgb_layouts_and_refusals():
         to_images(nchw.astype(np.int64) + 300, (3, 4, 4))
     with pytest.raises(ValueError, match="48 pixel columns"):
         to_images(pd.DataFrame(np.zeros((2, 7))), (3, 4, 4))
+
+
+def test_loaded_model_refuses_a_wrong_shape_with_one_line_naming_shape_and_dtype(trained):
+    """In process, as `mlflow.pyfunc.load_model` gives it: good input predicts, a bad one is refused
+    by cnnbench's own one-line message (expected shape and dtype), not a stack trace from the network."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(trained["uri"])
+    model = mlflow.pyfunc.load_model(trained["model"].model_uri)
+    assert model.metadata.metadata["input_schema"]["shape"] == [-1, 28, 28, 1]
+    assert model.metadata.metadata["input_schema"]["dtype"] == "uint8"
+    images = trained["data"].test.images[:4].numpy().transpose(0, 2, 3, 1)  # uint8 NHWC, the README's input
+    frame = model.predict(images)
+    assert len(frame) == 4 and frame["predicted_class"].isin([str(c) for c in trained["data"].classes]).all()
+    expected = "expected images of shape (N, 28, 28, 1) or (N, 1, 28, 28) or (N, 28, 28), or (N, 784) flattened, " \
+               "dtype uint8 (pixels 0..255) or float32 in [0, 1]"
+    for bad, got in ((np.zeros((2, 32, 32, 3), np.uint8), "got shape (2, 32, 32, 3) (uint8)"),
+                     (np.zeros((2, 27), np.float32), "got shape (2, 27) (float32)"),
+                     (np.array(["a", "b"]), "got dtype <U1"),
+                     ([[0, 1], [2]], "ragged")):
+        with pytest.raises(MlflowException) as caught:
+            model.predict(bad)
+        message = caught.value.message
+        assert message.startswith("cnnbench model input: ") and expected in message and got in message, message
+        assert "\n" not in message and caught.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_serving_answers_the_readme_request_and_refuses_a_bad_one_with_400(trained):
+    """The scoring server's own request handler (what `mlflow models serve` runs for /invocations):
+    the model folder's serving_input_example.json predicts; a wrong shape is a 400 carrying
+    cnnbench's message, not MLflow's 'unexpected error' with a stack trace."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    mlflow.set_tracking_uri(trained["uri"])
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=trained["model"].model_uri))
+    model = mlflow.pyfunc.load_model(str(folder))
+    schema = model.metadata.get_input_schema()
+    body = (folder / "serving_input_example.json").read_text()
+    response = scoring_server.invocations(body, "application/json", model, schema)
+    assert response.status == 200, response.response
+    predictions = json.loads(response.response)["predictions"]
+    assert len(predictions) == 2 and {"predicted_class", "prob_0"} <= set(predictions[0])
+    bad = json.dumps({"inputs": np.zeros((1, 3, 28, 28), np.uint8).tolist()})
+    with pytest.raises(MlflowException) as caught:
+        scoring_server.invocations(bad, "application/json", model, schema)
+    assert caught.value.get_http_status_code() == 400
+    assert "cnnbench model input: expected images of shape (N, 28, 28, 1)" in caught.value.message
+    assert "got shape (1, 3, 28, 28)" in caught.value.message
+    assert "unexpected error" not in caught.value.message

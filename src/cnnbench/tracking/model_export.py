@@ -86,6 +86,7 @@ def metadata(run: "RunState") -> dict[str, Any]:
         "mean": [float(v) for v in data.mean],  # per channel, in [0, 1] pixel units
         "std": [float(v) for v in data.std],
         "input": INPUT_DOC,
+        "input_schema": input_schema(data.channels, *data.image_size),
         "output": "DataFrame: predicted_class, predicted_index, prob_<class> per class",
         "cnnbench_model": run.config.model.name,
         "cnnbench_dataset": run.config.data.name,
@@ -101,9 +102,20 @@ def requirements() -> list[str]:
             f"numpy=={numpy.__version__}", f"pandas=={pandas.__version__}"]
 
 
+def input_schema(channels: int, height: int, width: int) -> dict[str, Any]:
+    """The canonical input as a tensor spec (what ``serving_input_example.json`` holds), recorded in
+    the model's metadata. Not the signature's input schema: MLflow enforces a tensor spec strictly
+    and would refuse the other documented layouts (NCHW, floats in [0, 1], every CSV); the pyfunc
+    checks the input itself and refuses a bad one with one line naming shape and dtype."""
+    return {"type": "tensor", "dtype": "uint8", "shape": [-1, height, width, channels], "layout": "NHWC",
+            "also": [f"uint8 [-1, {channels}, {height}, {width}] (NCHW)", "float32 in [0, 1], either layout",
+                     f"DataFrame/CSV with {channels * height * width} columns (C, H, W order)"]}
+
+
 def signature(classes) -> "mlflow.models.ModelSignature":
-    """Outputs only: the inputs take several layouts and dtypes (the pyfunc converts them), which
-    one tensor spec cannot state; MLflow would refuse all but one (and every CSV)."""
+    """Outputs only: the inputs take several layouts and dtypes (the pyfunc converts them and refuses
+    the rest itself, see :func:`input_schema`), which one tensor spec cannot state; MLflow would
+    refuse all but one (and every CSV)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
