@@ -1,4 +1,4 @@
-"""FAULTS.md round 2 (issue 30), deliverables 1, 3 and 6: one test per row, named after its ID.
+"""FAULTS.md round 2 (issue 30), deliverables 1, 3, 4 and 6: one test per row, named after its ID.
 
 Covered here:
 - D23: an IDX header whose dimensions multiply past int64 (2^22 x 2^21 x 2^21) is a one-line DataError
@@ -24,6 +24,9 @@ Covered here:
   masked in that run (database stores) before the storage is opened, with a note.
 - X25: the spec files ``run_local`` writes for worker processes hold no password (it goes through
   ``$CNNBENCH_STORAGE_PASSWORD`` / MLflow's variables), are 0600, and are gone with their folder.
+- R4 (deliverable 4): ``train`` SIGKILLed after 3+ epochs were logged (its newest checkpoint is the first
+  epoch's), then ``train --resume``: one printed line names the checkpoint's epoch, the epochs re-trained
+  and those still to train; every metric has one entry per epoch step (none logged twice); FINISHED.
 
 Every refusal is checked for its exit code, exactly one line on stderr with the file or value and the
 limit, no traceback, and no MLflow run left (none RUNNING).
@@ -386,3 +389,60 @@ def test_X25_worker_specs_hold_no_password_and_are_removed(monkeypatch):
         assert env["CNNBENCH_STORAGE_PASSWORD"] == "TopSecret" and env["MLFLOW_TRACKING_PASSWORD"] == "Pw9"
         assert not path.exists() and not path.parent.exists()  # removed with its folder at the end
     assert here[0]["storage"] == spec["storage"]  # worker 0, in this process, keeps the URL as given
+
+
+def _span(first: int, last: int) -> str:
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
+
+
+@pytest.mark.slow
+def test_R4_resume_after_sigkill_logs_each_epoch_once_and_says_which_are_retrained(tmp_path):
+    """R4: a run SIGKILLed after some epochs were logged (its newest checkpoint is older: the first
+    epoch's, later ones at most once a minute) is resumed from the newest checkpoint there is; the
+    epochs it trains again are named in one line and each metric has one entry per epoch."""
+    import signal
+    import time
+
+    from faultkit import FAST, Proc, env, run_cli
+    from mlflow.tracking import MlflowClient
+
+    store, epochs = f"sqlite:///{tmp_path}/mlflow.db", 8
+    environ = env(CNNBENCH_HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path))  # no other resume cache
+    proc = Proc("train", "--tracking-uri", store, "--experiment", "r4", "--epochs", str(epochs), *FAST, environ=environ)
+    run_id, deadline = None, time.monotonic() + 240
+    try:
+        proc.wait_for(r"^epoch 1/")  # the process has created the store (two processes creating one SQLite schema race)
+        client = MlflowClient(store)
+        while time.monotonic() < deadline and proc.popen.poll() is None:  # until 3 epochs are in the store
+            exp = client.get_experiment_by_name("r4") if run_id is None else None
+            runs = client.search_runs([exp.experiment_id]) if exp is not None else []
+            run_id = run_id or (runs[0].info.run_id if runs else None)
+            if run_id is not None and len(client.get_metric_history(run_id, "val_accuracy")) >= 3:
+                break
+            time.sleep(0.05)
+        alive = proc.popen.poll() is None
+        if alive:
+            proc.signal(signal.SIGKILL)
+    finally:
+        done = proc.finish()
+    assert alive and run_id is not None and done.rc == -9, done.output
+    logged = sorted(m.step for m in client.get_metric_history(run_id, "val_accuracy"))
+    assert len(logged) >= 3 and logged[-1] < epochs, logged
+    time.sleep(3.5)  # the killed process's heartbeat (1 s here) is past 3 missed beats
+    resumed = run_cli("train", "--resume", run_id, "--tracking-uri", store, environ=environ)
+    assert resumed.rc == 0, resumed.output
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED", run.info.status
+    per_epoch = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s", "epoch_images_per_s"]
+    for key in run.data.metrics:
+        history = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert len(history) == len(set(history)), (key, history)  # no step logged twice
+        if key in per_epoch:
+            assert history == list(range(1, epochs + 1)), (key, history)
+    assert set(per_epoch) <= set(run.data.metrics)
+    lines = [line for line in resumed.output.splitlines() if f"resuming run {run_id} from epoch" in line]
+    assert len(lines) == 1, resumed.output
+    start = int(re.search(r"from epoch (\d+)", lines[0]).group(1))
+    assert 1 <= start < logged[-1], (lines[0], logged)  # SIGKILL: epochs after the checkpoint are trained again
+    assert f"{_span(start + 1, logged[-1])} re-trained" in lines[0], lines[0]
+    assert f"{_span(logged[-1] + 1, epochs)} to train" in lines[0], lines[0]

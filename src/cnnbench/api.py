@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -384,7 +385,7 @@ def resume(run_id: str, *, tracking_uri: str | None = None, quiet: bool = False)
     Resumable: KILLED or FAILED, or RUNNING with its process gone (no heartbeat). The run is
     claimed first (see :func:`cnnbench.tracking.resume.claim`): a second resume of the same run,
     at the same moment or later, is refused."""
-    from cnnbench.tracking.resume import claim, fetch_resume, get_resumable, release
+    from cnnbench.tracking.resume import claim, fetch_resume, get_resumable, logged_epochs, release, resume_line
     from cnnbench.tracking.store import check_reachable, resolve_uri
 
     uri = resolve_uri(tracking_uri)
@@ -392,11 +393,14 @@ def resume(run_id: str, *, tracking_uri: str | None = None, quiet: bool = False)
     get_resumable(uri, run_id)  # refuse early (before the claim) what can never be resumed
     before = claim(uri, run_id)
     try:
-        raw, state = fetch_resume(uri, run_id)
+        raw, state, source = fetch_resume(uri, run_id)
         config = TrainConfig.from_dict(raw, source=f"config.json of run {run_id}")
         config = config.replace(run={"tracking_uri": uri, "quiet": quiet})
         callbacks = run_callbacks(config, run_id=run_id)
+        line = resume_line(run_id, state, source, config.run.epochs, logged_epochs(uri, run_id))
     except BaseException:
         release(uri, run_id, before)
         raise
+    # one line, even with --quiet: which epochs this resume trains again (FAULTS R4)
+    print(line, file=sys.stderr, flush=True)
     return train(config, callbacks, resume_state=state)

@@ -62,6 +62,9 @@ class MlflowTracker(Callback):
         self._ended = False
         self._heartbeat: mlruns.Heartbeat | None = None
         self._pending = None  # the previous epoch's asynchronous metric write
+        # steps each metric already has in the run being attached to (a resume re-trains the epochs
+        # after its checkpoint that a SIGKILLed process had logged: they are not logged again)
+        self._logged: dict[str, set[int]] = {}
         self._store_error: BaseException | None = None  # the store stopped answering mid-run
         self.local_checkpoint: Path | None = None  # kept on disk when the store could not take it
         self.status: str | None = None  # how the run ended
@@ -112,6 +115,7 @@ class MlflowTracker(Callback):
 
     def _open(self, run: RunState) -> None:
         mlflow.set_tracking_uri(self.tracking_uri)
+        attached = self.run_id is not None
         if self.run_id is None:
             exp_id = ensure_experiment(self.client, self.experiment)  # tagged: the UI opens on the runs table
             mlflow.set_experiment(experiment_id=exp_id)
@@ -130,6 +134,7 @@ class MlflowTracker(Callback):
         identity = campaign_runs.identity(campaign_runs.role_of(self.extra_tags))
         mlflow.set_tags({**self._tags(run), **identity, **self.extra_tags, **run.tags, **mlruns.owner_tags()})
         self._heartbeat = mlruns.Heartbeat(self.client, run.run_id).start()
+        self._logged = logged_steps(self.client, run.run_id) if attached else {}
         if run.start_epoch > 0:
             self._log_missing_epochs(run)
         if run.start_epoch == 0:  # a resumed run has its description and inputs already
@@ -144,7 +149,10 @@ class MlflowTracker(Callback):
         # epoch's write is checked now: a store that stopped answering stops the run here (one
         # epoch late at most) instead of training on while every write is dropped.
         self._check_store(run, epoch)
-        self._pending = mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch, synchronous=False)
+        # an epoch re-trained by a resume (logged before the kill, after the checkpoint) is logged once
+        fresh = {k: float(v) for k, v in metrics.items() if epoch not in self._logged.get(k, ())}
+        if fresh:
+            self._pending = mlflow.log_metrics(fresh, step=epoch, synchronous=False)
 
     def on_checkpoint(self, run: RunState, path: Path) -> None:
         """Upload ``last.pt`` as soon as it is written (the engine writes it at most every minute), so
@@ -263,12 +271,13 @@ class MlflowTracker(Callback):
 
         from mlflow.entities import Metric
 
-        logged = {m.step for m in self.client.get_metric_history(run.run_id, "val_accuracy")}
         now = int(time.time() * 1000)
-        missing = [Metric(k, float(v), now, int(row["epoch"])) for row in run.history if int(row["epoch"]) not in logged
-                   for k, v in row.items() if k != "epoch"]
+        missing = [Metric(k, float(v), now, int(row["epoch"])) for row in run.history for k, v in row.items()
+                   if k != "epoch" and int(row["epoch"]) not in self._logged.get(k, ())]
         for start in range(0, len(missing), 1000):
             self.client.log_batch(run.run_id, metrics=missing[start : start + 1000])
+        for m in missing:
+            self._logged.setdefault(m.key, set()).add(m.step)
 
     def _stop_heartbeat(self) -> None:
         if self._heartbeat is not None:
@@ -327,6 +336,12 @@ class MlflowTracker(Callback):
         from cnnbench.tracking import model_export
 
         return model_export.log_model_with_metrics(run, metrics, step=run.epoch, register_model=self.register_model)
+
+
+def logged_steps(client: MlflowClient, run_id: str) -> dict[str, set[int]]:
+    """Each metric of the run and the steps it has (its history)."""
+    keys = client.get_run(run_id).data.metrics
+    return {key: {m.step for m in client.get_metric_history(run_id, key)} for key in keys}
 
 
 def _keep_locally(run: RunState) -> Path | None:

@@ -32,8 +32,11 @@ def local_checkpoint_dir(run_id: str) -> Path:
     return Path(home).expanduser() / "resume" / run_id
 
 
-def fetch_resume(tracking_uri: str, run_id: str) -> tuple[dict, dict]:
-    """(config dict, checkpoint state) of a resumable run, read into memory (no files left behind)."""
+def fetch_resume(tracking_uri: str, run_id: str) -> tuple[dict, dict, str]:
+    """(config dict, checkpoint state, where it came from) of a resumable run, read into memory (no
+    files left behind). The checkpoint is the newest there is: the local resume cache
+    (:func:`local_checkpoint_dir`) against the run's uploaded ``checkpoints/last.pt``, by epoch;
+    where is ``"local checkpoint"`` or ``"uploaded checkpoint"``."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -48,7 +51,7 @@ def fetch_resume(tracking_uri: str, run_id: str) -> tuple[dict, dict]:
             if not (local / "config.json").exists():
                 raise ConfigError(f"--resume: run {run_id} has no config.json artifact; it cannot be resumed") from None
             config = json.loads((local / "config.json").read_text())
-        state = None
+        state, source = None, "uploaded checkpoint"
         try:
             ckpt_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last.pt", dst_path=folder, tracking_uri=tracking_uri)
             state = checkpoint.load(ckpt_path)  # a clear ConfigError for a file that is not a cnnbench checkpoint
@@ -57,12 +60,42 @@ def fetch_resume(tracking_uri: str, run_id: str) -> tuple[dict, dict]:
     if (local / "last.pt").exists():  # kept here when the store stopped answering: newer than the store's
         kept = checkpoint.load(local / "last.pt")
         if state is None or int(kept["epoch"]) >= int(state["epoch"]):
-            state = kept
+            state, source = kept, f"local checkpoint {local / 'last.pt'}"
     if state is None:
         epochs = len(mlflow.tracking.MlflowClient(tracking_uri).get_metric_history(run_id, "train_loss"))
         when = f"it logged {epochs} epoch(s) but was stopped before uploading one" if epochs else "it ended before its first epoch"
         raise ConfigError(f"--resume: run {run_id} has no checkpoint (checkpoints/last.pt) to resume from; {when}")
-    return config, state
+    return config, state, source
+
+
+def logged_epochs(tracking_uri: str, run_id: str) -> list[int]:
+    """The epochs (steps of ``val_accuracy``, logged at every epoch end) the run has in the store."""
+    from mlflow.tracking import MlflowClient
+
+    return sorted({m.step for m in MlflowClient(tracking_uri).get_metric_history(run_id, "val_accuracy")})
+
+
+def _span(first: int, last: int) -> str:
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
+
+
+def resume_line(run_id: str, state: dict, source: str, epochs: int, logged: list[int]) -> str:
+    """The one line a resume prints: the checkpoint's epoch and where it came from, the epochs it
+    trains again (the interrupted process logged them after its newest checkpoint: their metrics
+    are kept, not logged a second time) and the epochs still to train."""
+    start = int(state["epoch"])
+    head = f"cnnbench: resuming run {run_id} from epoch {start} ({source})"
+    if bool(state.get("training_done")) or start >= epochs:
+        return f"{head}; no epoch to train: the test pass and the artifacts remain"
+    again = [e for e in logged if start < e <= epochs]
+    parts = []
+    if again:
+        parts.append(f"{_span(start + 1, max(again))} re-trained (logged before the interruption, after the newest "
+                     f"checkpoint; their metrics are logged once, not again)")
+    todo = max(again, default=start) + 1
+    if todo <= epochs:
+        parts.append(f"{_span(todo, epochs)} to train")
+    return f"{head}; " + ", ".join(parts)
 
 
 def get_resumable(tracking_uri: str, run_id: str):
