@@ -171,7 +171,7 @@ class JobQueue:
     def create(self, jobs: Iterable[Job], attrs: dict) -> bool:
         """Create the campaign and enqueue every job once; False (nothing done) when it exists already:
         join it with :meth:`wait_ready`."""
-        from cnnbench.campaign.storage import is_locked
+        from cnnbench.campaign.workers import is_transient
 
         for attempt in range(5):
             try:
@@ -182,13 +182,12 @@ class JobQueue:
             except IntegrityError:
                 return False
             except OperationalError as err:  # SQLite: another process creating it holds the lock past the timeout
-                if not is_locked(err) or attempt == 4:
+                if not is_transient(err) or attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
         batch: list[dict] = []
         for job in jobs:
-            batch.append({"campaign": self.campaign, "key": job.key, "payload": json.dumps(job.payload),
-                          "state": WAITING, "attempts": 0, "transient": 0, "token": 0})
+            batch.append(self._row(job))
             if len(batch) >= BATCH:
                 self._enqueue(batch)
                 batch = []
@@ -210,12 +209,16 @@ class JobQueue:
             if job.key in have:
                 continue
             try:
-                self._enqueue([{"campaign": self.campaign, "key": job.key, "payload": json.dumps(job.payload),
-                                "state": WAITING, "attempts": 0, "transient": 0, "token": 0}])
+                self._enqueue([self._row(job)])
             except IntegrityError:
                 continue
             added.append(job.key)
         return added
+
+    def _row(self, job: Job) -> dict:
+        """A new job's row: waiting, never attempted."""
+        return {"campaign": self.campaign, "key": job.key, "payload": json.dumps(job.payload),
+                "state": WAITING, "attempts": 0, "transient": 0, "token": 0}
 
     def _enqueue(self, batch: list[dict]) -> None:
         with self.engine.begin() as conn:
@@ -431,9 +434,9 @@ def _create_tables(engine, attempts: int = 5) -> None:
             metadata.create_all(engine)
             return
         except (IntegrityError, ProgrammingError, OperationalError) as err:
-            from cnnbench.campaign.storage import is_locked
+            from cnnbench.campaign.workers import is_transient
 
-            transient = "already exists" in str(err) or is_locked(err)
+            transient = "already exists" in str(err) or is_transient(err)
             if attempt == attempts - 1 or (isinstance(err, OperationalError) and not transient):
                 raise
             time.sleep(0.2 * (attempt + 1))

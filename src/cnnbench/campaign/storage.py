@@ -260,18 +260,15 @@ def _prepare_sqlite(url: str) -> None:
         except (OSError, sqlite3.Error) as err:
             # processes opening a new file together: switching the journal mode can answer "locked"
             # at once, without waiting for the busy timeout; the file is fine, look again
-            if is_locked(err) and attempt < LOCKED_RETRIES - 1:
+            from cnnbench.campaign.workers import is_transient
+
+            if is_transient(err) and attempt < LOCKED_RETRIES - 1:
                 time.sleep(0.2 * (attempt + 1))
                 continue
             raise ConfigError(f"cannot use the SQLite study storage {path}: {err}") from None
 
 
 LOCKED_RETRIES = 6
-
-
-def is_locked(err: BaseException) -> bool:
-    """SQLite's transient answer while another process holds the write lock or sets the file up."""
-    return "database is locked" in str(err) or "database table is locked" in str(err)
 
 
 def _stale_callback_kwarg(on_stale: Callable | None) -> dict:

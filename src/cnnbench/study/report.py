@@ -91,12 +91,6 @@ class Report:
         return f"study {d['study_id']} (budget {budget}): {d['metric']} over seeds {shown}{partial}"
 
 
-def summarise(values: list[float]) -> dict[str, float]:
-    """n, mean, sample std and the cell's interval (:func:`cnnbench.study.stats.cell_stats`)."""
-    s = st.cell_stats(values)
-    return {"n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.low, "ci_high": s.high}
-
-
 def find_parent(client, ref: str, *, experiment: str | None = None) -> str:
     """A parent run id from a run id, or the newest parent whose study id is ``ref``."""
     from mlflow.exceptions import MlflowException
@@ -230,34 +224,41 @@ def comparisons_of(d: dict[str, Any], cells: list[CellResult], settings: st.Sett
         order = ranked(cells, d.get("goal", "max"))
         pairs = [(order[0], order[1])] if len(order) >= 2 else []
     out = []
+    read: dict[str, Any] = {}  # run id -> its predictions: the reference's are read once, not per comparison
     for cell, against in pairs:
         a, b = cell.by_seed, against.by_seed
         shared = [s for s in a if s in b and a[s] == a[s] and b[s] == b[s]]
         correct_a = correct_b = None
         if len(shared) == 1 and client is not None:
-            correct_a, correct_b = _paired_predictions(client, cell.run_of(shared[0]), against.run_of(shared[0]))
+            correct_a, correct_b = _paired_predictions(client, cell.run_of(shared[0]), against.run_of(shared[0]), read)
         out.append(st.compare(cell.label, against.label, a, b, correct_a=correct_a, correct_b=correct_b,
                               practical=settings.practical_difference, alpha=settings.level))
     return st.star(out, settings.correction, settings.level)
 
 
-def _paired_predictions(client, run_a, run_b) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _paired_predictions(client, run_a, run_b, read: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Per-example correctness of two runs on the same test set (their ``eval/test_predictions.npz``),
-    or (None, None) when either lacks it or they saw different test images."""
-    from cnnbench.artifacts.evaluation import read_test_predictions
-
-    got = []
-    with tempfile.TemporaryDirectory() as folder:
-        for i, run in enumerate((run_a, run_b)):
-            try:
-                path = client.download_artifacts(run.info.run_id, PREDICTIONS, f"{folder}/{i}")
-                got.append(read_test_predictions(Path(path)))
-            except Exception:
-                return None, None
+    or (None, None) when either lacks it or they saw different test images. ``read`` caches by run id."""
+    got = [_predictions(client, run.info.run_id, read) for run in (run_a, run_b)]
+    if got[0] is None or got[1] is None:
+        return None, None
     (ca, da), (cb, db) = got
     if da != db or len(ca) != len(cb):
         return None, None
     return ca, cb
+
+
+def _predictions(client, run_id: str, read: dict[str, Any]) -> tuple[np.ndarray, str] | None:
+    """(correctness, test images digest) of one run's stored predictions; None when it has none."""
+    from cnnbench.artifacts.evaluation import read_test_predictions
+
+    if run_id not in read:
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                read[run_id] = read_test_predictions(Path(client.download_artifacts(run_id, PREDICTIONS, folder)))
+            except Exception:
+                read[run_id] = None
+    return read[run_id]
 
 
 def decision(c: st.Comparison, settings: st.Settings, max_seeds: int | None) -> str:
