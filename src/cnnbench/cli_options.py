@@ -237,14 +237,39 @@ def launcher_options(command: Callable) -> Callable:
     return command
 
 
-def launcher_from(kwargs: dict[str, Any], table: dict[str, Any] | None = None, where: str = "") -> Any:
+def launcher_from(kwargs: dict[str, Any], table: dict[str, Any] | None = None, where: str = "",
+                  accept_file: bool = False) -> Any:
     """The launcher options: the command line's ``launcher_*`` values (popped from ``kwargs``) over a
-    study file's ``[launcher]`` table over the defaults."""
+    study file's ``[launcher]`` table over the defaults.
+
+    A file describes the experiment, not whose machines receive the user's credentials: its
+    ``ray_address`` is used only when it is the user's own (``--ray-address``, ``$RAY_ADDRESS``) or
+    with ``--use-file-destination`` (``accept_file``), as for its tracking URI (FAULTS X26); its
+    ``folder`` (submitit's job scripts and logs) stays under the working directory."""
+    import os
+    from pathlib import Path
+
     from cnnbench.campaign.launchers import LauncherOptions
+    from cnnbench.errors import ConfigError
+    from cnnbench.tracking.store import FILE_DESTINATION_FLAG
 
     values = LauncherOptions.from_table(table or {}, where) if table else {}
+    given_address = kwargs.get("launcher_ray_address")
     for key in LAUNCHER_FLAGS:
         given = kwargs.pop(f"launcher_{key}", None)
         if given is not None and given != ():
             values[key] = tuple(given) if key == "sbatch" else given
+    from_file = (table or {}).get("ray_address", (table or {}).get("ray-address"))
+    if from_file is not None and given_address is None and not accept_file:
+        user = os.environ.get("RAY_ADDRESS") or None
+        if str(from_file) != (user or ""):
+            mine = f"$RAY_ADDRESS is {user!r}" if user else "neither --ray-address nor $RAY_ADDRESS is given"
+            raise ConfigError(f"{where} [launcher] ray_address {str(from_file)!r} chooses the Ray cluster that runs "
+                              f"the workers and receives your store credentials, but {mine}; refusing to let a file "
+                              f"choose it: pass --ray-address, or {FILE_DESTINATION_FLAG} to use the file's")
+    folder = (table or {}).get("folder")
+    if folder is not None and (not isinstance(folder, str) or not folder.strip() or Path(folder).expanduser().is_absolute()
+                               or ".." in Path(folder).parts):
+        raise ConfigError(f"{where} [launcher] folder {folder!r}: a study file may only name a folder under the "
+                          f"working directory (a relative path without '..'), e.g. folder = \"cnnbench-slurm\"")
     return LauncherOptions(**values)

@@ -169,7 +169,8 @@ def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment,
     request = RunRequest(study=study, source=name, storage=storage, study_name=study_name, experiment=experiment,
                          tracking_uri=tracking_uri, workers=workers, max_retries=max_retries,
                          heartbeat_interval=heartbeat_interval, device=device, command=_command_line(),
-                         max_jobs=max_jobs, launcher=launcher_from(launcher, study.launcher, f"study file {name}"),
+                         max_jobs=max_jobs, launcher=launcher_from(launcher, study.launcher, f"study file {name}",
+                                                     accept_file=use_file_destination),
                          max_seeds=max_seeds, seed_batch=seed_batch, use_file_destination=use_file_destination)
     outcome = run(prepare(request))
     if outcome.report is not None:
