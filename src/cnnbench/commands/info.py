@@ -11,6 +11,8 @@ import json
 
 import click
 
+from cnnbench.cli_options import shared
+
 from cnnbench.errors import ConfigError
 
 
@@ -23,6 +25,9 @@ def parse_shape(text: str) -> tuple[int, int, int]:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"--input-shape expects three positive integers C,H,W such as 3,32,32; got {text!r}")
+    from cnnbench.memory.guard import check_elements
+
+    check_elements(f"--input-shape {text}", *shape)
     return shape
 
 
@@ -77,6 +82,12 @@ INPUT_OPTIONS = [
 ]
 
 
+force_option = click.option(
+    "--force", is_flag=True,
+    help="allocate even when the real allocations (the model, the workspace calibration, --measure) are "
+         "predicted above the available memory")
+
+
 def input_options(func):
     """The input-shape options ``info`` and ``memory`` share (read by :func:`input_spec`)."""
     for option in reversed(INPUT_OPTIONS):
@@ -87,25 +98,27 @@ def input_options(func):
 @click.command(name="info")
 @click.argument("model")
 @input_options
-@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="model option; repeatable")
-@click.option("--kernel-size", type=click.IntRange(min=1), default=None, help="sets the model's kernel_size option")
+@shared("model_options")
+@shared("kernel_size")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="batch size of the training-memory prediction")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="device the memory prediction is for (cuda needs no GPU; see cnnbench memory)")
+@shared("device")  # the memory prediction is for (cuda needs no GPU; see cnnbench memory)
 @click.option("--depth", type=click.IntRange(min=1), default=None, help="show layers up to this nesting depth [all]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
+@force_option
 def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], data_dir: str | None, input_shape: str | None,
             image_size: int | None, num_classes: int | None, model_options: tuple[str, ...], kernel_size: int | None, batch_size: int,
-            device: str, depth: int | None, as_json: bool) -> None:
+            device: str, depth: int | None, as_json: bool, force: bool) -> None:
     """Summarise MODEL: its options, layers (output shape, parameters, MACs), size and training memory.
 
     Nothing is downloaded or loaded: shapes come from the dataset's declared metadata or --input-shape.
     """
     from cnnbench.models.summary import format_info, model_info
     from cnnbench.models import build_model, resolve_model_options
+    from cnnbench.memory.predict import target_device
     from cnnbench.registry import parse_key_values
 
+    device = target_device(device).type  # auto: cuda when present; mps is refused in one line
     shape, classes, origin = input_spec(model, dataset, dataset_options, input_shape, num_classes, data_dir)
     if image_size is not None:
         shape, origin = (shape[0], image_size, image_size), f"{origin}, resized by --image-size"
@@ -113,6 +126,12 @@ def command(model: str, dataset: str | None, dataset_options: tuple[str, ...], d
     if kernel_size is not None:
         given["kernel_size"] = kernel_size  # --kernel-size is shorthand for the model option
     plugin, resolved = resolve_model_options(model, given)
+    if not force:  # predicted on fake tensors first: the real model and the workspace calibration must fit
+        from cnnbench.config import OPTIMIZERS
+        from cnnbench.memory.guard import check_prediction_command
+
+        check_prediction_command(model, shape, [batch_size], list(OPTIMIZERS), real_model=True, num_classes=classes,
+                                 model_options=resolved, device=device)
     net = build_model(model, num_classes=classes, in_channels=shape[0], image_size=shape[1:], options=resolved)
     info = model_info(net, shape, batch_size, memory_options={"device": device, "num_classes": classes})
     if as_json:

@@ -11,8 +11,11 @@ import json
 
 import click
 
-from cnnbench.commands.info import input_options
+from cnnbench.cli_options import shared
+
+from cnnbench.commands.info import force_option, input_options
 from cnnbench.errors import ConfigError
+from cnnbench.memory.guard import INT64_MAX
 
 DEFAULT_BATCHES = "8,16,64"
 DEFAULT_OPTIMIZERS = "sgd,momentum,adam"
@@ -29,6 +32,8 @@ def parse_batch_sizes(text: str) -> list[int]:
             value = 0
         if value < 1:
             raise ConfigError(f"--batch-sizes expects positive integers separated by commas, such as 8,16,64; got {part!r}")
+        if value > INT64_MAX:
+            raise ConfigError(f"--batch-sizes: {part} is beyond the largest size a tensor takes ({INT64_MAX:,})")
         sizes.append(value)
     return sorted(dict.fromkeys(sizes))
 
@@ -50,14 +55,13 @@ def parse_optimizers(text: str) -> list[str]:
 @click.command(name="memory")
 @click.argument("model")
 @input_options
-@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", help="model option; repeatable")
+@shared("model_options")
 @click.option("--batch-sizes", default=DEFAULT_BATCHES, show_default=True, help="batch sizes to predict, comma-separated")
 @click.option("--optimizers", default=DEFAULT_OPTIMIZERS, show_default=True, help="optimizers to predict, comma-separated")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="learning rate")
 @click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
               help="micro-batches per optimizer step, as train --grad-accum")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="device to predict for (cuda needs no GPU; auto: cuda when present) and to --measure on")
+@shared("device")  # predicted for (cuda needs no GPU) and --measure'd on
 @click.option("--amp", is_flag=True, help="autocast as train --amp does (CUDA only, like train)")
 @click.option("--channels-last", is_flag=True, help="NHWC model and batches, as train --channels-last (CUDA only)")
 @click.option("--measure", is_flag=True, help="also run each step for real and report the measured peak and error")
@@ -66,13 +70,14 @@ def parse_optimizers(text: str) -> list[str]:
 @click.option("--max-batch", type=click.IntRange(min=1), default=65536, show_default=True,
               help="largest batch size --budget-mb searches")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
+@force_option
 @click.option("--no-track", is_flag=True, help="do not log an MLflow run")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI [$MLFLOW_TRACKING_URI, else ./mlruns]")
-@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name")
+@shared("tracking_uri")
+@shared("experiment", default=DEFAULT_EXPERIMENT)
 def command(model: str, dataset, dataset_options, data_dir, input_shape, image_size, num_classes, model_options, batch_sizes: str,
             optimizers: str, lr: float, grad_accum: int, device: str, amp: bool, channels_last: bool, measure: bool,
-            budget_mb: float | None, max_batch: int, as_json: bool, no_track: bool, tracking_uri: str | None,
-            experiment: str) -> None:
+            budget_mb: float | None, max_batch: int, as_json: bool, force: bool, no_track: bool,
+            tracking_uri: str | None, experiment: str) -> None:
     """Predict (and with --measure, measure) the peak memory of training MODEL, per optimizer and batch size.
 
     The prediction runs the real training step (forward, loss, backward, optimizer step, twice so the
@@ -96,6 +101,12 @@ def command(model: str, dataset, dataset_options, data_dir, input_shape, image_s
     if image_size is not None:
         shape, origin = (shape[0], image_size, image_size), f"{origin}, resized by --image-size"
     _, resolved = resolve_model_options(model, parse_key_values(model_options, flag="--model-option"))
+    if not force:  # predicted on fake tensors: refused before the workspace calibration or --measure allocates
+        from cnnbench.memory.guard import check_prediction_command
+
+        check_prediction_command(model, shape, sizes, names, measure=measure, budget_mb=budget_mb if measure else None,
+                                 num_classes=classes, model_options=resolved, lr=lr, grad_accum=grad_accum,
+                                 amp=amp, channels_last=channels_last, device=dev.type)
     uri = None
     if not no_track:
         from cnnbench.tracking.memory_run import prepare

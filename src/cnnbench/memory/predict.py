@@ -36,6 +36,7 @@ from cnnbench.engine import precision
 from cnnbench.errors import ConfigError, ModelInputError
 from cnnbench.memory.step import (CUDA_BLOCK, MB, STEPS, Cell, StepSetup, amp_dtype, eval_pass, make_optimizer,
                                   optimizer_names, random_batch, train_steps)
+from cnnbench.memory import guard
 from cnnbench.memory.tracker import LiveTensorBytes
 from cnnbench.memory.workspace import ConvWorkspace
 
@@ -139,11 +140,13 @@ def predict(model: str | nn.Module, input_shape: tuple[int, int, int], batch_siz
             num_classes: int = 10, model_options: Mapping[str, Any] | None = None, lr: float = 1e-3,
             momentum: float = 0.9, weight_decay: float = 0.0, label_smoothing: float = 0.0, amp: bool | str = False,
             channels_last: bool = False, device: str | torch.device = "cpu", grad_accum: int = 1,
-            workspace: bool = True) -> Prediction:
+            workspace: bool | ConvWorkspace = True) -> Prediction:
     """Predict the memory of training ``model`` (a registered name or a module) on batches of
     ``batch_size`` images of ``input_shape`` (C, H, W) with ``optimizer`` (see the module docstring).
     ``workspace``: add convolution kernels' internal buffers, measured once per layer shape on the
-    target device (:mod:`cnnbench.memory.workspace`; skipped when the device is absent).
+    target device (:mod:`cnnbench.memory.workspace`; skipped when the device is absent, and for a
+    layer whose calibration would not fit the available memory); a ``ConvWorkspace`` is used as given
+    (``ConvWorkspace(device, dry=True)``: nothing real runs, it adds up what calibrating would cost).
 
     Bad names and values raise :class:`~cnnbench.errors.ConfigError` (model plugins raise their own
     ``ModelInputError`` for inputs they cannot take).
@@ -170,8 +173,9 @@ def predict(model: str | nn.Module, input_shape: tuple[int, int, int], batch_siz
         net = fake_copy(net, mode, fake_on, channels_last=cl)
     params = sum(p.numel() for p in net.parameters())
 
-    tracker = LiveTensorBytes(round_to=CUDA_BLOCK if dev.type == "cuda" else 1,
-                              workspace=ConvWorkspace(dev) if workspace else None)
+    if workspace is True:
+        workspace = ConvWorkspace(dev)
+    tracker = LiveTensorBytes(round_to=CUDA_BLOCK if dev.type == "cuda" else 1, workspace=workspace or None)
     if workspace and not tracker.workspace.enabled:
         notes.append("convolution workspaces not included: measuring them needs the device")
     with mode:
@@ -189,6 +193,10 @@ def predict(model: str | nn.Module, input_shape: tuple[int, int, int], batch_siz
             shape = "x".join(map(str, input_shape))
             raise ModelInputError(f"{name} cannot train on batches of {batch_size} images of {shape}: "
                                   f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if workspace and workspace.skipped:
+        notes.append(f"convolution workspaces of {workspace.skipped} layer shape(s) not included: measuring them "
+                     f"would allocate {guard.show_bytes(workspace.calibration_peak)}, more than the "
+                     f"{guard.show_bytes(guard.available_bytes(dev))} available")
 
     return Prediction(
         model=name, input_shape=tuple(input_shape), num_classes=num_classes, batch_size=batch_size, optimizer=optimizer,

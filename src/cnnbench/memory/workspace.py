@@ -11,6 +11,14 @@ device the prediction is for, and extrapolates linearly in the batch size (a bat
 part for the reordered activations plus a constant part for the weights). Results are cached per
 layer configuration and process. CPU: bytes from ``torch.profiler(profile_memory=True)``; CUDA:
 ``max_memory_allocated``. Without the device (predicting for CUDA without a GPU) nothing is added.
+
+The calibration is the one real allocation of a prediction, so its cost is known before it runs
+(:func:`calibration_bytes`: the real operands and results at the larger calibration batch, twice for
+the kernel's reordered copies). ``ConvWorkspace(device, dry=True)`` only adds those costs up
+(``calibration_peak``, the largest one; nothing runs): ``cnnbench info`` and ``cnnbench memory``
+refuse before calibrating when it exceeds the available memory (:mod:`cnnbench.memory.guard`). A
+calibration that would not fit is never run, even when a caller did not check (``skipped``: the
+prediction then says its workspaces are missing).
 """
 
 from __future__ import annotations
@@ -45,9 +53,12 @@ class ConvWorkspace:
 
     BATCHED = {aten.convolution.default: (0,), aten.convolution_backward.default: (0, 1)}  # args with a batch dim
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, *, dry: bool = False) -> None:
         self.device = device
         self.enabled = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_available())
+        self.dry = dry
+        self.calibration_peak = 0  # bytes of the largest calibration still to run (dry) or skipped
+        self.skipped = 0  # calibrations not run: they would not fit the available memory
 
     def __call__(self, func, args, kwargs, out) -> int:
         if not self.enabled or func not in self.BATCHED or kwargs:
@@ -57,6 +68,15 @@ class ConvWorkspace:
         key = (str(self.device), func, tuple(_describe(a, i in batched) for i, a in enumerate(args)),
                torch.get_num_threads())
         if key not in _CACHE:
+            cost = calibration_bytes(func, args, out)
+            self.calibration_peak = max(self.calibration_peak, cost)
+            if self.dry:
+                return 0
+            from cnnbench.memory.guard import available_bytes
+
+            if cost > available_bytes(self.device):
+                self.skipped += 1
+                return 0
             with unset_fake_temporarily(), torch.no_grad():
                 b1, b2 = CALIBRATION_BATCHES
                 w1, w2 = self._measure(func, args, b1), self._measure(func, args, b2)
@@ -83,6 +103,30 @@ class ConvWorkspace:
             result = holder.pop()
         returned = sum(t.untyped_storage().nbytes() for t in _tensors(result))
         return max(0, extra - returned)
+
+
+def calibration_bytes(func, args, out) -> int:
+    """Real bytes one calibration of ``func`` allocates at the larger calibration batch: its operands
+    and results (batched ones at that batch), doubled for the copies a kernel reorders them into."""
+    batched = ConvWorkspace.BATCHED[func]
+    big = CALIBRATION_BATCHES[-1]
+    total = sum(_nbytes(a, big if i in batched else None) for i, a in enumerate(args))
+    results = out if isinstance(out, (list, tuple)) else [out]
+    for i, t in enumerate(results):  # convolution: the output; backward: grad_input (batched), grad_weight, grad_bias
+        total += _nbytes(t, big if i == 0 else None)
+    return 2 * total
+
+
+def _nbytes(value: Any, batch: int | None) -> int:
+    if not isinstance(value, torch.Tensor):
+        return 0
+    shape = [int(d) for d in value.shape]
+    if batch is not None and shape:
+        shape[0] = batch
+    count = 1
+    for d in shape:
+        count *= d
+    return count * value.element_size()
 
 
 def _real(value: Any, batch: int | None, device: torch.device) -> Any:
