@@ -40,9 +40,21 @@ def parse_kernel(text: str) -> tuple[str, np.ndarray]:
     return "custom_" + str(len(rows)) + "x" + str(len(rows[0])), np.array(rows)
 
 
-def load_image(path: str | Path, channel: str, size: int | None) -> np.ndarray:
+def predicted_bytes(native: tuple[int, int], size: int | None, kernels: int) -> int:
+    """Bytes :func:`load_image`, :func:`apply` and :func:`write` hold at once for an image of ``native``
+    (width, height) pixels, resized to ``size`` x ``size``, and ``kernels`` kernels: the decoded RGB and
+    converted copies (uint8), the float64 input, one float64 result per kernel, and the clipped
+    float64 and uint8 copies :func:`write` makes of one panel."""
+    pixels = int(native[0]) * int(native[1])
+    final = pixels if size is None else int(size) * int(size)
+    return pixels * 4 + final * (1 + 8 * (kernels + 2) + 1)
+
+
+def load_image(path: str | Path, channel: str, size: int | None, *, kernels: int | None = None) -> np.ndarray:
     """One channel of an image file as float (H, W) in [0, 255], optionally resized to size x size.
-    An image above :data:`cnnbench.data.images.MAX_IMAGE_PIXELS` is refused before it is decoded."""
+    An image above :data:`cnnbench.data.images.MAX_IMAGE_PIXELS` is refused before it is decoded;
+    with ``kernels`` (how many will be applied), so is one whose :func:`predicted_bytes` exceed the
+    available memory (``--force`` skips that check)."""
     from PIL import Image, UnidentifiedImageError
 
     from cnnbench.data.images import open_image
@@ -51,6 +63,13 @@ def load_image(path: str | Path, channel: str, size: int | None) -> np.ndarray:
         raise ConfigError(f"--channel must be one of {', '.join(CHANNELS)}; got {channel!r}")
     try:
         with open_image(path) as img:
+            if kernels is not None:  # the header's size, before any pixel is decoded
+                from cnnbench.memory.guard import check_fits
+
+                final = f", resized to {size}x{size}" if size is not None else ""
+                check_fits(predicted_bytes(img.size, size, kernels), "cpu",
+                           f"filtering {path} ({img.size[0]}x{img.size[1]}{final}, float64) with {kernels} kernel(s)",
+                           "--force")
             img = img.convert("L" if channel == "gray" else "RGB")
             if size is not None:
                 img = img.resize((size, size), Image.Resampling.BILINEAR)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from cnnbench.cli_options import shared
+
 KERNEL_NAMES = ("average3", "average6", "average9", "laplacian", "edge8", "edge4")  # kept light for --help
 
 
@@ -21,11 +23,13 @@ KERNEL_NAMES = ("average3", "average6", "average9", "laplacian", "edge8", "edge4
 @click.option("--size", type=click.IntRange(min=3), default=None, help="resize to S x S first (R0: 200)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="also keep the files in this folder")
-@click.option("--experiment", default="cnnbench-filters", show_default=True, help="MLflow experiment")
-@click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking URI [$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]")
+@shared("experiment", default="cnnbench-filters")
+@shared("tracking_uri")
 @click.option("--no-mlflow", is_flag=True, help="write the files only (needs --out)")
+@click.option("--force", is_flag=True, help="filter even when the image and its filtered copies are predicted "
+                                            "above the available memory")
 def command(image: str, kernels: tuple[str, ...], channel: str, size: int | None, out_dir: str | None,
-            experiment: str, tracking_uri: str | None, no_mlflow: bool) -> None:
+            experiment: str, tracking_uri: str | None, no_mlflow: bool, force: bool) -> None:
     """Convolve IMAGE with hand-designed kernels (averaging, Laplacian, the two 3x3 edge kernels of the
     Keras CIFAR report) and log the figure, one PNG per kernel and their statistics to MLflow."""
     from cnnbench.artifacts.filters import apply, load_image, parse_kernel, write
@@ -34,7 +38,7 @@ def command(image: str, kernels: tuple[str, ...], channel: str, size: int | None
     if no_mlflow and not out_dir:
         raise ConfigError("--no-mlflow writes the files only: give --out DIR")
     chosen = [parse_kernel(k) for k in (kernels or KERNEL_NAMES)]
-    pixels = load_image(image, channel, size)
+    pixels = load_image(image, channel, size, kernels=None if force else len(chosen))
     if out_dir:
         _writable_folder(out_dir)  # after the input checks (a bad image leaves no folder), before any run
     uri = None
