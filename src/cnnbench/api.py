@@ -61,6 +61,9 @@ def resolve(config: TrainConfig) -> Resolved:
         info = dataclasses.replace(info, height=config.data.image_size, width=config.data.image_size)
     resolved = config.replace(model={"options": model_opts}, data={"options": data_opts})
     check_combinations(resolved)
+    from cnnbench.memory.for_config import check_train_memory
+
+    check_train_memory(resolved, info)  # predicted, before the model or the data takes any real memory
     model = check_model_input(resolved, info)
     check_layer_names(resolved, model)
     memory = None
@@ -173,9 +176,11 @@ def load_data(config: TrainConfig):
 
 def run_callbacks(config: TrainConfig, *, tracker: bool = True, run_id: str | None = None,
                   startup: bool = False, **tracker_options: Any) -> list[Callback]:
-    """What ``cnnbench train`` records: the artifact builders ``config.artifacts`` switches on, the
-    console progress, and (last, so it uploads what the others wrote) the MLflow tracker, whose
-    store is checked now, before any data is loaded. ``run_id`` attaches the tracker to that run.
+    """What ``cnnbench train`` records: the artifact builders (registry ``cnnbench.artifacts``;
+    ``config.artifacts`` switches some off), the console progress, and (last, so they upload what
+    the others wrote) the trackers (:func:`tracker_callbacks`), whose stores are checked now, before
+    any data is loaded; ``tracker=False`` leaves them out. ``run_id`` attaches them to that run,
+    ``tracker_options`` go to each tracker's ``for_config``.
     A :class:`~cnnbench.tracking.phases.PhaseTimer` brackets the builders (``time_<phase>_s``
     metrics); ``startup`` (the CLI) also records the process's seconds before this call."""
     from cnnbench.tracking.phases import PhaseTimer
@@ -185,15 +190,36 @@ def run_callbacks(config: TrainConfig, *, tracker: bool = True, run_id: str | No
     from cnnbench.tracking.progress import ConsoleProgress
 
     callbacks: list[Callback] = [timer, *artifact_callbacks(config), ConsoleProgress(quiet=config.run.quiet), timer.tail]
+    trackers = _tracker_classes() if tracker else []  # their modules' imports (MLflow) are time_imports_s
+    timer.lap("imports")
     if tracker:
-        from cnnbench.tracking.mlflow_tracker import MlflowTracker
-
-        timer.lap("imports")
-        callbacks.append(MlflowTracker.for_config(config, run_id=run_id, **tracker_options))  # times its store check
-        timer.skip()
-    else:
-        timer.lap("imports")
+        callbacks.extend(_build_trackers(trackers, config, {}, dict(run_id=run_id, **tracker_options)))
+        timer.skip()  # each tracker times its own store check
     return callbacks
+
+
+BUILTIN_TRACKER = "mlflow"  # the tracker registered by cnnbench itself (cnnbench.tracking.mlflow_tracker)
+
+
+def tracker_callbacks(config: TrainConfig, *, given: dict[str, Callback] | None = None,
+                      **context: Any) -> list[Callback]:
+    """The trackers of one run: every plugin of the entry-point group ``cnnbench.trackers``, by
+    name, the built-in ``mlflow`` last (it uploads what the others staged in ``run.artifacts_dir``).
+    Each is ``for_config(config, **context)``, unless ``given`` holds the caller's own instance for
+    that name (a study cell's nested MLflow run, a tune trial's). A broken tracker plugin refuses
+    the run in one line naming its entry point."""
+    return _build_trackers(_tracker_classes(), config, given or {}, context)
+
+
+def _tracker_classes() -> list[tuple[str, type]]:
+    from cnnbench.registry import TRACKERS
+
+    names = sorted((e.name for e in TRACKERS.entries()), key=lambda n: (n == BUILTIN_TRACKER, n))
+    return [(name, TRACKERS.get(name)) for name in names]
+
+
+def _build_trackers(classes, config: TrainConfig, given: dict[str, Callback], context: dict) -> list[Callback]:
+    return [given[name] if name in given else cls.for_config(config, **context) for name, cls in classes]
 
 
 def train(

@@ -81,3 +81,47 @@ def cell_fits(config, info, device, budget_mb: float | None = None) -> tuple[boo
         return True, pred, budget, ""
     return False, pred, budget, (f"predicted to need {pred:.1f} MiB (allocator peak, cnnbench memory) but the "
                                  f"budget is {budget:.0f} MiB; not launched")
+
+
+LARGE_INPUT = 3 * 512 * 512  # values per image above which train predicts its model check before running it
+
+
+def check_train_memory(config, info) -> None:
+    """``cnnbench train``: refuse, before the model is built or any data is loaded, a run whose host
+    memory cannot hold what it allocates: the dataset resized by ``--image-size`` (uint8, twice while
+    the chunks are joined, plus the float32 resized chunk of up to 2,048 images) beside, for
+    inputs above :data:`LARGE_INPUT` values, the model built for real and checked on one image or (on
+    the CPU) the training step at the batch size, both predicted on fake tensors. No flag skips it:
+    an allocation above the available memory fails (or is OOM-killed) anyway."""
+    import torch
+
+    from cnnbench.memory import guard
+
+    c, h, w = shape(info)
+    per_image = guard.check_elements(f"--image-size {config.data.image_size}" if config.data.image_size else "the input",
+                                     c, h, w)
+    what, needed = [], 0
+    images = (info.train_size or 0) + (info.test_size or 0)
+    if config.data.image_size is not None and images:
+        if config.data.train_size:
+            images = min(images, config.data.train_size + (info.test_size or 0))
+        needed += 2 * images * per_image + 4 * min(images, 2048) * per_image
+        what.append(f"{images:,} images resized to {c}x{h}x{w}")
+    if per_image > LARGE_INPUT:
+        on_cpu = config.run.device == "cpu" or (config.run.device == "auto" and not torch.cuda.is_available())
+        kwargs = {**options(config, info, "cpu"), "device": "cpu"}
+        model = guard.dry_prediction(config.model.name, (c, h, w), 1, config.optim.optimizer, **kwargs)[0].eval_peak_mb
+        batch = config.optim.batch_size
+        step = 0.0
+        if on_cpu and isinstance(batch, int):
+            batch = min(batch, info.train_size or batch)
+            step = guard.dry_prediction(config.model.name, (c, h, w), batch, config.optim.optimizer, **kwargs)[0].peak_mb
+        needed += int(max(model, step) * MB)
+        what.append(f"a training step at batch {batch}" if step > model else
+                    f"the model checked on one {c}x{h}x{w} image")
+    if what:
+        flag = "--image-size" if config.data.image_size is not None else "--batch-size"
+        try:
+            guard.check_fits(needed, "cpu", f"training {config.model.name} ({' and '.join(what)})", None)
+        except ConfigError as err:
+            raise ConfigError(f"{err}; use a smaller {flag}") from None

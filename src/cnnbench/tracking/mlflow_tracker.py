@@ -69,6 +69,7 @@ class MlflowTracker(Callback):
         self.local_checkpoint: Path | None = None  # kept on disk when the store could not take it
         self.status: str | None = None  # how the run ended
         self.store_check_s = 0.0  # for_config's store check (schema creation on a new SQLite file)
+        self.adopted_mlflow_run = False  # attached to the run `mlflow run` created ($MLFLOW_RUN_ID)
 
     @classmethod
     def for_config(cls, config, *, run_id: str | None = None, adopt_mlflow_run: bool = True,
@@ -90,6 +91,7 @@ class MlflowTracker(Callback):
             run_id=run_id or adopted, log_model=config.artifacts.model,
             system_metrics=config.artifacts.memory, **options,
         )
+        tracker.adopted_mlflow_run = bool(adopted)
         tracker.store_check_s = time.perf_counter() - started
         return tracker
 
@@ -124,6 +126,10 @@ class MlflowTracker(Callback):
                                              tags=describe.standard_tags(tags))
             self.run_id = created.info.run_id
         else:  # fluent start_run refuses a run outside the experiment an earlier set_experiment chose
+            if self.adopted_mlflow_run:  # named like any cnnbench run, unless `mlflow run --run-name` named it
+                from cnnbench.tracking.mlproject import name_adopted_run
+
+                name_adopted_run(self.client, self.run_id, self.run_name or describe.run_name(run.config), self.experiment)
             mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
         active = mlflow.start_run(run_id=self.run_id, nested=self.nested or mlflow.active_run() is not None, log_system_metrics=self.system_metrics or None)
         run.run_id = active.info.run_id

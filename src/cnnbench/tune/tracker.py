@@ -214,6 +214,9 @@ class ParentRun:
         client = MlflowClient(tracking_uri)
         run_id = os.environ.get("MLFLOW_RUN_ID")
         if run_id:
+            from cnnbench.tracking.mlproject import name_adopted_run
+
+            name_adopted_run(client, run_id, run_name, experiment)  # unless `mlflow run --run-name` named it
             exp_id = client.get_run(run_id).info.experiment_id
         else:
             exp_id = ensure_experiment(client, experiment)
