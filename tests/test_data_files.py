@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +16,11 @@ from cnnbench.registry import DATASETS
 # ---------------------------------------------------------------- CIFAR-10 pickle batches
 
 
-def _cifar_batch(n: int, seed: int, *, bytes_keys: bool = False) -> dict:
-    rng = np.random.default_rng(seed)
-    batch = {"batch_label": "fake", "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-             "labels": [int(v) for v in rng.integers(0, 10, n)], "filenames": [f"{i}.png" for i in range(n)]}
-    return {k.encode(): v for k, v in batch.items()} if bytes_keys else batch
+_cifar_batch = cifar.fake_batch  # the fake writers live beside the readers (DatasetPlugin.write_fake)
 
 
 def write_cifar(root: Path, per_batch: int = 6, *, bytes_keys: bool = False) -> dict[str, dict]:
-    folder = root / cifar.FOLDER
-    folder.mkdir(parents=True)
-    written = {}
-    for i, name in enumerate((*cifar.TRAIN_FILES, cifar.TEST_FILE)):
-        written[name] = _cifar_batch(per_batch, i, bytes_keys=bytes_keys)
-        (folder / name).write_bytes(pickle.dumps(written[name], protocol=2))
-    meta = {"label_names": list(cifar.CLASSES), "num_cases_per_batch": per_batch, "num_vis": 3072}
-    (folder / cifar.META_FILE).write_bytes(pickle.dumps(meta, protocol=2))
-    return written
+    return cifar.write_fake(root, per_batch, bytes_keys=bytes_keys).written
 
 
 @pytest.mark.parametrize("bytes_keys", [False, True])
@@ -131,25 +117,8 @@ def test_cifar_describe_without_files():
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST IDX files
 
 
-def _idx(magic: int, array: np.ndarray) -> bytes:
-    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-
-
-def write_idx_set(folder: Path, n_train: int = 12, n_test: int = 5, *, gz: bool) -> dict[str, np.ndarray]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    arrays = {"train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-              "train_labels": (np.arange(n_train) % 10).astype(np.uint8),
-              "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-              "test_labels": (np.arange(n_test) % 10).astype(np.uint8)}
-    for key, array in arrays.items():
-        payload = _idx(mnist.IMAGE_MAGIC if "images" in key else mnist.LABEL_MAGIC, array)
-        name = mnist.FILES[key]
-        if gz:
-            (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
-        else:
-            (folder / name).write_bytes(payload)
-    return arrays
+_idx = mnist.idx_bytes
+write_idx_set = mnist.write_idx_files
 
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -9,23 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnbench.data.imagefolder import IMAGEFOLDER
+from cnnbench.data.imagefolder import IMAGEFOLDER, write_fake
 from cnnbench.errors import ConfigError, DataError
 
 
-def write_tree(root: Path, spec: dict[str, dict[str, int]], *, mode: str = "RGB", size=(8, 6), ext: str = "png"):
+def write_tree(root: Path, spec: dict[str, dict[str, int]], **how):
     """spec: {split: {class: count}}; pixel value encodes (class index, image index)."""
-    values = {}
-    for split, classes in spec.items():
-        for c, (name, count) in enumerate(sorted(classes.items())):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                value = 10 * c + i
-                shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
-                Image.fromarray(np.full(shape, value, np.uint8), mode).save(folder / f"{i:03d}.{ext}")
-                values[(split, name, i)] = value
-    return values
+    return write_fake(root, spec=spec, **how).written
 
 
 def _load(root, seed=0, **options):

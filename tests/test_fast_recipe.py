@@ -14,13 +14,13 @@ from cnnbench.config import TrainConfig, apply_values, preset_values
 from cnnbench.engine.fit import evaluate
 from cnnbench.errors import ConfigError
 from cnnbench.models import build_model
-from cnnbench.presets import PRESETS
+from cnnbench.registry import PRESETS
 
 from conftest import tiny_config
 
 
 def test_every_preset_names_declared_options_with_valid_values():
-    for name in PRESETS:
+    for name in PRESETS.names():
         config = apply_values(TrainConfig(), {"preset": name}, text=False).validate()
         assert config.run.preset == name
         for key, value in preset_values(name).items():

@@ -110,27 +110,28 @@ def _report(result, *, quiet: bool = False) -> None:
 
 
 @main.command(name="list")
-@click.argument("kind", required=False, type=click.Choice(["models", "datasets", "presets"]))
+@click.argument("kind", required=False, type=click.Choice(["models", "datasets", "presets", "artifacts", "trackers"]))
 def list_(kind: str | None) -> None:
-    """List the registered models and datasets (name, description, source distribution) and the
-    presets (name, description, the options each sets)."""
-    from cnnbench.registry import DATASETS, MODELS
+    """List the registered plugins of each kind (name, description, source distribution): models,
+    datasets, presets (with the options each sets), artifact builders and trackers."""
+    from cnnbench import registry
 
-    kinds = [kind] if kind else ["models", "datasets", "presets"]
+    kinds = [kind] if kind else ["models", "datasets", "presets", "artifacts", "trackers"]
     for k in kinds:
-        if k == "presets":
-            from cnnbench.presets import PRESETS
-
-            click.echo("presets (train --preset NAME; flags given beside it override its values):")
-            for name, preset in PRESETS.items():
-                click.echo(f"  {name:<14} {preset.description}")
-                click.echo("                 " + "; ".join(preset.lines()))
-            continue
-        registry = MODELS if k == "models" else DATASETS
-        click.echo(f"{k}:")
-        for entry in registry.entries():
+        plugins = {"models": registry.MODELS, "datasets": registry.DATASETS, "presets": registry.PRESETS,
+                   "artifacts": registry.ARTIFACTS, "trackers": registry.TRACKERS}[k]
+        click.echo("presets (train --preset NAME; flags given beside it override its values):" if k == "presets" else f"{k}:")
+        for entry in plugins.entries():
             if entry.plugin is None:
                 click.echo(f"  {entry.name:<14} BROKEN  [{entry.distribution}] {entry.error}")
+                continue
+            if k in ("artifacts", "trackers"):
+                doc = (entry.plugin.__doc__ or entry.plugin.__name__).strip().split("\n\n")[0]
+                click.echo(f"  {entry.name:<14} {' '.join(doc.split())}  [{entry.distribution}]")
+                continue
+            if k == "presets":
+                click.echo(f"  {entry.name:<14} {entry.plugin.description}  [{entry.distribution}]")
+                click.echo("                 " + "; ".join(entry.plugin.lines()))
                 continue
             extra = _dataset_summary(entry.plugin) if k == "datasets" else ""
             if k == "models" and entry.plugin.channels_last_cpu:

@@ -77,7 +77,7 @@ class TrainOption:
     applies: Callable[["TrainConfig"], bool] | None = None  # logged only when this holds
     check: Callable[[Any], str | None] | None = None  # extra check: the reason a value is refused
     metavar: str | None = None
-    artifact: str | None = None  # for an artifact switch: the builder it turns on ("module:Class")
+    artifact: str | None = None  # for an artifact switch: the builder it turns on (a cnnbench.artifacts name)
     words: tuple[str, ...] = ()  # text values accepted besides the type (batch_size: "auto")
 
     @property
@@ -230,10 +230,13 @@ def _tsne_epochs(value: str) -> str | None:
 
 
 def _preset_known(value: str) -> str | None:
-    from cnnbench.presets import PRESETS
+    from cnnbench.registry import PRESETS
 
-    if value not in PRESETS:
-        return f"is not a preset; accepted: {', '.join(PRESETS)} (cnnbench list presets)"
+    entry = next((e for e in PRESETS.entries() if e.name == value), None)
+    if entry is None:
+        return f"is not a preset; accepted: {', '.join(PRESETS.names())} (cnnbench list presets)"
+    if entry.plugin is None:
+        return f"is a preset from {entry.distribution} that cannot be used: {entry.error}"
     return None
 
 
@@ -343,18 +346,15 @@ def _recorded(default: Any, help: str, *, type: str = "bool", **declared: Any) -
     return option(default, help, type=type, group="artifacts", vary=False, param=False, **declared)
 
 
-_BUILDERS = "cnnbench.artifacts.callbacks:"
-
-
 @dataclass(frozen=True)
 class ArtifactConfig:
-    # A switch with ``artifact=`` turns that builder on (the registry in cnnbench.artifacts).
-    kernels: bool = _recorded(True, "log first-layer kernel images", artifact=_BUILDERS + "KernelSnapshots")
+    # A switch with ``artifact=`` turns that builder on (its name in the cnnbench.artifacts registry).
+    kernels: bool = _recorded(True, "log first-layer kernel images", artifact="kernels")
     kernel_every: int = _recorded(0, "also log kernels every N epochs (0: start and end only)", type="int", low=0, metavar="N")
-    tsne: bool = _recorded(True, "log t-SNE maps of the latent space (start, middle, end)", artifact=_BUILDERS + "LatentMaps")
+    tsne: bool = _recorded(True, "log t-SNE maps of the latent space (start, middle, end)", artifact="tsne")
     tsne_samples: int = _recorded(2000, "test images in each t-SNE map", type="int", low=1, metavar="N")
     retrieval: bool = _recorded(True, "log nearest-neighbour retrieval from the intermediate layer",
-                                artifact=_BUILDERS + "Retrieval")
+                                artifact="retrieval")
     retrieval_k: int = _recorded(10, "neighbours per retrieval query", type="int", low=1, metavar="N")
     retrieval_layer: str | None = _recorded(None, "module whose output (flattened, no pooling) retrieval compares "
                                             "with the output layer, e.g. features.1 (default: the model's "
@@ -368,8 +368,8 @@ class ArtifactConfig:
     tsne_iterations: int = _recorded(350, "t-SNE optimisation iterations", type="int", low=250, metavar="N")
     predictions: bool = _recorded(True, "log a grid of test predictions")
     confusion: bool = _recorded(True, "log the confusion matrix and classification report")
-    curves: bool = _recorded(True, "log learning curves and history.csv", artifact=_BUILDERS + "LearningCurves")
-    memory: bool = _recorded(True, "log memory use and MLflow system metrics", artifact=_BUILDERS + "MemoryMonitor")
+    curves: bool = _recorded(True, "log learning curves and history.csv", artifact="curves")
+    memory: bool = _recorded(True, "log memory use and MLflow system metrics", artifact="memory")
     memory_every: int = _recorded(50, "steps between memory samples", type="int", low=1, metavar="N")
     summary: bool = _recorded(True, "log model/summary.txt")
     model: bool = _recorded(True, "log the trained model", name="log_model")
@@ -580,9 +580,9 @@ def apply_values(config: TrainConfig, values: Mapping[str, Any], *, where: str =
 
 def preset_values(name: str) -> dict[str, Any]:
     """The typed option values of preset ``name`` (see :mod:`cnnbench.presets`)."""
-    from cnnbench.presets import PRESETS
+    from cnnbench.registry import PRESETS
 
-    return dict(PRESETS[name].values)
+    return dict(PRESETS.get(name).values)
 
 
 def _show(v: Any) -> str:

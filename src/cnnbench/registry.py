@@ -1,23 +1,43 @@
-"""Plugin registries for models and datasets, filled from Python entry points.
+"""Plugin registries for every extension point, filled from Python entry points.
 
-Built-in and third-party plugins are found the same way: an entry point in the group
-``cnnbench.models`` or ``cnnbench.datasets`` whose name is the plugin name and whose object is a
-:class:`ModelPlugin` or :class:`DatasetPlugin`. Loading is lazy (nothing is imported until a plugin
-is listed or selected); a plugin that fails to import is recorded as broken instead of crashing,
-and two distributions claiming one name is an error naming both.
+Built-in and third-party plugins are found the same way: an entry point whose name is the plugin
+name, in one group per kind (the built-ins are declared in cnnbench's own ``setup.cfg``):
+
+=====================  =============================================================================
+``cnnbench.models``    a :class:`ModelPlugin`
+``cnnbench.datasets``  a :class:`DatasetPlugin` (its ``write_fake`` feeds the dataset contract tests)
+``cnnbench.studies``   a study file (a path), or a function returning its TOML text or path
+``cnnbench.presets``   a :class:`cnnbench.presets.Preset`
+``cnnbench.artifacts`` a :class:`cnnbench.events.Callback` subclass with ``from_config(config)``;
+                       on in every run unless a train option's ``artifact=`` names it (its switch)
+``cnnbench.trackers``  a :class:`cnnbench.events.Callback` subclass with
+                       ``for_config(config, **context)`` (context: ``run_id`` and the caller's
+                       options; ignore what you do not use); every registered tracker records every
+                       ``cnnbench train`` run, the built-in ``mlflow`` last
+=====================  =============================================================================
+
+Loading is lazy (nothing is imported until a plugin is listed or selected); a plugin that fails to
+load is recorded as broken (one line naming its entry point) instead of crashing, and two
+distributions claiming one name is an error naming both.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import import_module, metadata
+from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 from cnnbench.errors import ConfigError, PluginError
 
 MODEL_GROUP = "cnnbench.models"
 DATASET_GROUP = "cnnbench.datasets"
+STUDY_GROUP = "cnnbench.studies"
+PRESET_GROUP = "cnnbench.presets"
+ARTIFACT_GROUP = "cnnbench.artifacts"
+TRACKER_GROUP = "cnnbench.trackers"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -49,7 +69,7 @@ class Option:
         """Convert text (or an already-typed value) to this option's type and validate it."""
         try:
             value = self._convert(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf), float(10**400)
             raise ConfigError(
                 f"option {self.name!r} expects {self._describe_type()}, got {raw!r}"
             ) from None
@@ -62,6 +82,10 @@ class Option:
         numbers = value if isinstance(value, tuple) else (value,)
         for v in numbers:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if isinstance(v, int) and not -(2**63) <= v <= 2**63 - 1:
+                    raise ConfigError(f"option {self.name!r} must be within the 64-bit integer range; got {value!r}")
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"option {self.name!r} must be a finite number; got {value!r}")
                 if self.low is not None and v < self.low:
                     raise ConfigError(f"option {self.name!r} must be >= {self.low}; got {value!r}")
                 if self.high is not None and v > self.high:
@@ -123,7 +147,9 @@ def resolve_options(
     unknown = sorted(set(given) - set(by_name))
     if unknown:
         valid = ", ".join(sorted(by_name)) or "(none: this plugin takes no options)"
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {owner}; valid options: {valid}")
+        from cnnbench.config import shown_names
+
+        raise ConfigError(f"unknown option(s) {shown_names(unknown)} for {owner}; valid options: {valid}")
     resolved = {}
     for name, opt in by_name.items():
         if name in given:
@@ -199,6 +225,11 @@ class DatasetPlugin:
     description: str
     options: tuple[Option, ...] = ()
     needs_data_dir: bool = False
+    # ``write_fake(root, n=...) -> FakeData``: tiny files in the dataset's own format under ``root``
+    # (or, for a generated dataset, nothing but the options that make it tiny), for the contract
+    # tests every registered dataset must pass (tests/test_dataset_contract.py); torchvision's
+    # ``inject_fake_data`` pattern, kept beside the reader it feeds.
+    write_fake: Callable[..., "FakeData"] | None = None
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
@@ -206,6 +237,17 @@ class DatasetPlugin:
     def defaults(self, **given: Any) -> dict[str, Any]:
         """Every declared option at its default, overridden by ``given`` (parsed and checked)."""
         return resolve_options(self.options, given, owner="this dataset")
+
+
+@dataclass(frozen=True)
+class FakeData:
+    """What a dataset's ``write_fake`` wrote: the split sizes ``load`` must give, the options that
+    load it, and the written values themselves (for tests that compare pixels)."""
+
+    train: int
+    test: int
+    options: dict[str, Any] = field(default_factory=dict)
+    written: Any = None
 
 
 P = TypeVar("P")
@@ -225,10 +267,19 @@ class Entry(Generic[P]):
 class Registry(Generic[P]):
     """Named plugins of one kind. Strict: duplicate names are errors, not warnings."""
 
-    kind: str  # "model" or "dataset"
+    kind: str  # "model", "dataset", "study", "preset", "artifact" or "tracker"
     group: str
-    plugin_type: type
+    plugin_type: type | None = None  # the loaded object must be an instance of it, or
+    coerce: Callable[[Any], P] | None = None  # this turns it into the plugin (TypeError: why not)
     _entries: dict[str, Entry[P]] | None = field(default=None, repr=False)
+
+    def accept(self, obj: Any) -> P:
+        """The plugin an entry point's object gives, or ``TypeError`` naming what was expected."""
+        if self.coerce is not None:
+            return self.coerce(obj)
+        if not isinstance(obj, self.plugin_type):
+            raise TypeError(f"is {_what(obj)}, expected a {self.plugin_type.__name__}")
+        return obj
 
     def register(self, name: str, plugin: P, *, distribution: str = "(registered in code)") -> None:
         """Add a plugin directly (tests, notebooks). Refuses a name that is already taken."""
@@ -238,8 +289,10 @@ class Registry(Generic[P]):
                 f"{self.kind} {name!r} is already registered by {entries[name].distribution}; "
                 f"refusing a second registration from {distribution}"
             )
-        if not isinstance(plugin, self.plugin_type):
-            raise PluginError(f"{self.kind} {name!r} must be a {self.plugin_type.__name__}")
+        try:
+            plugin = self.accept(plugin)
+        except TypeError as err:
+            raise PluginError(f"{self.kind} {name!r} {err}") from None
         entries[name] = Entry(name, distribution, plugin=plugin)
 
     def unregister(self, name: str) -> None:
@@ -251,6 +304,10 @@ class Registry(Generic[P]):
     def names(self) -> list[str]:
         return [e.name for e in self.entries() if e.plugin is not None]
 
+    def plugins(self) -> list[tuple[str, P]]:
+        """``(name, plugin)`` of every usable plugin, by name (broken ones are left out)."""
+        return [(e.name, e.plugin) for e in self.entries() if e.plugin is not None]
+
     def get(self, name: str) -> P:
         entries = self._load()
         entry = entries.get(name)
@@ -258,7 +315,8 @@ class Registry(Generic[P]):
             available = ", ".join(self.names()) or "(none)"
             raise PluginError(f"unknown {self.kind} {name!r}; available {self.kind}s: {available}")
         if entry.plugin is None:
-            raise PluginError(f"{self.kind} {name!r} from {entry.distribution} cannot be used: {entry.error}")
+            raise PluginError(f"{self.kind} {name!r} from {entry.distribution} cannot be used: {entry.error}; "
+                              f"fix or uninstall {entry.distribution}")
         return entry.plugin
 
     def reload(self) -> None:
@@ -266,11 +324,21 @@ class Registry(Generic[P]):
 
     def _load(self) -> dict[str, Entry[P]]:
         if self._entries is None:
-            self._entries = _load_group(self.group, self.kind, self.plugin_type)
+            self._entries = _load_group(self)
         return self._entries
 
 
-def _load_group(group: str, kind: str, plugin_type: type) -> dict[str, Entry]:
+def _what(obj: Any) -> str:
+    return f"the class {obj.__name__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _load_group(registry: Registry) -> dict[str, Entry]:
+    group, kind = registry.group, registry.kind
     seen: dict[str, list[tuple[str, metadata.EntryPoint]]] = {}
     for ep in metadata.entry_points(group=group):
         dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
@@ -292,17 +360,56 @@ def _load_group(group: str, kind: str, plugin_type: type) -> dict[str, Entry]:
         try:
             obj = ep.load()
         except Exception as err:  # a broken plugin must not break the CLI
-            entries[name] = Entry(name, dist, error=f"failed to import {ep.value}: {type(err).__name__}: {err}")
+            entries[name] = Entry(name, dist, error=f"failed to import {ep.value}: {_one_line(err)}")
             continue
-        if not isinstance(obj, plugin_type):
-            entries[name] = Entry(
-                name, dist,
-                error=f"entry point {ep.value} is a {type(obj).__name__}, expected a {plugin_type.__name__}",
-            )
-            continue
-        entries[name] = Entry(name, dist, plugin=obj)
+        try:
+            entries[name] = Entry(name, dist, plugin=registry.accept(obj))
+        except Exception as err:
+            why = " ".join(str(err).split()) if isinstance(err, TypeError) else _one_line(err)
+            entries[name] = Entry(name, dist, error=f"entry point {ep.value} {why}")
     return entries
+
+
+def subclass_of(base: str, method: str) -> Callable[[Any], type]:
+    """A ``coerce`` accepting a class derived from ``base`` ("module:Class", imported when the
+    first plugin loads) that has the classmethod ``method``."""
+
+    def check(obj: Any) -> type:
+        module, _, attr = base.partition(":")
+        expected = getattr(import_module(module), attr)
+        if not (isinstance(obj, type) and issubclass(obj, expected) and callable(getattr(obj, method, None))):
+            raise TypeError(f"is {_what(obj)}, expected a {attr} subclass with a {method}() classmethod")
+        return obj
+
+    return check
+
+
+def study_text(obj: Any) -> str:
+    """A study entry point's TOML text: its object is a path to the file, or a function returning
+    the text or a path."""
+    if callable(obj) and not hasattr(obj, "read_text"):
+        obj = obj()
+    if isinstance(obj, str) and ("\n" in obj or "=" in obj):
+        return obj  # TOML text
+    if hasattr(obj, "read_text"):
+        return obj.read_text(encoding="utf-8")
+    if isinstance(obj, (str, Path)):
+        return Path(obj).read_text(encoding="utf-8")
+    raise TypeError(f"is {_what(obj)}, expected a study file path or a function returning TOML text")
+
+
+def _preset(obj: Any):
+    from cnnbench.presets import Preset
+
+    if not isinstance(obj, Preset):
+        raise TypeError(f"is {_what(obj)}, expected a Preset")
+    return obj
 
 
 MODELS: Registry[ModelPlugin] = Registry("model", MODEL_GROUP, ModelPlugin)
 DATASETS: Registry[DatasetPlugin] = Registry("dataset", DATASET_GROUP, DatasetPlugin)
+STUDIES: Registry[str] = Registry("study", STUDY_GROUP, coerce=study_text)  # the plugin is the TOML text
+PRESETS: Registry[Any] = Registry("preset", PRESET_GROUP, coerce=_preset)
+ARTIFACTS: Registry[type] = Registry("artifact", ARTIFACT_GROUP, coerce=subclass_of("cnnbench.events:Callback", "from_config"))
+TRACKERS: Registry[type] = Registry("tracker", TRACKER_GROUP, coerce=subclass_of("cnnbench.events:Callback", "for_config"))
+REGISTRIES = (MODELS, DATASETS, STUDIES, PRESETS, ARTIFACTS, TRACKERS)

@@ -2,15 +2,16 @@
 callbacks that write them under a run's staging folder. Nothing here imports MLflow: the tracker
 uploads whatever lands in ``RunState.artifacts_dir``.
 
-The registry: :data:`ALWAYS` builders run in every run; every other builder is named by the
-``artifact=`` of its switch in :class:`cnnbench.config.ArtifactConfig` (which gives it its
-``--no-...`` flag, help and default). Each builder is a callback class with
-``from_config(config) -> Callback``. Adding an artifact = its file + one switch declaration.
+Each builder is a callback class with ``from_config(config) -> Callback``, registered in the
+entry-point group ``cnnbench.artifacts`` (:data:`cnnbench.registry.ARTIFACTS`; the built-ins in
+cnnbench's ``setup.cfg``). A builder that an artifact switch of :class:`cnnbench.config.ArtifactConfig`
+names (``artifact=NAME``, which gives it its ``--no-...`` flag, help and default) runs when that
+switch is on; every other registered builder runs in every run. Adding an artifact = its module +
+one entry-point line (+ a switch declaration, if it should have a ``--no-...`` flag).
 """
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
 
 from cnnbench.config import OPTIONS
@@ -19,19 +20,19 @@ if TYPE_CHECKING:
     from cnnbench.config import TrainConfig
     from cnnbench.events import Callback
 
-ALWAYS = ("cnnbench.artifacts.callbacks:RunRecord", "cnnbench.artifacts.callbacks:TestEvaluation")
-
 
 def switched() -> dict[str, str]:
-    """Switch option name -> builder (``module:Class``), in declaration order."""
+    """Switch option name -> the artifact (registry name) it turns on, in declaration order."""
     return {name: o.artifact for name, o in OPTIONS.items() if o.artifact}
 
 
 def artifact_callbacks(config: "TrainConfig") -> list["Callback"]:
-    """The builders this run gets: the ones always on, then those whose switch is on."""
-    chosen = [*ALWAYS, *(target for name, target in switched().items() if config.value(name))]
-    built = []
-    for target in chosen:
-        module, _, attr = target.partition(":")
-        built.append(getattr(import_module(module), attr).from_config(config))
-    return built
+    """The builders this run gets: the registered ones no switch names (by name), then those whose
+    switch is on (in declaration order). A broken builder plugin refuses the run (one line)."""
+    from cnnbench.registry import ARTIFACTS
+
+    switches = switched()
+    # a broken one is not skipped: get() refuses the run in one line naming its entry point
+    always = [e.name for e in ARTIFACTS.entries() if e.name not in switches.values()]
+    chosen = [*always, *(target for name, target in switches.items() if config.value(name))]
+    return [ARTIFACTS.get(name).from_config(config) for name in chosen]

@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path
 
 from cnnbench.errors import DataError
-from cnnbench.registry import DatasetInfo, DatasetPlugin
+from cnnbench.registry import DatasetInfo, DatasetPlugin, FakeData
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -176,8 +176,33 @@ def describe() -> DatasetInfo:
     return DatasetInfo(3, SIDE, SIDE, len(CLASSES), CLASSES, 50_000, 10_000)
 
 
+def fake_batch(n: int, seed: int, *, bytes_keys: bool = False) -> dict:
+    """One pickled batch's dict of ``n`` random images (keys as bytes: how Python 2 pickled them)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    batch = {"batch_label": "fake", "data": rng.integers(0, 256, (n, PIXELS), dtype=np.uint8),
+             "labels": [int(v) for v in rng.integers(0, 10, n)], "filenames": [f"{i}.png" for i in range(n)]}
+    return {k.encode(): v for k, v in batch.items()} if bytes_keys else batch
+
+
+def write_fake(root: Path, n: int = 6, *, bytes_keys: bool = False) -> FakeData:
+    """The standard ``cifar-10-batches-py`` folder under ``root`` with ``n`` random images per batch
+    (``written``: each file's batch dict)."""
+    folder = root / FOLDER
+    folder.mkdir(parents=True)
+    written = {}
+    for i, name in enumerate((*TRAIN_FILES, TEST_FILE)):
+        written[name] = fake_batch(n, i, bytes_keys=bytes_keys)
+        (folder / name).write_bytes(pickle.dumps(written[name], protocol=2))
+    meta = {"label_names": list(CLASSES), "num_cases_per_batch": n, "num_vis": PIXELS}
+    (folder / META_FILE).write_bytes(pickle.dumps(meta, protocol=2))
+    return FakeData(train=n * len(TRAIN_FILES), test=n, written=written)
+
+
 CIFAR10 = DatasetPlugin(
     load=load,
     describe=describe,
     description="CIFAR-10 natural images (python pickle batches; downloaded when missing)",
+    write_fake=write_fake,
 )

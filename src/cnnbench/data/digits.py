@@ -11,7 +11,7 @@ import math
 
 from pathlib import Path
 
-from cnnbench.registry import DatasetInfo, DatasetPlugin, Option
+from cnnbench.registry import DatasetInfo, DatasetPlugin, FakeData, Option
 
 TEST_FRACTION = 0.2
 TEST_SEED = 0  # fixed on purpose: the test set must not move with --seed
@@ -44,9 +44,16 @@ def load(*, data_dir: Path | None = None, seed: int = 0, download: bool = True, 
     return DatasetBundle(train=train, test=test, classes=CLASSES)
 
 
+def write_fake(root: Path, n: int = 8) -> FakeData:
+    """Embedded in scikit-learn, so no files: the options of the smallest images (``n`` pixels a side)."""
+    info = describe(size=n)
+    return FakeData(train=info.train_size, test=info.test_size, options={"size": n})
+
+
 DIGITS = DatasetPlugin(
     load=load,
     describe=describe,
     description="scikit-learn's 1,797 handwritten digits (embedded, no download), 28x28 by default",
     options=(Option("size", "int", 28, "image side in pixels (8 = native; larger is bilinearly upsampled)", low=8, high=512),),
+    write_fake=write_fake,
 )

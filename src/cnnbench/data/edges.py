@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 from cnnbench.errors import ConfigError
-from cnnbench.registry import DatasetInfo, DatasetPlugin, Option
+from cnnbench.registry import DatasetInfo, DatasetPlugin, FakeData, Option
 
 CLASS_ORDER = ("horizontal", "vertical", "none", "diagonal", "both")
 DIAGONAL_ANGLES_DEG = (30.0, 45.0, 120.0, 135.0)
@@ -175,9 +175,16 @@ def describe(**options) -> DatasetInfo:
     return DatasetInfo(1, r, r, o["num_classes"], CLASS_ORDER[: o["num_classes"]], size, test)
 
 
+def write_fake(root: Path, n: int = 6) -> FakeData:
+    """Generated, so no files: the options of a tiny set (``n`` images per class and split)."""
+    info = describe(data_per_class=n)
+    return FakeData(train=info.train_size, test=info.test_size, options={"data_per_class": n})
+
+
 EDGES = DatasetPlugin(
     load=load,
     describe=describe,
     description="synthetic edges of the inductive-bias study, optional location shift and pixel permutation (generated)",
     options=OPTIONS,
+    write_fake=write_fake,
 )

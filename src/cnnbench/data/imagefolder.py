@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cnnbench.errors import ConfigError, DataError
-from cnnbench.registry import DatasetInfo, DatasetPlugin, Option
+from cnnbench.registry import DatasetInfo, DatasetPlugin, FakeData, Option
 
 CACHE_MIN_IMAGES = 2000  # smaller folders decode in about a second: not worth a cache file
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -192,10 +192,34 @@ def describe(*, data_dir: Path | None = None, size: int, test_fraction: float) -
     return DatasetInfo(channels, height, width, len(classes), classes, len(paths) - (0 if test_paths else test), test)
 
 
+def write_fake(root: Path, n: int = 3, *, spec: dict[str, dict[str, int]] | None = None, mode: str = "RGB",
+               size: tuple[int, int] = (8, 6), ext: str = "png") -> FakeData:
+    """A tree of uniform images under ``root``: ``spec`` is ``{split: {class: count}}`` (default:
+    classes a and b with ``n`` training and ``n - 1`` test images each); ``size`` is (width, height).
+    ``written`` maps ``(split, class, index)`` to the pixel value, ``10 * class index + index``."""
+    import numpy as np
+    from PIL import Image
+
+    spec = spec or {"train": {"a": n, "b": n}, "test": {"a": max(1, n - 1), "b": max(1, n - 1)}}
+    values = {}
+    for split, classes in spec.items():
+        for c, (name, count) in enumerate(sorted(classes.items())):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                value = 10 * c + i
+                shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+                Image.fromarray(np.full(shape, value, np.uint8), mode).save(folder / f"{i:03d}.{ext}")
+                values[(split, name, i)] = value
+    count = lambda split: sum(spec.get(split, {}).values())  # noqa: E731
+    return FakeData(train=count("train"), test=count("test"), written=values)
+
+
 IMAGEFOLDER = DatasetPlugin(
     load=load,
     describe=describe,
     description="your images, root/train/<class>/*.png|jpg|jpeg|bmp [+ root/test/] (--data-dir root; shape from the files)",
     options=OPTIONS,
     needs_data_dir=True,
+    write_fake=write_fake,
 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnbench.errors import DataError
-from cnnbench.registry import DatasetInfo, DatasetPlugin
+from cnnbench.registry import DatasetInfo, DatasetPlugin, FakeData
 
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801  # unsigned bytes, 3 dims / 1 dim
 SIDE = 28
@@ -132,11 +132,48 @@ def _describer(spec: IdxSet):
     return describe
 
 
+def idx_bytes(magic: int, array) -> bytes:
+    """An IDX file's bytes: the magic number, the dimensions, then the unsigned bytes."""
+    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_idx_files(folder: Path, n_train: int = 12, n_test: int = 5, *, gz: bool) -> dict:
+    """The four IDX files (gzipped or not) with random images in ``folder``; the arrays written."""
+    import gzip
+
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    arrays = {"train_images": rng.integers(0, 256, (n_train, SIDE, SIDE), dtype=np.uint8),
+              "train_labels": (np.arange(n_train) % 10).astype(np.uint8),
+              "test_images": rng.integers(0, 256, (n_test, SIDE, SIDE), dtype=np.uint8),
+              "test_labels": (np.arange(n_test) % 10).astype(np.uint8)}
+    for key, array in arrays.items():
+        payload = idx_bytes(IMAGE_MAGIC if "images" in key else LABEL_MAGIC, array)
+        if gz:
+            (folder / f"{FILES[key]}.gz").write_bytes(gzip.compress(payload))
+        else:
+            (folder / FILES[key]).write_bytes(payload)
+    return arrays
+
+
+def _fake_writer(spec: IdxSet):
+    def write_fake(root: Path, n: int = 12, *, gz: bool = True) -> FakeData:
+        """The IDX files in torchvision's ``<Name>/raw`` folder under ``root``: ``n`` training images."""
+        test = max(1, n // 2)
+        return FakeData(train=n, test=test, written=write_idx_files(spec.folders(root)[0], n, test, gz=gz))
+
+    return write_fake
+
+
 MNIST = DatasetPlugin(
     load=_loader(MNIST_SET), describe=_describer(MNIST_SET),
     description="MNIST handwritten digits (IDX files; downloaded when missing)",
+    write_fake=_fake_writer(MNIST_SET),
 )
 FASHION_MNIST = DatasetPlugin(
     load=_loader(FASHION_SET), describe=_describer(FASHION_SET),
     description="Fashion-MNIST clothing images (IDX files; downloaded when missing)",
+    write_fake=_fake_writer(FASHION_SET),
 )

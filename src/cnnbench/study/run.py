@@ -253,7 +253,8 @@ class Worker:
         tracker = MlflowTracker(tracking_uri=spec.tracking_uri, experiment=spec.experiment, run_name=config.run.run_name,
                                 nested=True, parent_run_id=spec.parent_run_id, log_model=config.artifacts.model,
                                 system_metrics=False, extra_tags=tags)
-        callbacks = [*api.run_callbacks(config, tracker=False), EpochClock(), tracker, CellRecord(self.queue, claim)]
+        callbacks = [*api.run_callbacks(config, tracker=False), EpochClock(),
+                     *api.tracker_callbacks(config, given={api.BUILTIN_TRACKER: tracker}), CellRecord(self.queue, claim)]
         skip = memory_skip(config)
         if skip:  # predicted not to fit: not launched into an out-of-memory
             self.record_failed(config, {**tags, "cnnbench.study.skipped": "memory"}, skip)

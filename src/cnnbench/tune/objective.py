@@ -113,7 +113,8 @@ class Objective:
             from cnnbench.artifacts import artifact_callbacks
 
             # artifacts first (the tracker uploads what they wrote), the reporter last (it may prune)
-            return api.train(config, [*artifact_callbacks(config), tracker, *reporter], data=data)
+            trackers = api.tracker_callbacks(config, given={api.BUILTIN_TRACKER: tracker})
+            return api.train(config, [*artifact_callbacks(config), *trackers, *reporter], data=data)
         except optuna.TrialPruned:
             trial.set_user_attr("result", {"trial_seconds": time.perf_counter() - started})
             raise
