@@ -66,6 +66,7 @@ class MlflowTracker(Callback):
         # after its checkpoint that a SIGKILLed process had logged: they are not logged again)
         self._logged: dict[str, set[int]] = {}
         self._store_error: BaseException | None = None  # the store stopped answering mid-run
+        self._disk_full: str | None = None  # the artifact location whose disk filled up mid-run
         self.local_checkpoint: Path | None = None  # kept on disk when the store could not take it
         self.status: str | None = None  # how the run ended
         self.store_check_s = 0.0  # for_config's store check (schema creation on a new SQLite file)
@@ -180,6 +181,11 @@ class MlflowTracker(Callback):
             self._store_failed(run, beat, "writing the run's heartbeat")
 
     def _store_failed(self, run: RunState, err: BaseException, doing: str) -> None:
+        full = full_disk(err)
+        if full is not None:  # the artifact disk, not the store: the run is closed FAILED with its reason
+            self._disk_full = self._artifact_location(run, full)
+            raise CnnbenchError(f"no space left on the disk of the run's artifacts at {self._disk_full} ({doing}: "
+                                f"[Errno {full.errno}] {full.strerror}); training stopped after epoch {run.epoch}") from None
         self._store_error = err
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise TrackingError(
@@ -241,7 +247,12 @@ class MlflowTracker(Callback):
             if run.notes:
                 tags["cnnbench.notes"] = "\n".join(run.notes)[:FAILURE_REASON_MAX_CHARS]
             mlruns.set_tags(self.client, run.run_id, tags)
-            self._upload(run)  # keeps the checkpoint for --resume
+            if self._disk_full is None and full_disk(error) is not None:
+                self._disk_full = self._artifact_location(run, full_disk(error))
+            if self._disk_full is not None:  # uploading would hit the same full disk
+                self.local_checkpoint = _keep_locally(run)
+            else:
+                self._upload(run)  # keeps the checkpoint for --resume
         except Exception as err:  # the store refused: keep the checkpoint on this machine instead
             self._store_error = self._store_error or err
             self.local_checkpoint = _keep_locally(run)
@@ -261,6 +272,11 @@ class MlflowTracker(Callback):
             return None
         uri = mask_uri(self.tracking_uri)
         command = f"cnnbench train --resume {run.run_id} --tracking-uri {uri}"
+        if self._disk_full is not None:
+            kept = f"is kept on this machine at {self.local_checkpoint}" if self.local_checkpoint else "could not be kept"
+            return (f"MLflow run {run.run_id} is {self.status} (failure_reason tagged); its checkpoint (epoch {run.epoch}) "
+                    f"{kept}. A resume writes to the same full disk: free space at {self._disk_full} first, then: "
+                    f"{command}")
         if self.local_checkpoint is not None:
             return (f"MLflow run {run.run_id} could not be closed cleanly ({self.status or 'RUNNING'} in the store); its "
                     f"checkpoint (epoch {run.epoch}) is kept on this machine at {self.local_checkpoint}. When the store "
@@ -268,6 +284,15 @@ class MlflowTracker(Callback):
         if self.status in ("KILLED", "FAILED"):
             return f"MLflow run {run.run_id} is {self.status}; checkpoints/last.pt holds epoch {run.epoch}. Resume with: {command}"
         return None
+
+    def _artifact_location(self, run: RunState, err: BaseException) -> str:
+        """Where the full disk is: the file the error names, else the run's artifact location."""
+        if getattr(err, "filename", None):
+            return str(err.filename)
+        try:
+            return mask_uri(self.client.get_run(run.run_id).info.artifact_uri)
+        except Exception:  # the store is down too
+            return "the run's artifact location"
 
     def _log_missing_epochs(self, run: RunState) -> None:
         """Epochs the checkpoint holds but the store never got (its server stopped answering, the
@@ -348,6 +373,18 @@ def logged_steps(client: MlflowClient, run_id: str) -> dict[str, set[int]]:
     """Each metric of the run and the steps it has (its history)."""
     keys = client.get_run(run_id).data.metrics
     return {key: {m.step for m in client.get_metric_history(run_id, key)} for key in keys}
+
+
+def full_disk(err: BaseException | None) -> OSError | None:
+    """The full-disk or quota error (ENOSPC, EDQUOT) ``err`` is or was raised from, else None."""
+    import errno
+
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 def _keep_locally(run: RunState) -> Path | None:
