@@ -184,7 +184,7 @@ def test_one_command_sigkilled_and_one_sigtermed_mid_cell_the_survivor_finishes_
     assert "6/6 finished, 0 running, 0 failed, 0 waiting" in status.stdout
 
 
-def test_sigterm_outside_a_cell_ends_the_parent_killed_with_no_job_running_and_the_same_command_resumes(tracking_uri, experiment, tmp_path):
+def test_ST3b_ST3e_sigterm_outside_a_cell_ends_the_parent_killed_with_no_job_running_and_the_same_command_resumes(tracking_uri, experiment, tmp_path):
     """FAULTS.md ST3b/ST3e: SIGTERM while the worker claims and loads data used to kill the command
     with rc -15, leaving the parent and the claimed job RUNNING."""
     MlflowClient(tracking_uri).search_experiments()
@@ -212,7 +212,7 @@ def test_sigterm_outside_a_cell_ends_the_parent_killed_with_no_job_running_and_t
     check_complete(tracking_uri, experiment, [output, resumed.stdout + resumed.stderr])
 
 
-def test_a_live_studys_parent_is_never_called_stale_and_mark_failed_leaves_it_running(tracking_uri, experiment, tmp_path):
+def test_ST21_a_live_studys_parent_is_never_called_stale_and_mark_failed_leaves_it_running(tracking_uri, experiment, tmp_path):
     """FAULTS.md ST21: the study parent had no owner or heartbeat tags, so `runs --stale --mark-failed`
     (the README's recovery advice) ended a live study FAILED while its cells trained."""
     MlflowClient(tracking_uri).search_experiments()

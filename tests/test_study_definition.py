@@ -202,7 +202,7 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-def test_study_show_of_a_100x100x100_grid_is_refused_with_the_computed_count(cli, tmp_path):
+def test_ST8a_study_show_of_a_100x100x100_grid_is_refused_with_the_computed_count(cli, tmp_path):
     path = tmp_path / "huge.toml"
     path.write_text(HUGE)
     result = cli("study", "show", path, "--no-estimate")
@@ -242,7 +242,7 @@ def test_the_budget_replaced_axis_is_what_is_counted():
                         "raises the limit) or a list of at most 10,000 distinct seeds from 0 to 4294967295"),
     ("[" + "9" * 5000 + "]", "holds an integer of thousands of digits; no option or count accepts a number that large"),
 ])
-def test_absurd_seeds_are_refused_as_numbers(seeds, message):
+def test_ST19_absurd_seeds_are_refused_as_numbers(seeds, message):
     with pytest.raises(ConfigError) as err:
         load(SMALL.format(seeds=seeds))
     assert message in str(err.value) and "\n" not in str(err.value)
@@ -280,7 +280,7 @@ def test_two_spellings_on_the_command_line_are_refused_and_a_budget_may_use_the_
     assert [c.label for c in study.cells] == ["kernel_size=3"]
 
 
-def test_study_show_refuses_two_spellings_of_one_axis(cli, tmp_path):
+def test_ST7h_study_show_refuses_two_spellings_of_one_axis(cli, tmp_path):
     path = tmp_path / "k.toml"
     path.write_text(TWO_SPELLINGS)
     result = cli("study", "show", path, "--no-estimate")
@@ -307,7 +307,7 @@ def test_a_budget_name_that_would_break_the_study_id_is_refused():
 
 
 @pytest.mark.parametrize("name", ["../../etc/bob's study", "x' or tags.a != '"])
-def test_study_report_refuses_a_bad_study_name_with_exit_2(cli, tracking_uri, tmp_path, name):
+def test_ST9c_ST14_study_report_refuses_a_bad_study_name_with_exit_2(cli, tracking_uri, tmp_path, name):
     path = tmp_path / "s.toml"
     path.write_text(SMALL.format(seeds=1))
     result = cli("study", "report", path, "--study-name", name, "--tracking-uri", tracking_uri)
@@ -323,7 +323,7 @@ def test_study_report_refuses_a_bad_study_name_with_exit_2(cli, tracking_uri, tm
     (TWO_SPELLINGS, [], "'kernel_size' and 'model.kernel_size' are two spellings"),
     (SMALL.format(seeds=1), ["--study-name", "bob's study"], "--study-name \"bob's study\" is not accepted"),
 ])
-def test_study_run_refuses_before_any_run_or_storage_exists(cli, tracking_uri, experiment, runs_in, tmp_path,
+def test_ST8b_study_run_refuses_before_any_run_or_storage_exists(cli, tracking_uri, experiment, runs_in, tmp_path,
                                                              text, flags, message):
     path = tmp_path / "s.toml"
     path.write_text(text)
