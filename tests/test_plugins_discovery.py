@@ -149,3 +149,43 @@ def test_a_broken_tracker_artifact_or_preset_refuses_the_run_in_one_line(site, c
     expected = "a Preset" if group != "presets" else "the class JsonlTracker"
     assert "broken" in line and "jsonl-plugin" in line and "entry point jsonl_plugin:" in line and expected in line
     assert runs_in(experiment) == []
+
+
+STUDY = """
+name = "one-cell"
+description = "one cell, to see a tracker plugin record a study cell"
+seeds = 1
+
+[base]
+model = "lenet5"
+dataset = "digits"
+epochs = 1
+train_size = 100
+kernels = false
+tsne = false
+retrieval = false
+predictions = false
+memory = false
+
+[grid]
+lr = [0.01]
+"""
+
+
+@pytest.mark.slow
+def test_a_tracker_plugin_records_study_cells_and_tune_trials(site, cli, tracking_uri, experiment, runs_in, monkeypatch):
+    _install(site, "[cnnbench.trackers]\njsonl = jsonl_plugin:JsonlTracker\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))  # worker processes find the plugin too
+    (site / "one.toml").write_text(STUDY)
+    study = cli("study", "run", site / "one.toml", "--tracking-uri", tracking_uri, "--experiment", experiment,
+                "--storage", f"sqlite:///{site}/optuna.db")
+    assert study.exit_code == 0, study.output
+    tune = cli("tune", "--tracking-uri", tracking_uri, "--experiment", experiment, "--storage", f"sqlite:///{site}/optuna.db",
+               "--study-name", "t", "--trials", "1", "--epochs", "1", "--train-size", "100", "--no-tsne", "--no-retrieval",
+               "--no-kernels", "--no-memory", "--no-predictions", "--no-log-model")
+    assert tune.exit_code == 0, tune.output
+    client = MlflowClient(tracking_uri)
+    children = [r for r in runs_in(experiment) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2  # the study's cell and the tune trial
+    for run in children:
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "jsonl")] == ["jsonl/epochs.jsonl"], run.info.run_name
