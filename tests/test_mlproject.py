@@ -1,39 +1,148 @@
-"""`mlflow run .` creates the run; cnnbench logs into that same run without a param conflict."""
+"""`mlflow run .` of this project (MLproject, conda.yaml, python_env.yaml, cnnbench.tracking.mlproject):
+the run it creates is the one cnnbench logs into, named, in the experiment the entry point names,
+never left RUNNING; without conda it stops before creating any run; the environment files are
+pinned as setup.cfg says."""
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_mlflow_run_logs_into_the_run_it_created(tmp_path):
+def mlflow_run(tmp_path, *args, without_conda=False, timeout=1200):
+    """`mlflow run REPO ARGS` in a subprocess against a fresh SQLite store: (completed process, client)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     bin_dir = str(Path(sys.executable).parent)  # `mlflow run` takes python and cnnbench from PATH
     # MLflow's fluent API exports MLFLOW_EXPERIMENT_ID (and friends) into os.environ when earlier
     # in-process tests pick an experiment; a user's shell has none of them.
-    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
-    env = {**inherited, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "MLFLOW_TRACKING_URI": uri}
+    dropped = {"MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"}
+    if without_conda:
+        dropped |= {"CONDA_EXE", "MLFLOW_CONDA_HOME"}
+    inherited = {k: v for k, v in os.environ.items() if k not in dropped}
+    path = [bin_dir] + os.environ["PATH"].split(os.pathsep)
+    if without_conda:  # a machine without conda: no folder of PATH holds one
+        path = [folder for folder in path if not shutil.which("conda", path=folder)]
+    env = {**inherited, "PATH": os.pathsep.join(path), "MLFLOW_TRACKING_URI": uri}
     mlflow_cli = shutil.which("mlflow", path=env["PATH"])
-    out = subprocess.run(
-        [mlflow_cli, "run", str(REPO), "--env-manager", "local", "--experiment-name", "mlproject",
-         "-P", "model=resnet18", "-P", "batch_size=64", "-P", "epochs=1", "-P", "lr=1e-3"],
-        capture_output=True, text=True, env=env, timeout=1200, cwd=tmp_path,
+    out = subprocess.run([mlflow_cli, "run", str(REPO), *args], capture_output=True, text=True, env=env,
+                         timeout=timeout, cwd=tmp_path)
+    return out, mlflow.tracking.MlflowClient(uri)
+
+
+def all_runs(client):
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def setup_cfg() -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    return cfg
+
+
+def pins(lines) -> dict[str, SpecifierSet]:
+    """{normalised name: specifier} of requirement lines (the project itself, ``--editable .``, aside)."""
+    found = {}
+    for line in lines:
+        if line.startswith("-") or line == ".":
+            continue
+        req = Requirement(line)
+        name = req.name.lower().replace("_", "-")
+        assert name not in found, f"{req.name} listed twice"
+        found[name] = req.specifier
+    return found
+
+
+def install_requires() -> dict[str, SpecifierSet]:
+    return pins(line.strip() for line in setup_cfg()["options"]["install_requires"].splitlines() if line.strip())
+
+
+def build_requires() -> dict[str, SpecifierSet]:
+    return pins(tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"])
+
+
+def test_conda_yaml_pins_every_package_as_setup_cfg_says():
+    env = yaml.safe_load((REPO / "conda.yaml").read_text())
+    conda_deps = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip_deps = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert pins(pip_deps) == install_requires()  # every package, each with setup.cfg's specifier
+    assert all(str(spec) for spec in pins(pip_deps).values())  # none unpinned
+    assert "--editable ." in pip_deps  # and cnnbench itself, from the project folder
+    python = next(d.split("=", 1)[1] for d in conda_deps if d.startswith("python="))
+    assert python == "3.11" and SpecifierSet(setup_cfg()["options"]["python_requires"]).contains("3.11.0")
+    assert build_requires().items() <= pins(d for d in conda_deps if not d.startswith("python")).items()
+
+
+def test_python_env_yaml_is_valid_for_mlflow_and_the_same_environment():
+    from mlflow.utils.environment import _PythonEnv
+
+    python_env = _PythonEnv.from_yaml(str(REPO / "python_env.yaml"))  # MLflow's own loader and checks
+    assert python_env.python == "3.11"
+    assert pins(python_env.dependencies) == install_requires()
+    assert "--editable ." in python_env.dependencies
+    assert build_requires().items() <= pins(python_env.build_dependencies).items()
+    # `mlflow run --env-manager virtualenv|uv` builds its environment from conda.yaml (the MLproject's
+    # conda_env, MLflow reads one environment file): the same environment
+    assert _PythonEnv.from_conda_yaml(str(REPO / "conda.yaml")).to_dict() == python_env.to_dict()
+
+
+def test_without_conda_mlflow_run_stops_before_creating_a_run(tmp_path):
+    out, client = mlflow_run(tmp_path, "-P", "model=resnet18", "-P", "batch_size=64", without_conda=True,
+                             timeout=300)
+    assert out.returncode == 1
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr  # one line: no traceback, no MLflow error after it
+    assert "--env-manager local" in lines[0] and "no conda executable" in lines[0] and "no run was created" in lines[0]
+    assert all_runs(client) == []  # nothing RUNNING: nothing at all
+
+
+@pytest.mark.slow
+def test_mlflow_run_names_the_run_and_places_it_in_the_entry_points_experiment(tmp_path):
+    out, client = mlflow_run(tmp_path, "--env-manager", "local", "-P", "epochs=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = all_runs(client)  # none in Default
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "cnnbench"  # the MLproject's `experiment` parameter default
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"  # made like cnnbench's own
+    assert run.info.run_name == "lenet5-digits-adam-lr1e-3"  # cnnbench's name, not MLflow's random one
+    assert run.info.status == "FINISHED"
+    assert run.data.params["experiment"] == "cnnbench" and "test_accuracy" in run.data.metrics
+
+
+def test_a_failing_entry_point_ends_the_run_failed(tmp_path):
+    out, client = mlflow_run(tmp_path, "--env-manager", "local", "-P", "optimizer=nope", "-P", "experiment=bad",
+                             timeout=600)
+    assert out.returncode == 1
+    assert "nope" in out.stderr  # cnnbench's own refusal names the value
+    (run,) = all_runs(client)
+    assert client.get_experiment(run.info.experiment_id).name == "bad"  # -P experiment=NAME
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_mlflow_run_logs_into_the_run_it_created(tmp_path):
+    out, client = mlflow_run(
+        tmp_path, "--env-manager", "local", "--experiment-name", "mlproject", "--run-name", "given-name",
+        "-P", "model=resnet18", "-P", "batch_size=64", "-P", "epochs=1", "-P", "lr=1e-3",
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    client = mlflow.tracking.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("mlproject").experiment_id])
     assert len(runs) == 1  # cnnbench attached to mlflow's run instead of opening a second one
     run = runs[0]
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "given-name"  # `mlflow run --run-name` wins over cnnbench's name
     p = run.data.params
     assert p["model"] == "resnet18" and p["batch_size"] == "64" and p["epochs"] == "1"
     assert p["lr"] == "1e-3"  # mlflow's spelling kept; cnnbench's 0.001 is the same value, not a conflict
