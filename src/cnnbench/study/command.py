@@ -98,6 +98,9 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
 
     _, study = _load(study_ref, budget, sets, max_jobs)
     runs.resolve_cells(study)
+    if study.search is not None:
+        _show_search(study, estimate, workers)
+        return
     click.echo(f"study {study.study_id}: {study.description}")
     click.echo(f"metric {study.metric} ({'higher' if study.goal == 'max' else 'lower'} is better); "
                f"seeds {list(study.seeds)}; reference {study.reference or '(none)'}")
@@ -121,6 +124,34 @@ def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bo
     if study.published:
         click.echo(f"published ({study.published_source or 'the study file'}, {study.published_metric}): "
                    + ", ".join(f"{k} = {v}" for k, v in study.published.items()))
+
+
+def _show_search(study, estimate: bool, workers: int) -> None:
+    """A [search] study: the fixed options, what is searched and how, runs = trials x seeds, an estimate
+    (the base configuration's timed steps: a searched epochs or model moves it)."""
+    from cnnbench.study.estimate import estimate_seconds
+    from cnnbench.study.session import RunRequest, check_search
+
+    search = study.search
+    space = check_search(RunRequest(study=study, source=study.source_name))
+    click.echo(f"study {study.study_id}: {study.description}")
+    click.echo(f"metric {study.metric} ({'higher' if study.goal == 'max' else 'lower'} is better); seeds {list(study.seeds)}")
+    fixed = {k: v for k, v in study.cells[0].config.flat_params().items() if k not in space.names and k != "device"}
+    click.echo("fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+    click.echo(f"search: {search.trials} trials, {search.sampler} sampler, {search.pruner} pruner, the sampler sees "
+               f"{search.objective} ({search.direction}, best epoch, mean over seeds); each trial configuration is a cell")
+    for text in space.texts().values():
+        click.echo(f"  {text}")
+    for note in space.notes:
+        click.echo(f"note: {note}")
+    total = search.trials * len(study.seeds)
+    line = f"runs: {search.trials} trials x {len(study.seeds)} seeds = {total} (at most; pruned trials train one seed)"
+    seconds = estimate_seconds(study, workers) if estimate else {}
+    if seconds:
+        per_run = next(iter(seconds.values()))
+        line += (f"; estimate {_minutes(per_run * total / workers)} with --workers {workers} on this machine "
+                 f"(~{per_run:.0f} s/run for the base configuration)")
+    click.echo(line)
 
 
 @command.command(name="run")

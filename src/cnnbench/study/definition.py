@@ -26,7 +26,7 @@ from cnnbench.config import ALIASES, OPTIONS, TrainConfig, apply_values
 from cnnbench.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "metric", "metric_goal", "seeds", "reference", "base", "grid", "variants",
-            "budgets", "published", "launcher", "report")
+            "budgets", "published", "launcher", "report", "search")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # What a study records unless it turns it on: the cheap artifacts (no t-SNE, retrieval or model upload).
 STUDY_DEFAULTS = {"tsne": False, "retrieval": False, "log_model": False, "quiet": True}
@@ -38,6 +38,8 @@ METRIC_GOALS = ("max", "min")
 MAX_JOBS = 10_000
 MAX_SEED = 2**32 - 1  # numpy's seed range
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+SEARCH_KEYS = ("space", "trials", "sampler", "pruner", "objective", "direction")
+SEARCH_DIRECTIONS = ("maximize", "minimize")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,23 @@ class Cell:
 
     def overrides(self) -> dict[str, Any]:
         return {**self.axes, **({"variant": self.variant} if self.variant is not None else {})}
+
+
+@dataclass(frozen=True)
+class Search:
+    """A study's ``[search]``: trial configurations proposed by tune's sampler, each a cell trained
+    over the study's seeds (``space`` in tune's ``--search`` syntax, canonical)."""
+
+    space: tuple[str, ...]
+    trials: int
+    sampler: str = "tpe"
+    pruner: str = "none"  # a study trains every trial over every seed unless it asks for pruning
+    objective: str = "val_accuracy"  # what the sampler sees (best epoch, mean over seeds); never a test metric
+    direction: str = "maximize"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"space": list(self.space), "trials": self.trials, "sampler": self.sampler, "pruner": self.pruner,
+                "objective": self.objective, "direction": self.direction}
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,7 @@ class Study:
     sets: dict[str, str] = field(default_factory=dict)
     launcher: dict[str, Any] = field(default_factory=dict)  # [launcher]: where the workers run (not the definition)
     report: Any = None  # [report]: stats.Settings (alpha, correction, practical_difference; not the definition)
+    search: Search | None = None  # [search]: the cells are trial configurations; cells[0] is the base they vary
 
     @property
     def study_id(self) -> str:
@@ -91,7 +111,11 @@ class Study:
         return {c.label: definition_params(c.config) for c in self.cells}
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"cells": self.cell_params(), "seeds": list(self.seeds), "metric": self.metric}
+        out = {"cells": self.cell_params(), "seeds": list(self.seeds), "metric": self.metric}
+        if self.search is not None:  # grid studies keep the digest they always had; a search's budget is not
+            # what its cells are: raising trials continues the same search (its sampler keeps its history)
+            out["search"] = {k: v for k, v in self.search.as_dict().items() if k != "trials"}
+        return out
 
     @property
     def digest(self) -> str:
@@ -107,7 +131,8 @@ class Study:
             "published_source": self.published_source, "published_metric": self.published_metric,
             "digest": self.digest, "sets": self.sets,
             "report": self.report.as_dict() if self.report is not None else None,
-            "cells": [{"index": c.index, "label": c.label, "axes": {short(k): v for k, v in c.axes.items()},
+            **({"search": self.search.as_dict()} if self.search is not None else {}),
+            "cells": [] if self.search is not None else [{"index": c.index, "label": c.label, "axes": {short(k): v for k, v in c.axes.items()},
                        "variant": c.variant, "params": definition_params(c.config)} for c in self.cells],
         }
 
@@ -246,6 +271,18 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
             raise ConfigError(f"unknown --budget {budget!r} for study {name!r}; accepted: {accepted}")
         chosen = dict(budgets[budget])
     seeds = _seeds(chosen.pop("seeds", raw.get("seeds", 1)), where, max_jobs)
+    search_raw = _table(raw, "search", where, default=None)
+    if search_raw is not None:
+        search_raw = dict(search_raw)
+        if "trials" in chosen:  # a budget may shorten the search
+            search_raw["trials"] = chosen.pop("trials")
+        if grid is not None or variants:
+            raise ConfigError(f"{where}: [search] and [grid]/[[variants]] together are not supported (a search is its own "
+                              f"set of cells); give the search's fixed options in [base], or run one study per grid cell")
+        for key in ("reference", "published"):
+            if key in raw:
+                raise ConfigError(f"{where}: {key} names cells, but a [search] study's cells are the trials its sampler "
+                                  f"proposes; leave {key} out")
 
     if grid is not None and not grid:
         raise ConfigError(f"{where}: [grid] is empty; give at least one axis (KEY = [values]) or leave [grid] out and use [[variants]]")
@@ -268,9 +305,10 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
             if axis is not None:
                 raise ConfigError(f"{where}: variant {vname!r} sets {key!r}, which grid axis {axis!r} varies (its value "
                                   f"would replace every grid value); vary it in [grid] or in the variants, not both")
-    if not grid and not variants:
+    if not grid and not variants and search_raw is None:
         raise ConfigError(f"{where}: the study has no cells; give [grid] axes (KEY = [values]) or [[variants]]")
-    _check_size(grid, variants, seeds, max_jobs, where)
+    if search_raw is None:
+        _check_size(grid, variants, seeds, max_jobs, where)
     for key, values in grid.items():
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
             raise ConfigError(f"{where}: grid axis {key!r} lists a value twice: {_brief(values)}")
@@ -281,12 +319,15 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
         start = apply_values(start, chosen, where=f"{where} [budgets.{budget}]", text=False)
     if sets:
         start = apply_values(start, sets, where="--set")
+    search = None
+    if search_raw is not None:
+        search = _search(search_raw, start, base, seeds, max_jobs, where)
     cells: list[Cell] = []
     points = list(itertools.product(*grid.values())) if grid else [()]
     for point in points:
         axes = dict(zip(grid, point))
         for vname, overrides in (variants or [(None, {})]):
-            label = cell_label(axes, vname)
+            label = cell_label(axes, vname) if search is None else "base"
             at = f"cell {label!r}"
             config = apply_values(start, axes, where=at, text=False, varying=True)
             config = apply_values(config, overrides, where=at, text=False, varying=True)
@@ -309,7 +350,61 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
     return Study(name=name, description=description, metric=metric, goal=goal, seeds=seeds, cells=tuple(cells),
                  axes=tuple(grid), has_variants=bool(variants), reference=reference, published=published,
                  published_source=pub_source, published_metric=pub_metric, budget=budget, source_text=text,
-                 source_name=source, sets=dict(sets), launcher=launcher, report=report)
+                 source_name=source, sets=dict(sets), launcher=launcher, report=report, search=search)
+
+
+def _search(raw: dict[str, Any], start: TrainConfig, base: Mapping[str, Any], seeds: tuple[int, ...], max_jobs: int,
+            where: str) -> Search:
+    """``[search]`` checked against tune's grammar, samplers and pruners (one line for each refusal)."""
+    from cnnbench.tune import OBJECTIVES, PRUNERS, SAMPLERS
+    from cnnbench.tune.space import GRAMMAR, parse_space
+
+    at = f"{where} [search]"
+    unknown = sorted(set(raw) - set(SEARCH_KEYS))
+    if unknown:
+        raise ConfigError(f"{at}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SEARCH_KEYS)}")
+    space = raw.get("space")
+    if isinstance(space, str):
+        space = [space]
+    if not isinstance(space, list) or not space or not all(isinstance(e, str) for e in space):
+        raise ConfigError(f"{at}: space must be a non-empty list of expressions ({GRAMMAR}); got {_brief(space)}")
+    try:
+        parsed = parse_space(space, start)
+    except ConfigError as err:
+        raise ConfigError(f"{at}: {str(err).replace('--search', 'space')}") from None
+    fixed = sorted(set(parsed.names) & {canonical_key(k) for k in base})
+    if fixed:
+        raise ConfigError(f"{at}: {', '.join(fixed)} is both fixed in [base] and searched; drop one of them")
+    if "trials" not in raw:
+        raise ConfigError(f"{at}: missing trials = N (the search's budget: trial configurations, each over the seeds)")
+    trials = raw["trials"]
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"{at}: trials must be a whole number of trial configurations >= 1 (the search's budget); "
+                          f"got {_brief(trials)}")
+    if trials * len(seeds) > max_jobs:
+        raise ConfigError(f"{at}: {_number(trials)} trials x {len(seeds)} seed{'s' if len(seeds) != 1 else ''} = "
+                          f"{_number(trials * len(seeds))} runs, above the limit of {max_jobs:,}; lower trials or seeds, "
+                          f"or raise the limit with --max-jobs N")
+    if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise ConfigError(f"{at}: a search trains each trial over consecutive seeds; give seeds as a count or a list of "
+                          f"consecutive seeds (e.g. [3, 4, 5]); got {list(seeds)}")
+    choices = {"sampler": (SAMPLERS, "tpe"), "pruner": (PRUNERS, "none"), "objective": (OBJECTIVES, "val_accuracy")}
+    chosen = {}
+    for key, (accepted, default) in choices.items():
+        value = raw.get(key, default)
+        if value not in accepted:
+            raise ConfigError(f"{at}: {key} must be one of {', '.join(accepted)}; got {_brief(value)}")
+        chosen[key] = value
+    direction = raw.get("direction", "maximize" if chosen["objective"].endswith("accuracy") else "minimize")
+    if direction not in SEARCH_DIRECTIONS:
+        raise ConfigError(f"{at}: direction must be maximize or minimize; got {_brief(direction)}")
+    if chosen["sampler"] == "grid":
+        try:
+            parsed.grid()
+        except ConfigError as err:
+            raise ConfigError(f"{at}: {str(err).replace('--sampler grid', 'sampler grid')}") from None
+    return Search(tuple(parsed.texts().values()), trials, chosen["sampler"], chosen["pruner"], chosen["objective"],
+                  direction)
 
 
 def _check_size(grid: Mapping[str, list], variants: Sequence, seeds: Sequence[int], max_jobs: int, where: str) -> None:
@@ -440,6 +535,11 @@ def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[s
         out.append(f"metric {stored.get('metric')} -> {current.get('metric')}")
     if list(stored.get("seeds", [])) != list(current.get("seeds", [])):
         out.append(f"seeds {stored.get('seeds')} -> {current.get('seeds')}")
+    if stored.get("search") != current.get("search"):
+        old_s, new_s = stored.get("search") or {}, current.get("search") or {}
+        keys = sorted(set(old_s) | set(new_s))
+        out.append("search " + ", ".join(f"{k} {old_s.get(k, '(unset)')} -> {new_s.get(k, '(unset)')}" for k in keys
+                                         if old_s.get(k) != new_s.get(k)))
     old, new = stored.get("cells", {}), current.get("cells", {})
     for label in [x for x in old if x not in new]:
         out.append(f"cell {label!r} removed")

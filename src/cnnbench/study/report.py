@@ -138,10 +138,15 @@ def build(client, parent_run_id: str, *, status: str | None = None, settings: st
         except Exception:
             raise ConfigError(f"run {parent_run_id} is not a cnnbench study (it has no {DEFINITION})") from None
         definition = json.loads(Path(path).read_text())
+    search = definition.get("search")  # a [search] study: its cells are the trial configurations, read from the runs
     children = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = {_literal(parent_run_id)} and tags.`cnnbench.role` = {_literal('cell')}",
+        filter_string=f"tags.mlflow.parentRunId = {_literal(parent_run_id)} and "
+                      f"tags.`cnnbench.role` = {_literal('trial' if search else 'cell')}",
         max_results=50000)
+    if search:
+        children = [r for r in children if "cnnbench.study.discarded" not in r.data.tags]
+        definition = {**definition, "cells": search_cells(children, search)}
     by_cell: dict[str, list] = {}
     for run in children:
         by_cell.setdefault(run.data.tags.get("cnnbench.study.cell", ""), []).append(run)
@@ -157,7 +162,7 @@ def build(client, parent_run_id: str, *, status: str | None = None, settings: st
         result = CellResult(c["label"], c["axes"], c["variant"], [], [], [])
         for seed in seeds:
             mine = sorted((r for r in runs if r.data.tags.get("cnnbench.seed") == str(seed)), key=lambda r: r.info.start_time)
-            done = [r for r in mine if r.info.status == "FINISHED"]
+            done = [r for r in mine if r.info.status == "FINISHED" and r.data.tags.get("trial_state") != "PRUNED"]
             if done:
                 run = done[-1]
                 result.runs.append(run)
@@ -165,6 +170,8 @@ def build(client, parent_run_id: str, *, status: str | None = None, settings: st
                 result.values.append(float(run.data.metrics.get(definition["metric"], math.nan)))
             elif any(r.info.status == "RUNNING" for r in mine):
                 result.running.append(seed)
+            elif mine and mine[-1].data.tags.get("trial_state") == "PRUNED":
+                result.failed[seed] = f"pruned after epoch {mine[-1].data.metrics.get('pruned_at_epoch', 0):.0f}"
             elif mine:
                 result.failed[seed] = mine[-1].data.tags.get("failure_reason", mine[-1].info.status)
         cells.append(result)
@@ -177,6 +184,30 @@ def build(client, parent_run_id: str, *, status: str | None = None, settings: st
         settings = st.Settings(settings.alpha, settings.correction, settings.practical_difference, int(params[PARAM_LOOKS]))
     return assemble(definition, cells, status=status or parent.info.status, settings=settings, client=client,
                     parent_run_id=parent_run_id, max_seeds=max_seeds)
+
+
+def search_cells(runs: list, search: dict[str, Any]) -> list[dict[str, Any]]:
+    """A search's cells as a grid's definition lists them: one per trial configuration (its label
+    on the runs), in trial order, the searched values as its axes."""
+    names = [e.partition("=")[0] for e in search["space"]]
+    cells: dict[str, dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: int(r.data.tags.get("trial_number", "0") or 0)):
+        label = run.data.tags.get("cnnbench.study.cell", "")
+        if label and label not in cells:
+            axes = {n.split(".", 1)[1] if n.startswith(("model.", "data.")) else n: _typed_param(run.data.params.get(n))
+                    for n in names}
+            cells[label] = {"label": label, "axes": axes, "variant": None}
+    return list(cells.values())
+
+
+def _typed_param(text: str | None) -> Any:
+    """A logged param as a number when it is one (the table's axis columns sort and plot)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            pass
+    return text
 
 
 def assemble(definition: dict[str, Any], cells: list[CellResult], *, status: str = "FINISHED",

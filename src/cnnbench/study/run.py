@@ -40,6 +40,7 @@ TAG_SEED = "cnnbench.seed"
 TAG_ATTEMPT = "cnnbench.study.attempt"
 TAG_WORKER = "cnnbench.study.worker"
 TAG_STORAGE = "cnnbench.study.storage"
+TAG_DISCARDED = "cnnbench.study.discarded"  # a [search] trial run the report leaves out (its trial does not count)
 DATA_CACHE = 4  # prepared data sets a worker keeps (one per distinct data configuration and seed)
 WARMUP_STEPS = 3
 REASON_MAX_CHARS = 4000

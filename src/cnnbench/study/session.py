@@ -29,9 +29,9 @@ from cnnbench.campaign.launchers import Destination, LauncherOptions
 from cnnbench.campaign.queue import JobQueue
 from cnnbench.campaign.workers import exit_code_for, run_local, signal_policy
 from cnnbench.errors import ConfigError, RunInterrupted
-from cnnbench.study.definition import Study
-from cnnbench.study.run import (TAG_BUDGET, TAG_DIGEST, TAG_ID, TAG_STORAGE, TAG_STUDY, Worker, WorkerSpec, close_lost,
-                                job_of, lease_s, resolve_cells)
+from cnnbench.study.definition import Study, definition_params
+from cnnbench.study.run import (TAG_BUDGET, TAG_DIGEST, TAG_DISCARDED, TAG_ID, TAG_STORAGE, TAG_STUDY, Worker, WorkerSpec,
+                                close_lost, job_of, lease_s, resolve_cells)
 
 DEFAULT_HEARTBEAT_S = 30
 ATTR_DIGEST, ATTR_FINGERPRINT, ATTR_PARENT, ATTR_EXPERIMENT = "digest", "fingerprint", "parent_run_id", "experiment"
@@ -76,6 +76,7 @@ class Plan:
     queue: JobQueue
     experiment: str
     destination: Destination | None = None  # what remote workers get (--launcher slurm|ray)
+    space: Any = None  # a [search] study: tune's SearchSpace, checked against the model and input
 
 
 @dataclass
@@ -117,12 +118,29 @@ def prepare(request: RunRequest) -> Plan:
     if request.launcher.name != "local":  # one-machine stores refused, passwords out of the URLs
         destination = check_remote(request.launcher.name, storage_url, tracking_uri)
         check_available(request.launcher.name)
+    space = None
+    if study.search is not None:
+        space = check_search(request)
     queue = JobQueue(storages.open_engine(storage_url), request.study_name or study.study_id,
                      lease_s=lease_s(request.heartbeat_interval), max_retries=request.max_retries)
     if queue.exists():
         check_definition(queue, study)  # refused before any run exists
     experiment = request.experiment or _base_experiment(study) or study.name
-    return Plan(request, tracking_uri, storage_url, queue, experiment, destination)
+    return Plan(request, tracking_uri, storage_url, queue, experiment, destination, space)
+
+
+def check_search(request: RunRequest) -> Any:
+    """A [search] study's space checked by ``api.resolve`` (tune's restrict: values the model cannot
+    take on this input dropped and named), and what a search does not do yet refused in one line."""
+    from cnnbench.tune.space import SearchSpace, parse_expression, restrict
+
+    if request.launcher.name != "local":
+        raise ConfigError(f"a [search] study runs its workers on this machine (--workers N); --launcher "
+                          f"{request.launcher.name} takes grid studies, or cnnbench tune --launcher for a search")
+    if request.max_seeds:
+        raise ConfigError("--until-decided adds seeds to the cells of a grid; a [search] study's cells are its trials")
+    base = request.study.cells[0].config
+    return restrict(SearchSpace(tuple(parse_expression(t, base) for t in request.study.search.space)), base)
 
 
 def check_until_decided(request: RunRequest) -> None:
@@ -234,7 +252,8 @@ def create_or_join(plan: Plan) -> tuple[identity.Parent, str, bool]:
         parent = create_parent(plan)
         attrs = {ATTR_DIGEST: study.digest, ATTR_FINGERPRINT: study.fingerprint(), ATTR_PARENT: parent.run_id,
                  ATTR_EXPERIMENT: plan.experiment}
-        jobs = (job_of(c.index, c.label, s) for c in study.cells for s in study.seeds)
+        # a search's trials come from its sampler (tune's job source): the queue holds only the campaign
+        jobs = () if study.search else (job_of(c.index, c.label, s) for c in study.cells for s in study.seeds)
         try:
             if queue.create(jobs, attrs):
                 return parent, plan.experiment, True
@@ -286,6 +305,8 @@ def _run(plan: Plan, stream, held: list) -> Outcome:
     started = time.perf_counter()
     parent, experiment, created = create_or_join(plan)
     held.append(parent)
+    if study.search is not None:
+        return _run_search(plan, parent, experiment, created, started, stream)
     client = MlflowClient(plan.tracking_uri)
     was = client.get_run(parent.run_id).info.status
     for lost in queue.sweep():  # dead workers of earlier commands
@@ -375,6 +396,105 @@ def _run_remote(plan: Plan, parent: identity.Parent, spec: WorkerSpec, progress:
         return Outcome(parent.run_id, plan.experiment, created, counts, 0, time.perf_counter() - started,
                        EXIT_INCOMPLETE, failed_lines(queue))
     return _finish(plan, parent, created=created, was=was, changed=True, ran=0, started=started, stream=stream)
+
+
+def _run_search(plan: Plan, parent: identity.Parent, experiment: str, created: bool, started: float, stream) -> Outcome:
+    """A [search] study: tune's job source (its sampler, pruner, workers, heartbeats, retries and
+    orphan sweep) under the study's parent, each trial configuration trained over the study's seeds,
+    until the study has ``trials`` trials over every command (never more); then the study's report."""
+    import optuna
+
+    from cnnbench.campaign.storage import open_storage, redact
+    from cnnbench.tune.objective import trial_label
+    from cnnbench.tune.study import WorkerSpec as TrialSpec
+    from cnnbench.tune.study import open_study, quiet_optuna, run_workers, sweep_orphan_runs
+    from cnnbench.tune.tracker import close_dead_trial_run
+
+    req, study, search, queue = plan.request, plan.request.study, plan.request.study.search, plan.queue
+    client = MlflowClient(plan.tracking_uri)
+    was = client.get_run(parent.run_id).info.status
+    run = {"seed": study.seeds[0], "tracking_uri": plan.tracking_uri, "experiment": experiment, "quiet": True}
+    base = study.cells[0].config.replace(run={**run, **({"device": req.device} if req.device else {})})
+    storage = open_storage(plan.storage_url, heartbeat_interval=req.heartbeat_interval,
+                           on_stale=lambda s, trial: close_dead_trial_run(plan.tracking_uri, trial))
+    quiet_optuna()
+    fixed = {k: v for k, v in definition_params(base).items() if k not in plan.space.names}
+    trials, _ = open_study(storage, queue.campaign, direction=search.direction, space=plan.space,
+                           metric=search.objective, base_params=fixed, seeds=len(study.seeds))
+    sweep_orphan_runs(queue.campaign, plan.storage_url, plan.tracking_uri, storage)  # earlier commands' killed workers
+    counts = search_counts(trials, search.trials)
+    print(f"study {queue.campaign!r} ({'new' if created else 'joined'}): search of {search.trials} trials "
+          f"({search.sampler} sampler, {search.pruner} pruner, {search.objective}) x {len(study.seeds)} seeds; "
+          f"{counts['finished'] + counts['failed']} trials done; {', '.join(plan.space.texts().values())}; queue "
+          f"{redact(plan.storage_url)}; parent run {parent.run_id} in experiment {experiment!r}", file=stream, flush=True)
+    for note in plan.space.notes:
+        print(f"note: {note}", file=stream, flush=True)
+    ran = bool(counts["waiting"])
+    if ran:
+        parent.attach()
+        spec = TrialSpec(config=base.to_dict(), space=list(plan.space.texts().values()), storage=plan.storage_url,
+                         study_name=queue.campaign, parent_run_id=parent.run_id, experiment=experiment,
+                         tracking_uri=plan.tracking_uri, n_trials=counts["waiting"], sampler=search.sampler,
+                         pruner=search.pruner, seed=study.seeds[0], metric=search.objective, direction=search.direction,
+                         heartbeat_interval=req.heartbeat_interval, n_jobs=req.workers, seeds=len(study.seeds),
+                         budget=search.trials, study_tags={TAG_STUDY: study.name, TAG_ID: queue.campaign})
+        try:
+            run_workers(spec, storage, stream=stream)
+        except Exception as err:  # the trials run so far are kept; the parent must not stay RUNNING
+            parent.end("FAILED", reason=f"{type(err).__name__}: {err}; the same command runs the missing trials"[:4000])
+            raise
+    trials = optuna.load_study(study_name=queue.campaign, storage=storage)
+    counts = search_counts(trials, search.trials)
+    failed = [f"{trial_label(t.number, t.params)}: {t.user_attrs['fail_reason'].splitlines()[0][:300]}"
+              for t in trials.get_trials(deepcopy=False) if t.state.name == "FAIL" and "fail_reason" in t.user_attrs]
+    outcome = Outcome(parent.run_id, experiment, created, counts, 0, time.perf_counter() - started, EXIT_COMPLETE,
+                      failed, started_workers=ran)
+    if counts["running"]:
+        print(f"{counts['running']} trials are still with other commands; the last one to finish writes the report "
+              f"and ends the parent run", file=stream, flush=True)
+        return outcome
+    discard_uncounted(client, trials)
+    close_orphans(client, parent.run_id)
+    status = "FINISHED" if not failed and not counts["waiting"] else "FAILED"
+    if failed:
+        outcome.exit_code = EXIT_JOBS_FAILED
+    elif counts["waiting"]:
+        outcome.exit_code = EXIT_INCOMPLETE
+    log = ran or was != "FINISHED" or status != "FINISHED"
+    outcome.report = finish(plan, parent.run_id, status=status, log=log)
+    if log:
+        parent.log_metrics({"jobs_total": search.trials, "jobs_finished": counts["finished"],
+                            "failed_jobs": counts["failed"], "missing_jobs": counts["waiting"]})
+        parent.set_tags({"cnnbench.failed_jobs": "\n".join(failed) or "none"})
+    if log or was != status:
+        reason = f"{len(failed)} of {search.trials} trials failed: " + "; ".join(failed[:20]) if failed else None
+        parent.end(status, reason=reason)
+    return outcome
+
+
+def search_counts(trials: Any, budget: int) -> dict[str, int]:
+    """A search's trials as the queue counts jobs: finished (complete or pruned), failed (by their
+    own error), running, and waiting (still to start before the budget is reached)."""
+    from cnnbench.tune.study import ATTR_SURPLUS
+
+    states = [t for t in trials.get_trials(deepcopy=False) if not t.user_attrs.get(ATTR_SURPLUS)]
+    finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in states)
+    failed = sum(t.state.name == "FAIL" and "fail_reason" in t.user_attrs for t in states)
+    running = sum(t.state.name in ("RUNNING", "WAITING") for t in states)
+    return {"finished": finished, "failed": failed, "running": running,
+            "waiting": max(0, budget - finished - failed - running)}
+
+
+def discard_uncounted(client: MlflowClient, trials: Any) -> None:
+    """The runs of trials that do not count (interrupted, their worker died: Optuna failed them
+    without a reason of their own, and another trial took their place) are tagged so the report
+    leaves them out: a configuration is reported from the trial that counts, never half of one."""
+    from cnnbench.tune.study import trial_run_ids
+
+    for t in trials.get_trials(deepcopy=False):
+        if t.state.name == "FAIL" and "fail_reason" not in t.user_attrs:
+            for run_id in trial_run_ids(t):
+                client.set_tag(run_id, TAG_DISCARDED, "the trial was interrupted or lost its worker; not counted")
 
 
 class FirstStart:

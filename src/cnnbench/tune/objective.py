@@ -41,6 +41,14 @@ class StudyContext:
     experiment_id: str
     metric: str = "val_accuracy"
     maximize: bool = True
+    study_tags: tuple[tuple[str, str], ...] = ()  # a study's [search]: its tags on every trial run, and cell labels
+
+
+def trial_label(number: int, values: dict[str, Any]) -> str:
+    """A trial configuration as a study's cell label: ``trial 3 (lr=0.0123, optimizer=adam)``."""
+    from cnnbench.study.definition import short
+
+    return f"trial {number} (" + ", ".join(f"{short(k)}={_short(v)}" for k, v in values.items()) + ")"
 
 
 def data_key(config: TrainConfig) -> tuple:
@@ -105,8 +113,14 @@ class Objective:
                seed_runs: list[str] | None, *, prune: bool):
         """One training of the trial's configuration (one seed) in its own child run."""
         ctx = self.context
+        extra = {}
+        if ctx.study_tags:  # the study's report reads each trial configuration as a cell, each seed as its run
+            from cnnbench.study.run import TAG_CELL
+
+            extra = {**dict(ctx.study_tags), TAG_CELL: trial_label(trial.number, values)}
         tracker = TrialTracker(trial, study_name=ctx.study_name, parent_run_id=ctx.parent_run_id, tracking_uri=ctx.tracking_uri,
-                               experiment=ctx.experiment, experiment_id=ctx.experiment_id, seed_runs=seed_runs)
+                               experiment=ctx.experiment, experiment_id=ctx.experiment_id, seed_runs=seed_runs,
+                               extra_tags=extra)
         reporter = [PruningReporter(trial, metric=ctx.metric, maximize=ctx.maximize)] if prune else []
         try:
             data = self.data_for(config)
@@ -125,7 +139,8 @@ class Objective:
             trial.set_user_attr("fail_reason", reason[:FAIL_REASON_MAX_CHARS])
             if tracker.run_id is None and seed_runs is None:  # failed before the run existed (e.g. a combination the model refuses)
                 run_id = record_failed_trial(MlflowClient(ctx.tracking_uri), ctx.experiment_id, ctx.parent_run_id,
-                                             trial, ctx.study_name, values, reason)
+                                             trial, ctx.study_name, values, reason,
+                                             extra_tags={**extra, "cnnbench.seed": str(config.run.seed)})
                 trial.set_user_attr("mlflow_run_id", run_id)
             raise
 

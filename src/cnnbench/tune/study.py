@@ -31,6 +31,7 @@ ATTR_SEEDS = "cnnbench.seeds"  # seeds each configuration is trained over (--see
 ATTR_SEED_RUNS = "mlflow_seed_run_ids"  # on each trial with --seeds > 1: the runs of its seeds after the first
 ATTR_PARENT = "cnnbench.parent_run_id"  # on each trial: the tune invocation (parent run) that ran it
 DEFAULT_HEARTBEAT_S = 30
+ATTR_SURPLUS = "cnnbench.surplus"  # a trial started once a study's [search] budget was taken: not trained
 BARE_TRIAL_GRACE_S = 5.0  # a RUNNING trial without any attr this old has no live worker
 TOP_UP_ROUNDS = 3  # after the workers: rounds of re-running trials lost to dead workers, then give up (exit 1)
 
@@ -147,6 +148,8 @@ class WorkerSpec:
     seeds: int = 1  # seeds per configuration (--seeds)
     parent_pid: int | None = None
     entry: str = "cnnbench.tune.study:work"
+    budget: int | None = None  # a study's [search]: trials the study has in all, over every command (never more)
+    study_tags: dict[str, str] = field(default_factory=dict)  # a study's [search]: tags on every trial run
 
 
 def work(spec: dict) -> None:
@@ -187,7 +190,8 @@ def _run_worker(spec: WorkerSpec, storage) -> None:
     study.sampler = build_sampler(spec.sampler, spec.seed + spec.index + 7919 * len(study.trials), space)
     parent = ParentRun(MlflowClient(spec.tracking_uri), spec.parent_run_id, spec.experiment, spec.metric)
     context = StudyContext(spec.study_name, spec.parent_run_id, spec.experiment, spec.tracking_uri,
-                           parent.experiment_id, spec.metric, spec.direction == "maximize")
+                           parent.experiment_id, spec.metric, spec.direction == "maximize",
+                           tuple(spec.study_tags.items()))
     label = f"[worker {spec.index}] " if spec.n_jobs > 1 else ""
     objective = Objective(config, space, context, label=label, seeds=spec.seeds)
     started = 0
@@ -196,6 +200,11 @@ def _run_worker(spec: WorkerSpec, storage) -> None:
         nonlocal started
         started += 1
         trial.set_user_attr(ATTR_PARENT, spec.parent_run_id)  # counted for this invocation, whoever retries it
+        if spec.budget is not None and beyond_budget(study, trial.number, spec.budget):
+            trial.set_user_attr(ATTR_SURPLUS, True)
+            study.stop()
+            raise BudgetReached(f"not trained: the study's {spec.budget} trials are taken (another worker or command "
+                                f"started the last one)")
         return objective(trial)
 
     deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
@@ -214,6 +223,23 @@ def _run_worker(spec: WorkerSpec, storage) -> None:
                 raise
             print(f"{label}note: a trial of this worker was failed by another worker while this one was paused "
                   f"(no heartbeat); it is retried", file=sys.stderr, flush=True)
+
+
+class BudgetReached(Exception):
+    """A trial Optuna started after a study's [search] budget was taken: it ends FAIL untrained, uncounted."""
+
+
+def beyond_budget(study: optuna.Study, number: int, budget: int) -> bool:
+    """Whether ``budget`` trials that count (or may: running, waiting) were started before trial
+    ``number``. Trial numbers are the storage's order, so of several workers and commands starting
+    trials at once exactly the first ``budget`` train: the rerun of a search never passes its budget."""
+    taken = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.number >= number or t.user_attrs.get(ATTR_SURPLUS):
+            continue
+        taken += t.state.name in ("COMPLETE", "PRUNED", "RUNNING", "WAITING") or (
+            t.state.name == "FAIL" and "fail_reason" in t.user_attrs)
+    return taken >= budget
 
 
 def split_trials(n_trials: int, n_jobs: int) -> list[int]:
@@ -415,8 +441,13 @@ def top_up(spec: WorkerSpec, storage) -> None:
     for round_number in range(TOP_UP_ROUNDS + 1):
         lost = fail_orphaned(study, spec.parent_run_id, spec.tracking_uri)
         optuna.storages.fail_stale_trials(study)  # stale trials of other dead processes on this study
-        done = counted(trials_of(study, spec.parent_run_id))
-        missing = spec.n_trials - done
+        if spec.budget is not None:  # a study's search: its budget over every command, whoever ran them
+            trials = study.get_trials(deepcopy=False)
+            done = counted(trials)  # less the trials other live commands are running now
+            missing = spec.budget - done - sum(t.state.name == "RUNNING" for t in trials)
+        else:
+            done = counted(trials_of(study, spec.parent_run_id))
+            missing = spec.n_trials - done
         if missing <= 0:
             return
         if round_number == TOP_UP_ROUNDS:
@@ -425,7 +456,7 @@ def top_up(spec: WorkerSpec, storage) -> None:
               f"{' (trials ' + ', '.join(map(str, lost)) + ')' if lost else ''}; running them again here",
               file=sys.stderr, flush=True)
         run_worker(WorkerSpec(**{**asdict(spec), "n_trials": missing, "index": 0, "n_jobs": 1}), storage)
-    raise TrainingError(f"only {done} of the {spec.n_trials} requested trials finished after {TOP_UP_ROUNDS} rounds of "
+    raise TrainingError(f"only {done} of the {spec.budget or spec.n_trials} requested trials finished after {TOP_UP_ROUNDS} rounds of "
                         f"re-running trials lost to stopped workers; see the worker errors above")
 
 

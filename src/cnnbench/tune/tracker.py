@@ -45,7 +45,8 @@ class TrialTracker(MlflowTracker):
     """
 
     def __init__(self, trial: optuna.Trial, *, study_name: str, parent_run_id: str, tracking_uri: str,
-                 experiment: str, experiment_id: str, seed_runs: list[str] | None = None) -> None:
+                 experiment: str, experiment_id: str, seed_runs: list[str] | None = None,
+                 extra_tags: dict[str, str] | None = None) -> None:
         super().__init__(tracking_uri=tracking_uri, experiment=experiment, run_name=f"trial-{trial.number}", nested=True,
                          parent_run_id=parent_run_id, log_model=False, system_metrics=False)
         self.run_id = None  # never attach to $MLFLOW_RUN_ID: under `mlflow run` that is the parent
@@ -55,6 +56,7 @@ class TrialTracker(MlflowTracker):
         # --seeds > 1: a later seed of the trial (job trial-N:seed-S), its run id appended to the
         # trial's ATTR_SEED_RUNS (the runs of its earlier seeds, given here) instead of mlflow_run_id
         self.seed_runs = seed_runs
+        self.extra_tags = dict(extra_tags or {})  # a study's [search]: the study's tags and the trial's cell label
 
     def on_run_start(self, run: RunState) -> None:
         number, seed = self.trial.number, run.config.run.seed
@@ -62,7 +64,7 @@ class TrialTracker(MlflowTracker):
         job = f"trial-{number}:seed-{seed}" if later else f"trial-{number}"
         tags = {**self._tags(run), **identity("trial", campaign=self.study_name, job=job),
                 "mlflow.parentRunId": self.parent_run_id, TAG_STUDY: self.study_name, "cnnbench.seed": str(seed),
-                "trial_number": str(number), "trial_state": "RUNNING", **run.tags,
+                "trial_number": str(number), "trial_state": "RUNNING", **self.extra_tags, **run.tags,
                 "mlflow.note.content": describe.description(run, heading=f"Trial {number} of study `{self.study_name}`"
                                                             + (f", seed {seed}." if later else "."))}
         label = f"trial{number}-seed{seed}" if later else f"trial{number}"
@@ -167,10 +169,11 @@ def fault_hook(point: str) -> None:
 
 
 def record_failed_trial(client: MlflowClient, experiment_id: str, parent_run_id: str, trial: optuna.Trial,
-                        study_name: str, values: dict[str, Any], reason: str) -> str:
+                        study_name: str, values: dict[str, Any], reason: str,
+                        extra_tags: dict[str, str] | None = None) -> str:
     """A child run for a trial that failed before training started (so every trial has its run)."""
     run = client.create_run(experiment_id, run_name=f"trial-{trial.number}", tags={
-        **identity("trial", campaign=study_name, job=f"trial-{trial.number}", owner=False),
+        **identity("trial", campaign=study_name, job=f"trial-{trial.number}", owner=False), **(extra_tags or {}),
         "mlflow.parentRunId": parent_run_id, TAG_STUDY: study_name, "trial_number": str(trial.number), "trial_state": "FAIL", "failure_reason": reason[:FAILURE_REASON_MAX_CHARS],
     })
     mlruns.log_params(client, run.info.run_id, {**values, "trial_number": trial.number})
