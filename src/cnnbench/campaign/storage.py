@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from cnnbench.errors import ConfigError
+from cnnbench.errors import CnnbenchError, ConfigError
 
 DEFAULT_FILE = "optuna.db"
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -169,6 +169,62 @@ def _driver_error(url: str, dialect: str, err: ImportError) -> ConfigError:
     return ConfigError(f"--storage {redact(url)}: the database driver is not installed ({cause}); pip install {hint}")
 
 
+class StorageFull(CnnbenchError):
+    """The disk under the study storage is full (exit 1): one line naming the storage and the disk."""
+
+
+def full_disk(err: BaseException | None) -> bool:
+    """Whether ``err`` or an error it came from is a full disk: SQLite's SQLITE_FULL ("database or disk
+    is full"), or ENOSPC / EDQUOT from the operating system."""
+    import errno
+
+    for _ in range(10):
+        if err is None:
+            return False
+        if isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err = getattr(err, "orig", None) or err.__cause__ or err.__context__
+    return False
+
+
+def _nearly_full(folder: Path) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free < 64 * 1024  # less than SQLite's WAL index and one page
+    except OSError:
+        return False
+
+
+def full_disk_error(url: str, err: BaseException) -> StorageFull:
+    import shutil
+
+    where = ""
+    if is_sqlite(url) and ":///" in url:
+        folder = Path(url.split(":///", 1)[1]).expanduser().parent
+        try:
+            where = f" ({shutil.disk_usage(folder).free:,} bytes free in {folder})"
+        except OSError:
+            where = f" (in {folder})"
+    return StorageFull(f"the study storage {redact(url)} cannot be written: no space left on its disk{where}; free "
+                       f"space there or give --storage on another disk")
+
+
+def refuse_full_disk(engine, url: str) -> None:
+    """A write that fails for a full disk raises :class:`StorageFull` (one line) instead of SQLAlchemy's
+    error, which Optuna chains into ``StorageInternalError`` ("invalid data in the commit, e.g.
+    exceeding max length"): SQLAlchemy's ``handle_error`` event, which may raise its own exception."""
+    from sqlalchemy import event
+
+    def handler(context) -> None:
+        if full_disk(context.original_exception):
+            raise full_disk_error(url, context.original_exception) from None
+
+    event.listen(engine, "handle_error", handler)
+
+
 def _unreachable(url: str, err: BaseException) -> ConfigError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return StorageUnreachable(
@@ -193,6 +249,7 @@ def open_engine(url: str):
     try:
         engine = sqlalchemy.create_engine(with_driver(with_password(url)), **_engine_kwargs(dialect, url))
         serialise_sqlite(engine)
+        refuse_full_disk(engine, url)
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
     except ImportError as err:
@@ -224,6 +281,7 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, on_stale: C
     except (SQLAlchemyError, OSError, ValueError) as err:
         raise _unreachable(url, err) from None
     serialise_sqlite(storage.engine)
+    refuse_full_disk(storage.engine, url)
     return storage
 
 
@@ -265,6 +323,8 @@ def _prepare_sqlite(url: str) -> None:
             if is_transient(err) and attempt < LOCKED_RETRIES - 1:
                 time.sleep(0.2 * (attempt + 1))
                 continue
+            if full_disk(err) or (isinstance(err, sqlite3.Error) and _nearly_full(path.parent)):
+                raise full_disk_error(url, err) from None  # a full disk can answer "disk I/O error" too
             raise ConfigError(f"cannot use the SQLite study storage {path}: {err}") from None
 
 
