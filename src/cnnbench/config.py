@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from cnnbench.errors import ConfigError
 
@@ -126,6 +126,8 @@ class TrainOption:
         if self.type in ("int", "float"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{prefix}{self.flag} expects {self.describe()}; got {value!r}")
+            if isinstance(value, int) and not -(2**63) <= value <= 2**63 - 1:  # math.isfinite would overflow
+                raise ConfigError(f"{prefix}{self.flag} expects {self.describe()}; got an integer beyond the 64-bit range")
             if not math.isfinite(value):
                 raise ConfigError(f"{prefix}{self.flag} must be a finite number; got {value}")
             if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
@@ -487,7 +489,7 @@ class TrainConfig:
             raise ConfigError(f"{source}: expected a JSON object with sections {', '.join(SECTIONS)}; got {type(raw).__name__}")
         unknown = sorted(map(str, set(raw) - set(SECTIONS)))
         if unknown:
-            raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
+            raise ConfigError(f"{source}: unknown section(s) {shown_names(unknown)}; valid: {', '.join(SECTIONS)}")
         by_field = {(o.section, o.field): o for o in OPTIONS.values()}
         built: dict[str, Any] = {}
         for section, klass in SECTIONS.items():
@@ -498,7 +500,7 @@ class TrainConfig:
             valid = {f.name for f in dataclasses.fields(klass)}
             bad = sorted(map(str, set(values) - valid))
             if bad:
-                raise ConfigError(f"{source}: unknown key(s) in {section}: {', '.join(bad)}; valid keys: {', '.join(sorted(valid))}")
+                raise ConfigError(f"{source}: unknown key(s) in {section}: {shown_names(bad)}; valid keys: {', '.join(sorted(valid))}")
             typed = {}
             for key, value in values.items():
                 if key == "options":
@@ -522,6 +524,9 @@ class TrainConfig:
             raise ConfigError(f"--config file {path} is not text (expected a run's config.json)") from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"--config file {path} is not valid JSON: {err}") from None
+        except ValueError:  # an integer of more than sys.get_int_max_str_digits() digits
+            raise ConfigError(f"--config file {path} holds an integer of thousands of digits; no option accepts "
+                              f"a number that large") from None
         return cls.from_dict(raw, source=str(path))
 
     def replace(self, **sections: Any) -> "TrainConfig":
@@ -583,6 +588,12 @@ def preset_values(name: str) -> dict[str, Any]:
     from cnnbench.registry import PRESETS
 
     return dict(PRESETS.get(name).values)
+
+
+def shown_names(names: Iterable[Any]) -> str:
+    """Names from a file or the command line as one line of an error message: as written, or quoted
+    with escapes when a name holds a line break or another unprintable character."""
+    return ", ".join(n if isinstance(n, str) and n.isprintable() else repr(n) for n in names)
 
 
 def _show(v: Any) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cnnbench.config import ALIASES, OPTIONS, TrainConfig, apply_values
+from cnnbench.config import ALIASES, OPTIONS, TrainConfig, apply_values, shown_names
 from cnnbench.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "metric", "metric_goal", "seeds", "reference", "base", "grid", "variants",
@@ -239,7 +239,7 @@ def expand(raw: dict[str, Any], *, source: str, text: str = "", budget: str | No
         raise ConfigError(f"--max-jobs must be a whole number of runs >= 1; got {max_jobs!r}")
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(TOP_KEYS)}")
+        raise ConfigError(f"{where}: unknown key(s) {shown_names(unknown)}; valid keys: {', '.join(TOP_KEYS)}")
     name = _typed(raw, "name", str, where, required=True)
     if not NAME_RE.match(name):
         raise ConfigError(f"{where}: name {name!r} must use only a-z, 0-9 and '-' (and start with a letter or digit)")

@@ -70,7 +70,9 @@ class Settings:
             raise ConfigError(f"{where}: [report] must be a table ({', '.join(SETTING_KEYS)}); got {table!r}")
         unknown = sorted(set(table) - set(SETTING_KEYS))
         if unknown:
-            raise ConfigError(f"{where}: [report] has unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SETTING_KEYS)}")
+            from cnnbench.config import shown_names
+
+            raise ConfigError(f"{where}: [report] has unknown key(s) {shown_names(unknown)}; valid keys: {', '.join(SETTING_KEYS)}")
         alpha = table.get("alpha", ALPHA)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
             raise ConfigError(f"{where}: [report] alpha must be a number between 0 and 1 (exclusive); got {alpha!r}")

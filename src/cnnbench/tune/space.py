@@ -72,8 +72,9 @@ class Param:
         if self.kind == "choice":
             return list(self.choices)
         if self.integer and self.kind == "int":
-            values = list(range(int(self.low), int(self.high) + 1, self.step or 1))
-            return values if len(values) <= MAX_CHECKED_VALUES else None
+            if (int(self.high) - int(self.low)) // (self.step or 1) >= MAX_CHECKED_VALUES:
+                return None  # counted, not listed: int(1,2**63-1) has 2**63 values
+            return list(range(int(self.low), int(self.high) + 1, self.step or 1))
         return None
 
 
@@ -220,7 +221,9 @@ def _number(text: str, integer: bool, where: str) -> int | float:
         raise ConfigError(f"{where}: {text!r} is not {'an integer' if integer else 'a number'}") from None
     if integer and not INT64_MIN <= value <= INT64_MAX:
         raise ConfigError(f"{where}: {text} is beyond the 64-bit integer range ({INT64_MIN} to {INT64_MAX})")
-    if not integer and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+    if not integer and not math.isfinite(value):
+        raise ConfigError(f"{where}: {text} is not a finite number; give a range or choices of finite numbers")
+    if not integer and abs(value) > FLOAT32_MAX:
         raise ConfigError(f"{where}: {text} is beyond the float32 range that training computes in "
                           f"(at most {FLOAT32_MAX:.6g} in size); give a range within it")
     return value
