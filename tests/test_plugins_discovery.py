@@ -79,6 +79,8 @@ def test_a_tracker_and_an_artifact_plugin_record_a_real_run(site, cli, tracking_
                    "[cnnbench.artifacts]\nfirst-layer-share = jsonl_plugin:ParamShare\n")
     listed = cli("list", "trackers")
     assert "jsonl" in listed.output and "[jsonl-plugin]" in listed.output and "mlflow" in listed.output
+    share = next(line for line in cli("list", "artifacts").output.splitlines() if "first-layer-share" in line)
+    assert "(every run)  [jsonl-plugin]" in share  # no switch names it
     result = cli("train", "--dataset", "digits", "--train-size", "200", "--epochs", "2", "--batch-size", "64",
                  "--device", "cpu", "--tracking-uri", tracking_uri, "--experiment", experiment, *fast_flags)
     assert result.exit_code == 0, result.output

@@ -113,10 +113,11 @@ def _report(result, *, quiet: bool = False) -> None:
 @click.argument("kind", required=False, type=click.Choice(["models", "datasets", "presets", "artifacts", "trackers"]))
 def list_(kind: str | None) -> None:
     """List the registered plugins of each kind (name, description, source distribution): models,
-    datasets, presets (with the options each sets), artifact builders and trackers."""
+    datasets and presets (with the options each sets); ``artifacts`` and ``trackers`` (the builders
+    and trackers every run gets) only when named, as listing them imports torch and MLflow."""
     from cnnbench import registry
 
-    kinds = [kind] if kind else ["models", "datasets", "presets", "artifacts", "trackers"]
+    kinds = [kind] if kind else ["models", "datasets", "presets"]
     for k in kinds:
         plugins = {"models": registry.MODELS, "datasets": registry.DATASETS, "presets": registry.PRESETS,
                    "artifacts": registry.ARTIFACTS, "trackers": registry.TRACKERS}[k]
@@ -126,8 +127,15 @@ def list_(kind: str | None) -> None:
                 click.echo(f"  {entry.name:<14} BROKEN  [{entry.distribution}] {entry.error}")
                 continue
             if k in ("artifacts", "trackers"):
-                doc = (entry.plugin.__doc__ or entry.plugin.__name__).strip().split("\n\n")[0]
-                click.echo(f"  {entry.name:<14} {' '.join(doc.split())}  [{entry.distribution}]")
+                doc = entry.plugin.__doc__ or sys.modules[entry.plugin.__module__].__doc__ or entry.plugin.__name__
+                doc = " ".join(doc.strip().split("\n\n")[0].split())
+                if k == "artifacts":
+                    from cnnbench.artifacts import switched
+                    from cnnbench.config import OPTIONS
+
+                    flags = [OPTIONS[o].flag for o, target in switched().items() if target == entry.name]
+                    doc += f" (off with --no-{flags[0][2:]})" if flags else " (every run)"
+                click.echo(f"  {entry.name:<14} {doc}  [{entry.distribution}]")
                 continue
             if k == "presets":
                 click.echo(f"  {entry.name:<14} {entry.plugin.description}  [{entry.distribution}]")
