@@ -8,7 +8,11 @@ trial configuration with the statistics of its seeds' runs.
 from __future__ import annotations
 
 import json
+import signal
 import statistics
+import subprocess
+import sys
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -108,12 +112,15 @@ def test_a_search_refuses_what_names_cells_or_skips_seeds():
 # -- real runs ------------------------------------------------------------------------------------------
 
 
-def runs_of(uri: str, experiment: str) -> tuple[list, list]:
+def runs_of(uri: str, experiment: str, *, discarded: bool = False) -> tuple[list, list]:
+    """(parents, trial runs) of the experiment; the runs of trials that do not count (interrupted)
+    only with ``discarded``."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    found = client.search_runs([exp.experiment_id], max_results=1000)
+    found = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
     role = lambda r: r.data.tags.get("cnnbench.role")  # noqa: E731
-    return [r for r in found if role(r) == "study"], [r for r in found if role(r) == "trial"]
+    trials = [r for r in found if role(r) == "trial" and discarded == ("cnnbench.study.discarded" in r.data.tags)]
+    return [r for r in found if role(r) == "study"], trials
 
 
 def check_once(uri: str, experiment: str, trials: int, seeds: int = 2) -> tuple:
@@ -144,6 +151,9 @@ def test_a_search_study_runs_each_trial_seed_once_resumes_to_its_budget_and_repo
     first = cli(*args, "--workers", "2")
     assert first.exit_code == 0, first.output
     parent, children = check_once(tracking_uri, experiment, 3)
+    status = cli("study", "status", path, "--storage", storage, "--tracking-uri", tracking_uri)
+    assert status.exit_code == 0, status.output
+    assert "3/3 trials finished, 0 running, 0 failed, 0 waiting" in status.output
     assert parent.data.tags["cnnbench.study"] == "lr-search" and parent.data.tags["cnnbench.study.id"] == "lr-search"
     assert parent.data.metrics["jobs_finished"] == 3 and parent.data.metrics["failed_jobs"] == 0
     run = children[0]
@@ -180,3 +190,35 @@ def test_a_search_study_runs_each_trial_seed_once_resumes_to_its_budget_and_repo
     path.write_text(changed)
     refused_run = cli(*args)
     assert refused_run.exit_code == 2 and "another definition (search sampler random -> tpe)" in refused_run.output
+
+
+@pytest.mark.slow
+def test_a_search_interrupted_by_sigterm_resumes_to_its_budget_with_each_trial_seed_once(tracking_uri, experiment, tmp_path):
+    path = tmp_path / "search.toml"
+    path.write_text(text())
+    args = [sys.executable, "-m", "cnnbench.cli", "study", "run", str(path), "--tracking-uri", tracking_uri,
+            "--experiment", experiment, "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # the first seed of the first trial has finished
+        if [r for r in runs_of(tracking_uri, experiment)[1] if r.info.status == "FINISHED"]:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, output
+    parents, trials = runs_of(tracking_uri, experiment)
+    assert [p.info.status for p in parents] == ["KILLED"] and "interrupted (SIGTERM/SIGHUP)" in output
+    assert not [r for r in trials if r.info.status == "RUNNING"]
+
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    parent, counted = check_once(tracking_uri, experiment, 3)  # the budget reached, never passed
+    left_out = runs_of(tracking_uri, experiment, discarded=True)[1]
+    assert not [r for r in left_out if r.info.status == "RUNNING"]
+    report = json.loads(subprocess.run([sys.executable, "-m", "cnnbench.cli", "study", "report", parent.info.run_id,
+                                        "--tracking-uri", tracking_uri, "--format", "json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert sorted(r["cell"] for r in report) == sorted({r.data.tags["cnnbench.study.cell"] for r in counted})
+    assert [r["n"] for r in report] == [2, 2, 2]

@@ -243,6 +243,9 @@ def status(study_ref: str, budget, storage, study_name, tracking_uri, max_jobs) 
     if not queue.exists():
         raise ConfigError(f"no study {name!r} in {storages.redact(url)}; start it with: cnnbench study run {study_ref}"
                           + (f" --budget {budget}" if budget else ""))
+    if study.search is not None:
+        _search_status(study, name, url)
+        return
     now = time.time()
     by_cell: dict[str, dict[str, list]] = {}
     for row in queue.rows():
@@ -261,6 +264,37 @@ def status(study_ref: str, budget, storage, study_name, tracking_uri, max_jobs) 
                        f"{(row.reason or row.outcome or '').splitlines()[0][:200] if (row.reason or row.outcome) else ''}")
     counts = queue.counts()
     click.echo(f"{counts['finished']}/{sum(counts.values())} finished, {counts['running']} running, "
+               f"{counts['failed']} failed, {counts['waiting']} waiting")
+
+
+def _search_status(study, name: str, url: str) -> None:
+    """A [search] study's trials from its Optuna study (the queue holds only the campaign): each
+    configuration's state, worker and age, its failure, then the counts against the trial budget."""
+    from datetime import datetime
+
+    import optuna
+
+    from cnnbench.campaign import storage as storages
+    from cnnbench.study.session import search_counts
+    from cnnbench.tune.objective import trial_label
+    from cnnbench.tune.study import ATTR_SURPLUS, quiet_optuna
+
+    quiet_optuna()
+    trials = optuna.load_study(study_name=name, storage=storages.open_storage(url))
+    now = datetime.now()  # Optuna's trial times are naive local times
+    click.echo(f"study {name!r} in {storages.redact(url)}: search of {study.search.trials} trials x "
+               f"{len(study.seeds)} seeds")
+    for t in trials.get_trials(deepcopy=False):
+        if t.user_attrs.get(ATTR_SURPLUS):
+            continue
+        line = f"  {trial_label(t.number, t.params):<50} {t.state.name}"
+        if t.state.name == "RUNNING" and t.datetime_start:
+            line += f" on {t.user_attrs.get('worker', '?')} for {(now - t.datetime_start).total_seconds():.0f} s"
+        elif t.state.name == "FAIL":
+            line += ": " + t.user_attrs.get("fail_reason", "interrupted or its worker died (not counted)").splitlines()[0][:200]
+        click.echo(line)
+    counts = search_counts(trials, study.search.trials)
+    click.echo(f"{counts['finished']}/{study.search.trials} trials finished, {counts['running']} running, "
                f"{counts['failed']} failed, {counts['waiting']} waiting")
 
 
