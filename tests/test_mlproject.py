@@ -121,6 +121,19 @@ def test_mlflow_run_names_the_run_and_places_it_in_the_entry_points_experiment(t
     assert run.data.params["experiment"] == "cnnbench" and "test_accuracy" in run.data.metrics
 
 
+@pytest.mark.slow
+def test_mlflow_run_of_the_tune_entry_point_names_its_parent(tmp_path):
+    out, client = mlflow_run(tmp_path, "--env-manager", "local", "-e", "tune", "-P", "trials=1", "-P", "epochs=1",
+                             "-P", "study_name=via-mlproject")  # storage left empty: cnnbench's default
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = all_runs(client)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert client.get_experiment(parent.info.experiment_id).name == "cnnbench"
+    assert parent.data.tags["cnnbench.tune.study"] == "via-mlproject"  # -P study_name reached cnnbench tune
+    assert parent.info.run_name.startswith("tune-") and "via-mlproject" in parent.info.run_name
+    (trial,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
 def test_a_failing_entry_point_ends_the_run_failed(tmp_path):
     out, client = mlflow_run(tmp_path, "--env-manager", "local", "-P", "optimizer=nope", "-P", "experiment=bad",
                              timeout=600)
