@@ -159,18 +159,14 @@ description = "one cell, to see a tracker plugin record a study cell"
 seeds = 1
 
 [base]
-model = "lenet5"
+model = "mlp"
 dataset = "digits"
 epochs = 1
-train_size = 100
-kernels = false
 tsne = false
 retrieval = false
-predictions = false
-memory = false
 
 [grid]
-lr = [0.01]
+train_size = [100]
 """
 
 
