@@ -222,3 +222,49 @@ def test_a_search_interrupted_by_sigterm_resumes_to_its_budget_with_each_trial_s
                                        capture_output=True, text=True, check=True).stdout)
     assert sorted(r["cell"] for r in report) == sorted({r.data.tags["cnnbench.study.cell"] for r in counted})
     assert [r["n"] for r in report] == [2, 2, 2]
+
+
+def test_the_report_reads_trial_runs_as_cells_leaving_out_discarded_ones_and_counting_pruned_as_not_finished(tmp_path):
+    """Without training: a [search] parent and trial runs written to a real SQLite store as the
+    workers write them (a complete trial over 2 seeds, a pruned one, an interrupted one's run tagged
+    discarded, another complete one)."""
+    from cnnbench.study import report as reports
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("search-report")
+    study = load("s.toml", text())
+    parent = client.create_run(exp, tags={"cnnbench.role": "study", "cnnbench.study.id": "lr-search"}).info.run_id
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "definition.json").write_text(json.dumps(study.describe(), default=str))
+    client.log_artifacts(parent, str(tmp_path / "study"), "study")
+
+    def trial(number: int, seed: int, lr: float, optimizer: str, accuracy: float | None, **tags: str) -> None:
+        label = f"trial {number} (lr={lr}, optimizer={optimizer})"
+        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "cnnbench.role": "trial", "trial_number": str(number),
+                                           "cnnbench.study.cell": label, "cnnbench.seed": str(seed),
+                                           "trial_state": "COMPLETE", **tags}).info.run_id
+        client.log_param(run, "lr", lr)
+        client.log_param(run, "optimizer", optimizer)
+        if accuracy is not None:
+            client.log_metric(run, "test_accuracy", accuracy)
+        else:
+            client.log_metric(run, "pruned_at_epoch", 1.0)
+        client.set_terminated(run, "FINISHED")
+
+    trial(0, 0, 0.01, "sgd", 0.5)
+    trial(0, 1, 0.01, "sgd", 0.6)
+    trial(1, 0, 0.002, "adam", None, trial_state="PRUNED")
+    trial(2, 0, 0.05, "adam", 0.9, **{"cnnbench.study.discarded": "interrupted"})
+    trial(3, 0, 0.03, "adam", 0.7)
+    trial(3, 1, 0.03, "adam", 0.8)
+    rep = reports.build(client, parent)
+    assert [c.label for c in rep.cells] == ["trial 0 (lr=0.01, optimizer=sgd)", "trial 1 (lr=0.002, optimizer=adam)",
+                                            "trial 3 (lr=0.03, optimizer=adam)"]
+    pruned = rep.cells[1]
+    assert pruned.values == [] and pruned.failed == {0: "pruned after epoch 1"}
+    table = rep.table.set_index("cell")
+    assert table.loc["trial 3 (lr=0.03, optimizer=adam)", "mean"] == pytest.approx(0.75)
+    assert table.loc["trial 0 (lr=0.01, optimizer=sgd)", "std"] == pytest.approx(statistics.stdev([0.5, 0.6]))
+    assert table.loc["trial 0 (lr=0.01, optimizer=sgd)", "axis.lr"] == pytest.approx(0.01)
+    assert rep.best == "trial 3 (lr=0.03, optimizer=adam)" and rep.pivot is None

@@ -70,8 +70,9 @@ def list_() -> None:
         try:
             study = definition.load(entry.name, entry.text)
             budgets = definition.read_text(entry.name, entry.text)[0].get("budgets", {})
+            size = (f"{len(study.cells):>3} cells" if study.search is None else f"search of {study.search.trials} trials")
             groups[report_of(study.description)].append(
-                f"  {entry.name:<24} {len(study.cells):>3} cells x {len(study.seeds)} seeds  {study.description}"
+                f"  {entry.name:<24} {size} x {len(study.seeds)} seeds  {study.description}"
                 f"  (budgets: {', '.join(budgets) or 'none'})  [{entry.distribution}]")
         except ConfigError as err:
             groups[None].append(f"  {entry.name:<24} BROKEN  [{entry.distribution}] {err}")
