@@ -22,8 +22,8 @@ from packaging.specifiers import SpecifierSet
 REPO = Path(__file__).resolve().parents[1]
 
 
-def mlflow_run(tmp_path, *args, without_conda=False, timeout=1200):
-    """`mlflow run REPO ARGS` in a subprocess against a fresh SQLite store: (completed process, client)."""
+def mlflow_run(tmp_path, *args, without_conda=False, timeout=1200, project=REPO):
+    """`mlflow run PROJECT ARGS` in a subprocess against a fresh SQLite store: (completed process, client)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     bin_dir = str(Path(sys.executable).parent)  # `mlflow run` takes python and cnnbench from PATH
     # MLflow's fluent API exports MLFLOW_EXPERIMENT_ID (and friends) into os.environ when earlier
@@ -37,7 +37,7 @@ def mlflow_run(tmp_path, *args, without_conda=False, timeout=1200):
         path = [folder for folder in path if not shutil.which("conda", path=folder)]
     env = {**inherited, "PATH": os.pathsep.join(path), "MLFLOW_TRACKING_URI": uri}
     mlflow_cli = shutil.which("mlflow", path=env["PATH"])
-    out = subprocess.run([mlflow_cli, "run", str(REPO), *args], capture_output=True, text=True, env=env,
+    out = subprocess.run([mlflow_cli, "run", str(project), *args], capture_output=True, text=True, env=env,
                          timeout=timeout, cwd=tmp_path)
     return out, mlflow.tracking.MlflowClient(uri)
 
@@ -133,6 +133,24 @@ def test_mlflow_run_of_the_tune_entry_point_names_its_parent(tmp_path):
     assert parent.info.run_name.startswith("tune-") and "via-mlproject" in parent.info.run_name
     (trial,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+def test_the_plugin_leaves_other_mlflow_use_alone(tmp_path):
+    """The experiment provider is in context only inside `mlflow run` of this project: not in this
+    process, and another project's `mlflow run` goes to MLflow's Default as without cnnbench."""
+    from mlflow.tracking.default_experiment import registry
+
+    from cnnbench.tracking.mlproject import MlprojectExperimentProvider
+
+    assert any(isinstance(p, MlprojectExperimentProvider) for p in registry._default_experiment_provider_registry)
+    assert MlprojectExperimentProvider().in_context() is False
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "MLproject").write_text("name: other\nconda_env: conda.yaml\nentry_points:\n  main:\n    command: 'true'\n")
+    (other / "conda.yaml").write_text("name: other\ndependencies:\n  - python=3.11\n")
+    out, client = mlflow_run(tmp_path, "--env-manager", "local", project=other, without_conda=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = all_runs(client)
+    assert run.info.experiment_id == "0" and run.info.status == "FINISHED"
 
 def test_a_failing_entry_point_ends_the_run_failed(tmp_path):
     out, client = mlflow_run(tmp_path, "--env-manager", "local", "-P", "optimizer=nope", "-P", "experiment=bad",
