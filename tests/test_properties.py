@@ -9,7 +9,8 @@ NaN/inf, unicode and control characters, empty strings, nested tables, wrong typ
 of one key (``kernel_size`` / ``model.kernel_size`` / ``--kernel-size``).
 
 The example budget is fixed and the generation derandomized (profile ``cnnbench-ci``), so CI runs
-the same examples every time; ``HYPOTHESIS_PROFILE=cnnbench-deep`` explores more.
+the same examples every time; ``HYPOTHESIS_PROFILE=cnnbench-deep`` explores 2000 new random examples
+per property (about 20 minutes for the in-process ones on a shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +37,7 @@ from cnnbench.tune import space
 _COMMON = dict(deadline=None, derandomize=True, database=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 settings.register_profile("cnnbench-ci", max_examples=120, **_COMMON)
-settings.register_profile("cnnbench-deep", max_examples=3000, **_COMMON)
+settings.register_profile("cnnbench-deep", max_examples=2000, **{**_COMMON, "derandomize": False})  # new examples each run
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "cnnbench-ci")
 IN_PROCESS = settings(settings.get_profile(PROFILE))
 THROUGH_CLI = settings(settings.get_profile(PROFILE), max_examples=max(8, settings.get_profile(PROFILE).max_examples // 10))
@@ -184,6 +186,16 @@ def study_tables(draw) -> dict:
     if draw(st.integers(0, 5)) == 0:
         raw["budgets"] = draw(st.one_of(st.dictionaries(st.sampled_from(["quick", "q uick", ""]), option_tables(max_size=2),
                                                         max_size=2), VALUES))
+    if draw(st.integers(0, 5)) == 0:  # a search study: tune's grammar, samplers and pruners (no [grid] beside it)
+        raw.pop(draw(st.sampled_from(["grid", "variants", "seeds"])), None)
+        raw["search"] = draw(st.one_of(
+            st.fixed_dictionaries({"space": st.one_of(st.lists(search_expressions(), max_size=3), search_expressions(), VALUES)},
+                                  optional={"trials": st.one_of(st.integers(1, 20), INTS, VALUES),
+                                            "sampler": st.one_of(st.sampled_from(["tpe", "random", "grid", "x"]), VALUES),
+                                            "pruner": st.one_of(st.sampled_from(["none", "median"]), VALUES),
+                                            "objective": st.one_of(st.sampled_from(["val_accuracy", "val_loss"]), VALUES),
+                                            "direction": st.one_of(st.sampled_from(["maximize", "minimize"]), VALUES)}),
+            st.dictionaries(TEXTS, VALUES, max_size=2)))
     for key in ("metric", "metric_goal", "description", "reference"):
         if draw(st.integers(0, 5)) == 0:
             raw[key] = draw(st.one_of(st.sampled_from(["test_accuracy", "val_loss", "max", "min", "a", "lr=0.1"]), VALUES))
@@ -195,8 +207,13 @@ def study_tables(draw) -> dict:
     return raw
 
 
-def toml_key(key: str) -> str:
-    return json.dumps(key)  # a TOML basic string: a quoted key, so "model.kernel_size" stays one key
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def toml_key(key: str, bare: bool = False) -> str:
+    """A quoted key (a TOML basic string: "model.kernel_size" stays one key), or with ``bare`` a key
+    written as is where TOML allows it: model.kernel_size = 3 is then a dotted key, a nested table."""
+    return key if bare and BARE_KEY.fullmatch(key) else json.dumps(key)
 
 
 def toml_value(value) -> str:
@@ -213,19 +230,19 @@ def toml_value(value) -> str:
     return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
 
 
-def toml_text(raw: dict) -> str:
+def toml_text(raw: dict, bare: bool = False) -> str:
     """``raw`` as a TOML document: top-level tables as [sections], lists of tables as [[arrays]]."""
     top, sections = [], []
     for key, value in raw.items():
         if isinstance(value, dict) and value and all(not isinstance(v, dict) for v in value.values()):
             sections.append(f"[{toml_key(key)}]")
-            sections += [f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()]
+            sections += [f"{toml_key(k, bare)} = {toml_value(v)}" for k, v in value.items()]
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             for table in value:
                 sections.append(f"[[{toml_key(key)}]]")
-                sections += [f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items()]
+                sections += [f"{toml_key(k, bare)} = {toml_value(v)}" for k, v in table.items()]
         else:
-            top.append(f"{toml_key(key)} = {toml_value(value)}")
+            top.append(f"{toml_key(key, bare)} = {toml_value(value)}")
     return "\n".join(top + sections) + "\n"
 
 
@@ -261,6 +278,9 @@ GOOD_STUDY = {"name": "s", "seeds": 2, "base": {"epochs": 1, "model": "mlp"}, "g
 @example({"name": "s", "grid": {"lr": [0.1]}, "budgets": {"quick": {"x\ny": 1}}})
 @example({"name": "s", "grid": {"lr": [0.1]}, "report": {"correction": {}}})
 @example({"name": "s", "grid": {"lr": [0.1]}, "launcher": {"a\nb": 1}})
+@example({"name": "s", "search": {"space": ["lr=uniform(0.1,0.2)"], "trials": 2, "sampler": {}, "a\nb": 1}})
+@example({"name": "s", "search": {"space": ["lr=uniform(0.1,0.2)"], "trials": 2, "sampler": {}, "direction": []}})
+@example({"name": "s", "search": {"space": "epochs=int(1,9223372036854775807)", "trials": 10**400}})
 def test_study_table_is_a_study_or_one_line(raw):
     study = one_line_or_value(definition.expand, raw, source="p.toml")
     if not isinstance(study, Exception):
@@ -268,12 +288,14 @@ def test_study_table_is_a_study_or_one_line(raw):
 
 
 @IN_PROCESS
-@given(study_tables(), st.integers(0, 3), st.sampled_from(["", "x", "[base]\nlr = 1\nlr = 2\n", "[", "= 1", "\x00",
-                                                            "\ud800" if False else "\u2028", "a = 1" + "0" * 5000]))
-@example(GOOD_STUDY, 0, "")
-def test_study_text_is_a_study_or_one_line(raw, cut, junk):
-    """The same tables written as TOML text, sometimes cut short or with junk appended."""
-    text = toml_text(raw)
+@given(study_tables(), st.booleans(), st.integers(0, 3), st.sampled_from(
+    ["", "x", "[base]\nlr = 1\nlr = 2\n", "[grid]\nlr = [1]\n", "[", "= 1", "\x00", "\u2028", "a = 1" + "0" * 5000]))
+@example(GOOD_STUDY, False, 0, "")
+@example({"name": "s", "base": {"model.kernel_size": 3}, "grid": {"lr": [0.1]}}, True, 0, "")  # a dotted key: a table
+def test_study_text_is_a_study_or_one_line(raw, bare, cut, junk):
+    """The same tables written as TOML text (keys quoted, or bare where TOML allows: dotted keys make
+    nested tables), sometimes cut short or with junk appended (a duplicate key, a second [grid])."""
+    text = toml_text(raw, bare)
     if cut:
         text = text[: len(text) * cut // 4]
     study = one_line_or_value(definition.load, "p.toml", text + junk)

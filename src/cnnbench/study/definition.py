@@ -362,7 +362,7 @@ def _search(raw: dict[str, Any], start: TrainConfig, base: Mapping[str, Any], se
     at = f"{where} [search]"
     unknown = sorted(set(raw) - set(SEARCH_KEYS))
     if unknown:
-        raise ConfigError(f"{at}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SEARCH_KEYS)}")
+        raise ConfigError(f"{at}: unknown key(s) {shown_names(unknown)}; valid keys: {', '.join(SEARCH_KEYS)}")
     space = raw.get("space")
     if isinstance(space, str):
         space = [space]
