@@ -71,7 +71,6 @@ class MlflowTracker(Callback):
         self.status: str | None = None  # how the run ended
         self.store_check_s = 0.0  # for_config's store check (schema creation on a new SQLite file)
         self.adopted_mlflow_run = False  # attached to the run `mlflow run` created ($MLFLOW_RUN_ID)
-        self.adopted_mlflow_run = False  # attached to the run `mlflow run` created ($MLFLOW_RUN_ID)
 
     @classmethod
     def for_config(cls, config, *, run_id: str | None = None, adopt_mlflow_run: bool = True,
@@ -93,7 +92,6 @@ class MlflowTracker(Callback):
             run_id=run_id or adopted, log_model=config.artifacts.model,
             system_metrics=config.artifacts.memory, **options,
         )
-        tracker.adopted_mlflow_run = bool(adopted)
         tracker.adopted_mlflow_run = bool(adopted)
         tracker.store_check_s = time.perf_counter() - started
         return tracker
@@ -129,10 +127,6 @@ class MlflowTracker(Callback):
                                              tags=describe.standard_tags(tags))
             self.run_id = created.info.run_id
         else:  # fluent start_run refuses a run outside the experiment an earlier set_experiment chose
-            if self.adopted_mlflow_run:  # named like any cnnbench run, unless `mlflow run --run-name` named it
-                from cnnbench.tracking.mlproject import name_adopted_run
-
-                name_adopted_run(self.client, self.run_id, self.run_name or describe.run_name(run.config), self.experiment)
             if self.adopted_mlflow_run:  # named like any cnnbench run, unless `mlflow run --run-name` named it
                 from cnnbench.tracking.mlproject import name_adopted_run
 
