@@ -189,11 +189,17 @@ def full_disk(err: BaseException | None) -> bool:
     return False
 
 
-def _nearly_full(folder: Path) -> bool:
+def disk_is_full(url: str, err: BaseException) -> bool:
+    """:func:`full_disk`, or a SQLite error ("disk I/O error": the WAL index cannot grow) while the
+    storage file's disk has less than 64 KiB free (SQLite's WAL index and one page)."""
     import shutil
 
+    if full_disk(err):
+        return True
+    if not (is_sqlite(url) and ":///" in url and isinstance(getattr(err, "orig", err), sqlite3.Error)):
+        return False
     try:
-        return shutil.disk_usage(folder).free < 64 * 1024  # less than SQLite's WAL index and one page
+        return shutil.disk_usage(Path(url.split(":///", 1)[1]).expanduser().parent).free < 64 * 1024
     except OSError:
         return False
 
@@ -219,13 +225,15 @@ def refuse_full_disk(engine, url: str) -> None:
     from sqlalchemy import event
 
     def handler(context) -> None:
-        if full_disk(context.original_exception):
+        if disk_is_full(url, context.original_exception):
             raise full_disk_error(url, context.original_exception) from None
 
     event.listen(engine, "handle_error", handler)
 
 
-def _unreachable(url: str, err: BaseException) -> ConfigError:
+def _unreachable(url: str, err: BaseException) -> CnnbenchError:
+    if disk_is_full(url, err):
+        return full_disk_error(url, err)
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return StorageUnreachable(
         f"cannot open the study storage {redact(url)}: {first}. Check the host, port, database name and "
@@ -323,8 +331,8 @@ def _prepare_sqlite(url: str) -> None:
             if is_transient(err) and attempt < LOCKED_RETRIES - 1:
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            if full_disk(err) or (isinstance(err, sqlite3.Error) and _nearly_full(path.parent)):
-                raise full_disk_error(url, err) from None  # a full disk can answer "disk I/O error" too
+            if disk_is_full(url, err):
+                raise full_disk_error(url, err) from None
             raise ConfigError(f"cannot use the SQLite study storage {path}: {err}") from None
 
 
