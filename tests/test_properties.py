@@ -643,5 +643,20 @@ def test_cli_model_option(pairs):
     cli_outcome(result)
 
 
+FLAGS = sorted(o.flag for o in OPTIONS.values() if o.type != "bool") + ["--kernel-size"]
+
+
+@THROUGH_CLI
+@given(st.lists(st.tuples(st.sampled_from(FLAGS), st.one_of(NUMBER_TEXT, TEXTS)), min_size=1, max_size=3))
+@example([("--epochs", "9" * 5000)])
+@example([("--kernel-size", "1e999"), ("--lr", "nan")])
+def test_cli_flag_values(pairs):
+    """Every train flag's text through Click (``Declared`` / ``KernelSize``): its one-line refusal, or
+    (beside --resume, so nothing trains) the --resume usage error; exit 2 either way."""
+    result = invoke("train", "--resume", "0" * 32, *[a for pair in pairs for a in pair])
+    cli_outcome(result)
+    assert result.exit_code == 2
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
