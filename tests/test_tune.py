@@ -243,7 +243,7 @@ def test_tune_help_lists_its_options_and_every_train_option(cli):
     result = cli("tune", "--help")
     assert result.exit_code == 0
     for flag in ("--trials", "--timeout", "--search", "--sampler", "--pruner", "--storage", "--study-name",
-                 "--n-jobs", "--direction", "--retrain-best", "--model", "--dataset", "--lr", "--batch-size",
+                 "--workers", "--direction", "--retrain-best", "--model", "--dataset", "--lr", "--batch-size",
                  "--kernel-size", "--optimizer", "--model-option", "--train-size", "--tracking-uri"):
         assert flag in result.output
     assert "epochs per trial" in result.output

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import click
 
+from cnnbench.campaign import DEFAULT_HEARTBEAT_S
 from cnnbench.config import GROUPS, OPTIONS, TrainConfig, TrainOption, apply_values
 
 # Parameters of the command line that are not config fields: where they are listed in --help.
@@ -273,3 +274,118 @@ def launcher_from(kwargs: dict[str, Any], table: dict[str, Any] | None = None, w
         raise ConfigError(f"{where} [launcher] folder {folder!r}: a study file may only name a folder under the "
                           f"working directory (a relative path without '..'), e.g. folder = \"cnnbench-slurm\"")
     return LauncherOptions(**values)
+
+
+# -- Options several commands share, each declared once ---------------------------------------------
+# A command attaches one with ``@shared("tracking_uri")``; what may differ per command is only its
+# default (and so the words saying what the default is), given as ``default=``/``default_text=``.
+# Options that are also train options (tracking URI, device, experiment) take the train declaration's
+# flag, type, check and help, so ``train``, ``tune``, ``study``, ``memory``, ``info``, ``filters`` and
+# ``runs`` read and refuse a value alike.
+
+
+class AtLeast(click.ParamType):
+    """A whole number >= ``low``, refused in the project's one style (``--workers must be at least 1;
+    got 0``, exit 2), as the declared train options are."""
+
+    def __init__(self, low: int) -> None:
+        self.low, self.name = low, "INTEGER"
+
+    def convert(self, value, param, ctx):
+        from cnnbench.errors import ConfigError
+
+        flag = param.opts[0] if param is not None else "the value"
+        try:
+            number = value if isinstance(value, int) and not isinstance(value, bool) else int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{flag} must be a whole number; got {value!r}") from None
+        if number < self.low:
+            raise ConfigError(f"{flag} must be at least {self.low}; got {number}")
+        return number
+
+
+def _study_name(ctx, param, value):
+    """--study-name checked as it is parsed: it names the storage study and goes into MLflow tags and filters."""
+    from cnnbench.study.definition import check_study_name
+
+    return value if value is None else check_study_name(value)
+
+
+def _from_train(name: str) -> dict[str, Any]:
+    o = OPTIONS[name]
+    return {"decls": [o.flag, name], "type": Declared(o), "default": o.default, "metavar": o.metavar,
+            "help": o.help.split(" (default:")[0]}
+
+
+SHARED: dict[str, Callable[[], dict[str, Any]]] = {
+    "tracking_uri": lambda: _from_train("tracking_uri") | {"help": OPTIONS["tracking_uri"].help},
+    "device": lambda: _from_train("device"),
+    "experiment": lambda: _from_train("experiment") | {"help": "MLflow experiment name", "default": None},
+    "model_options": lambda: {"decls": ["--model-option", "model_options"], "multiple": True, "metavar": "KEY=VALUE",
+                              "help": "model option (repeatable; cnnbench info MODEL lists them)"},
+    "kernel_size": lambda: {"decls": ["--kernel-size", "kernel_size"], "type": KernelSize(), "default": None,
+                            "help": "shorthand for --model-option kernel_size=N (auto: the model's default)"},
+    "storage": lambda: {"decls": ["--storage", "storage"], "default": None, "metavar": "URL",
+                        "help": "database coordinating the workers (Optuna RDB storage and the job queue; default: "
+                                "sqlite optuna.db beside the local MLflow store; SQLite is for one machine, "
+                                "postgresql://... for workers on several)"},
+    "study_name": lambda: {"decls": ["--study-name", "study_name"], "default": None, "callback": _study_name,
+                           "help": "name in the storage; an existing name resumes it"},
+    "workers": lambda: {"decls": ["--workers", "workers"], "type": AtLeast(1), "default": 1,
+                        "help": "workers: local processes, Slurm array tasks or Ray tasks (--launcher)"},
+    "heartbeat_interval": lambda: {"decls": ["--heartbeat-interval", "heartbeat_interval"], "type": AtLeast(1),
+                                   "default": DEFAULT_HEARTBEAT_S, "metavar": "SECONDS",
+                                   "help": "workers beat this often; a job silent for twice as long is given to "
+                                           "another worker"},
+    "max_retries": lambda: {"decls": ["--max-retries", "max_retries"], "type": AtLeast(0), "default": 1,
+                            "metavar": "N", "help": "times a failed job or one whose worker died is run again"},
+}
+
+
+def shared_option(name: str, *, default: Any = ..., default_text: str | None = None, **extra: Any) -> click.Option:
+    """The one declaration of a shared option as a Click option; ``default`` (with ``default_text``
+    saying what it means) is the only per-command difference; ``extra`` only adds (``required``)."""
+    spec = SHARED[name]()
+    if set(extra) - {"required"}:
+        raise TypeError(f"shared option {name}: only default/default_text/required may differ per command")
+    decls = spec.pop("decls")
+    if default is not ...:
+        spec["default"] = default
+    if default_text:
+        spec["help"] = f"{spec['help']} (default: {default_text})"
+    spec["show_default"] = spec.get("default") is not None and not default_text and not spec.get("multiple")
+    return click.Option(decls, **spec, **extra)
+
+
+def shared(name: str, **kwargs: Any) -> Callable[[Callable], Callable]:
+    """Decorator: attach the shared option ``name`` (see :func:`shared_option`)."""
+    def attach(command: Callable) -> Callable:
+        command.__click_params__ = [*getattr(command, "__click_params__", []), shared_option(name, **kwargs)]  # type: ignore[attr-defined]
+        return command
+
+    return attach
+
+
+def deprecated_alias(flag: str, of: str, dest: str) -> click.Option:
+    """A hidden old spelling of a shared option (``--n-jobs`` of ``--workers``): it still works,
+    with a note; :func:`take_alias` merges it."""
+    def warn(ctx, param, value):
+        if value is not None:
+            click.echo(f"note: {flag} is deprecated; use {of} (same meaning)", err=True)
+        return value
+
+    return click.Option([flag, dest], type=AtLeast(1), default=None, hidden=True, callback=warn,
+                        expose_value=True)
+
+
+def take_alias(params: dict[str, Any], name: str, alias: str, flag: str, of: str) -> Any:
+    """The shared option's value, or its deprecated alias's when that was given (both differing: refused)."""
+    value, old = params.get(name), params.pop(alias, None)
+    if old is None:
+        return value
+    ctx = click.get_current_context(silent=True)
+    typed = ctx is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    if typed and value != old:
+        raise click.UsageError(f"{flag} {old} and {of} {value} disagree; give {of} only ({flag} is its old name)")
+    params[name] = old
+    return old

@@ -9,6 +9,8 @@ pulling jobs from one database with leases, so every job runs exactly once throu
 This package imports neither :mod:`cnnbench.tune` nor :mod:`cnnbench.study`; they plug into it.
 """
 
+DEFAULT_HEARTBEAT_S = 30  # seconds between a worker's beats; a job silent for twice as long is given to another worker
+
 # Exit codes of campaign commands (``study run``, ``tune``): what the campaign's state is.
 EXIT_COMPLETE = 0  # every job FINISHED
 EXIT_JOBS_FAILED = 3  # the campaign ended, but some jobs FAILED after their retries (named on stderr and the parent)

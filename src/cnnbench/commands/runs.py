@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import click
 
+from cnnbench.cli_options import shared
+
 
 @click.command(name="runs")
 @click.option("--stale", is_flag=True, default=False, help="list RUNNING runs whose process is gone (the only listing so far)")
 @click.option("--mark-failed", is_flag=True, default=False, help="end the stale runs FAILED (with failure_reason)")
-@click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default)")
-@click.option("--experiment", default=None, help="only this experiment (default: all)")
+@shared("tracking_uri")
+@shared("experiment", default_text="every experiment")
 def command(stale: bool, mark_failed: bool, tracking_uri: str | None, experiment: str | None) -> None:
     """Find runs left RUNNING by killed processes (and close them with --mark-failed)."""
     from cnnbench.errors import ConfigError

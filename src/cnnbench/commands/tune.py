@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from cnnbench.cli_options import (LAUNCHER_FLAGS, GroupedCommand, config_from_params, given_on_command_line, launcher_from,
-                                  train_parameters)
+from cnnbench.cli_options import (LAUNCHER_FLAGS, GroupedCommand, config_from_params, deprecated_alias, given_on_command_line,
+                                  launcher_from, shared_option, take_alias, train_parameters)
 from cnnbench.tune import OBJECTIVES, PRUNERS, SAMPLERS
 
 TRIAL_ARTIFACTS_OFF = ("tsne", "retrieval", "kernels", "predictions")  # off in trials unless given
@@ -23,7 +23,7 @@ SEARCH_HELP = (
 
 
 TUNE_PARAMETERS: list[click.Parameter] = [
-    click.Option(["--trials"], type=int, default=30, show_default=True, help="trials to add to the study (split between --n-jobs workers)"),
+    click.Option(["--trials"], type=int, default=30, show_default=True, help="trials to add to the study (split between --workers)"),
     click.Option(["--seeds"], type=int, default=1, show_default=True,
                  help="train each sampled configuration over this many seeds (--seed, --seed+1, ...), each in its own "
                       "run; a trial scores the mean of its seeds (std and 95%% interval on the trial), the pruner "
@@ -33,12 +33,10 @@ TUNE_PARAMETERS: list[click.Parameter] = [
     click.Option(["--search"], multiple=True, metavar="EXPR", help=SEARCH_HELP),
     click.Option(["--sampler"], type=click.Choice(SAMPLERS), default="tpe", show_default=True),
     click.Option(["--pruner"], type=click.Choice(PRUNERS), default="median", show_default=True),
-    click.Option(["--storage"], default=None, metavar="URL",
-                 help="Optuna RDB storage (default: sqlite optuna.db beside the local MLflow store; SQLite is for one "
-                      "machine, use postgresql://... or mysql+pymysql://... for workers on several)"),
-    click.Option(["--study-name"], default=None, help="name of the study; an existing name resumes it (default: a new MODEL-DATASET-TIME)"),
-    click.Option(["--n-jobs"], type=int, default=1, show_default=True,
-                 help="workers sharing the storage: local processes, Slurm array tasks or Ray tasks (--launcher)"),
+    shared_option("storage"),
+    shared_option("study_name", default_text="a new MODEL-DATASET-TIME"),
+    shared_option("workers"),
+    deprecated_alias("--n-jobs", "--workers", "n_jobs"),
     click.Option(["--objective"], type=click.Choice(OBJECTIVES), default="val_accuracy", show_default=True,
                  help="the per-epoch metric; a trial scores its best epoch"),
     click.Option(["--direction"], type=click.Choice(("maximize", "minimize")), default=None,
@@ -46,8 +44,7 @@ TUNE_PARAMETERS: list[click.Parameter] = [
     click.Option(["--retrain-best/--no-retrain-best"], default=False, show_default=True,
                  help="retrain the best configuration on train+val and test it, in its own run"),
     click.Option(["--retrain-epochs"], type=int, default=None, help="epochs of the retrain (default: train's default budget)"),
-    click.Option(["--heartbeat-interval"], type=int, default=30, show_default=True, metavar="SECONDS",
-                 help="workers beat this often; a trial silent for twice as long is failed and retried"),
+    shared_option("heartbeat_interval"),
     *LAUNCHER_FLAGS.values(),
 ]
 
@@ -70,7 +67,7 @@ def tune(**params) -> None:
     request = TuneRequest(
         config=config, search=tuple(params["search"]), fixed=frozenset(given), trials=params["trials"],
         timeout=params["timeout"], sampler=params["sampler"], pruner=params["pruner"], storage=params["storage"],
-        study_name=params["study_name"], n_jobs=params["n_jobs"], metric=params["objective"],
+        study_name=params["study_name"], n_jobs=take_alias(params, "workers", "n_jobs", "--n-jobs", "--workers"), metric=params["objective"],
         direction=params["direction"], retrain_best=params["retrain_best"], retrain_epochs=params["retrain_epochs"],
         heartbeat_interval=params["heartbeat_interval"], seeds=params["seeds"], launcher=launcher,
     )

@@ -6,24 +6,14 @@ import sys
 
 import click
 
-from cnnbench.cli_options import file_destination, launcher_options
+from cnnbench.cli_options import file_destination, launcher_options, shared
 
 BUDGET = click.option("--budget", default=None, metavar="B", help="apply the study's [budgets.B] overrides (e.g. quick, faithful)")
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                     help="override a train option or model.<key>/data.<key> for every cell (repeatable)")
-STORAGE_HELP = ("database coordinating the workers (default: sqlite optuna.db beside the local MLflow store; "
-                "postgresql://... for workers on several machines)")
-TRACKING = click.option("--tracking-uri", default=None, metavar="URI",
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+TRACKING = shared("tracking_uri")
 MAX_JOBS = click.option("--max-jobs", type=click.IntRange(min=1), default=None, metavar="N",
                         help="refuse a study of more than N cell x seed runs (default 10,000), counted before any cell is built")
-
-
-def _study_name(ctx, param, value):
-    """--study-name checked as it is parsed: it names the storage study and goes into MLflow tags and filters."""
-    from cnnbench.study.definition import check_study_name
-
-    return value if value is None else check_study_name(value)
 
 
 def _load(ref: str, budget: str | None, sets: tuple[str, ...], max_jobs: int | None = None):
@@ -90,8 +80,7 @@ def list_() -> None:
 @click.option("--estimate/--no-estimate", default=True, show_default=True,
               help="time a few training steps per distinct model/input for a duration")
 @MAX_JOBS
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="worker processes the estimate assumes (as study run --workers)")
+@shared("workers", default=2)  # the estimate assumes this many
 def show(study_ref: str, budget: str | None, sets: tuple[str, ...], estimate: bool, max_jobs: int | None, workers: int = 2) -> None:
     """The cells with their resolved options, runs = cells x seeds, published figures, a time estimate."""
     from cnnbench.study import run as runs
@@ -159,19 +148,15 @@ def _show_search(study, estimate: bool, workers: int) -> None:
 @click.argument("study_ref", metavar="NAME|FILE")
 @BUDGET
 @SETS
-@click.option("--workers", type=int, default=1, show_default=True,
-              help="workers: local processes, Slurm array tasks or Ray tasks (--launcher)")
-@click.option("--storage", default=None, metavar="URL", help=STORAGE_HELP)
-@click.option("--study-name", default=None, callback=_study_name,
-              help="name in the storage (default: NAME or NAME-BUDGET); a new name starts a separate study")
-@click.option("--experiment", default=None, help="MLflow experiment (default: the study's [base] experiment, else its name)")
+@shared("workers")
+@shared("storage")
+@shared("study_name", default_text="NAME or NAME-BUDGET")
+@shared("experiment", default_text="the study's [base] experiment, else its name")
 @TRACKING
 @file_destination
-@click.option("--max-retries", type=int, default=1, show_default=True,
-              help="times a failed cell or one whose worker died is run again")
-@click.option("--heartbeat-interval", type=int, default=30, show_default=True, metavar="SECONDS",
-              help="workers beat this often; a cell silent for twice as long is given to another worker")
-@click.option("--device", default=None, type=click.Choice(("auto", "cpu", "cuda", "mps")), help="device for every cell (default: the study's)")
+@shared("max_retries")
+@shared("heartbeat_interval")
+@shared("device", default=None, default_text="the study's")
 @click.option("--format", "fmt", default="table", type=click.Choice(("table", "md", "csv", "json")), show_default=True,
               help="how the final report is printed")
 @click.option("--until-decided", is_flag=True, default=False,
@@ -222,8 +207,8 @@ def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment,
 @command.command()
 @click.argument("study_ref", metavar="NAME|FILE")
 @BUDGET
-@click.option("--storage", default=None, metavar="URL", help=STORAGE_HELP)
-@click.option("--study-name", default=None, callback=_study_name, help="the name the study runs under, if not NAME or NAME-BUDGET")
+@shared("storage")
+@shared("study_name", default_text="NAME or NAME-BUDGET")
 @TRACKING
 @MAX_JOBS
 def status(study_ref: str, budget, storage, study_name, tracking_uri, max_jobs) -> None:
@@ -320,13 +305,11 @@ def _search_status(study, name: str, url: str) -> None:
               help="CPU request and limit per pod (2, 500m); its whole CPUs are the worker's OMP_NUM_THREADS")
 @click.option("--memory", default="4Gi", show_default=True, metavar="SIZE", help="memory request and limit per pod")
 @click.option("--gpus", type=int, default=0, show_default=True, metavar="N", help="nvidia.com/gpu limit per pod")
-@click.option("--study-name", default=None, callback=_study_name,
-              help="name in the storage (default: NAME or NAME-BUDGET), as study run --study-name")
-@click.option("--experiment", default=None, help="MLflow experiment (default: the study's [base] experiment, else its name)")
+@shared("study_name", default_text="NAME or NAME-BUDGET")
+@shared("experiment", default_text="the study's [base] experiment, else its name")
 @click.option("--max-retries", type=int, default=None, metavar="N",
               help="as study run --max-retries (default: study run's, 1)")
-@click.option("--heartbeat-interval", type=int, default=30, show_default=True, metavar="SECONDS",
-              help="workers beat this often; a cell silent for twice as long is given to another pod")
+@shared("heartbeat_interval")
 @click.option("--job-name", default=None, metavar="NAME",
               help="the Job's name, a DNS-1123 label (default: cnnbench-<study name>, shortened to fit)")
 @MAX_JOBS
@@ -358,11 +341,11 @@ def export_k8s(study_ref: str, budget, sets, workers, storage, tracking_uri, ima
 @command.command()
 @click.argument("ref", metavar="NAME|FILE|PARENT_RUN_ID")
 @BUDGET
-@click.option("--experiment", default=None, help="look for the study's parent run in this experiment only")
+@shared("experiment", default_text="look in every experiment")
 @TRACKING
 @click.option("--format", "fmt", default="table", type=click.Choice(("table", "md", "csv", "json", "html")), show_default=True,
               help="html: one self-contained page (figures inline), as report/report.html on the parent")
-@click.option("--study-name", default=None, help="the name the study ran under, if not NAME or NAME-BUDGET")
+@shared("study_name", default_text="NAME or NAME-BUDGET")
 @click.option("--log/--no-log", default=False, show_default=True, help="also log the report to the parent run")
 @MAX_JOBS
 def report(ref: str, budget, experiment, tracking_uri, fmt, study_name, log, max_jobs) -> None:

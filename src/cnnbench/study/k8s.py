@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from cnnbench.campaign import EXIT_JOBS_FAILED, EXIT_TERMINATED
+from cnnbench.campaign import DEFAULT_HEARTBEAT_S, EXIT_JOBS_FAILED, EXIT_TERMINATED
 from cnnbench.errors import ConfigError
 
 DEFAULT_IMAGE = "cnnbench:latest"
@@ -66,7 +66,7 @@ class Export:
     budget: str | None = None
     sets: tuple[str, ...] = ()
     study_name: str | None = None
-    heartbeat_interval: int = 30
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_S
     job_name: str | None = None
     max_jobs: int | None = None
     max_retries: int | None = None

@@ -23,6 +23,7 @@ from typing import Any
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from cnnbench.campaign import DEFAULT_HEARTBEAT_S
 from cnnbench.campaign import runs as identity
 from cnnbench.campaign.queue import Claim, Job, JobQueue, Lost
 from cnnbench.campaign.workers import LeaseKeeper, is_transient, thread_share
@@ -74,7 +75,7 @@ class WorkerSpec:
     experiment: str
     tracking_uri: str
     max_retries: int = 1
-    heartbeat_interval: int = 30
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_S
     index: int = 0
     workers: int = 1
     parent_pid: int | None = None

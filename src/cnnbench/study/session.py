@@ -23,7 +23,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from cnnbench.campaign import EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_JOBS_FAILED
+from cnnbench.campaign import DEFAULT_HEARTBEAT_S, EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_JOBS_FAILED
 from cnnbench.campaign import runs as identity
 from cnnbench.campaign.launchers import Destination, LauncherOptions
 from cnnbench.campaign.queue import JobQueue
@@ -33,7 +33,6 @@ from cnnbench.study.definition import Study, definition_params
 from cnnbench.study.run import (TAG_BUDGET, TAG_DIGEST, TAG_DISCARDED, TAG_ID, TAG_STORAGE, TAG_STUDY, Worker, WorkerSpec,
                                 close_lost, job_of, lease_s, resolve_cells)
 
-DEFAULT_HEARTBEAT_S = 30
 ATTR_DIGEST, ATTR_FINGERPRINT, ATTR_PARENT, ATTR_EXPERIMENT = "digest", "fingerprint", "parent_run_id", "experiment"
 
 

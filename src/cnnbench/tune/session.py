@@ -21,6 +21,7 @@ from cnnbench import api
 from cnnbench.config import TrainConfig
 from cnnbench.engine import interrupts
 from cnnbench.errors import ConfigError, RunInterrupted, TrainingError
+from cnnbench.campaign import DEFAULT_HEARTBEAT_S
 from cnnbench.campaign import storage as storages
 from cnnbench.campaign.launchers import Destination, LauncherOptions, check_available, check_remote
 from cnnbench.tune.plots import write_report
@@ -48,7 +49,7 @@ class TuneRequest:
     direction: str | None = None  # None: maximize accuracies, minimize losses
     retrain_best: bool = False
     retrain_epochs: int | None = None  # None: train's default epoch budget
-    heartbeat_interval: int = 30
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_S
     seeds: int = 1  # each configuration trained over this many seeds, scored by the mean
     launcher: LauncherOptions = field(default_factory=LauncherOptions)  # where the --n-jobs workers run
 

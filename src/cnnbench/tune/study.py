@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 
+from cnnbench.campaign import DEFAULT_HEARTBEAT_S
 from cnnbench.config import TrainConfig
 from cnnbench.errors import ConfigError
 from cnnbench.tune import PRUNERS, SAMPLERS
@@ -30,7 +31,6 @@ ATTR_BASE = "cnnbench.base_params"
 ATTR_SEEDS = "cnnbench.seeds"  # seeds each configuration is trained over (--seeds; 1 when absent)
 ATTR_SEED_RUNS = "mlflow_seed_run_ids"  # on each trial with --seeds > 1: the runs of its seeds after the first
 ATTR_PARENT = "cnnbench.parent_run_id"  # on each trial: the tune invocation (parent run) that ran it
-DEFAULT_HEARTBEAT_S = 30
 ATTR_SURPLUS = "cnnbench.surplus"  # a trial started once a study's [search] budget was taken: not trained
 BARE_TRIAL_GRACE_S = 5.0  # a RUNNING trial without any attr this old has no live worker
 TOP_UP_ROUNDS = 3  # after the workers: rounds of re-running trials lost to dead workers, then give up (exit 1)
