@@ -69,7 +69,7 @@ def alive(pid: int) -> bool:
 def test_a_killed_workers_trials_are_retried_until_the_requested_count_completes(where):
     """T1/T2: ``kill -9`` of worker 1 during a trial: its trial is failed and retried with the same
     params, its share is run by the main process, and the study ends with 6 finished trials."""
-    proc = Proc(*tune_args(where, "t1", "--trials", "6", "--n-jobs", "2", "--heartbeat-interval", "2"))
+    proc = Proc(*tune_args(where, "t1", "--trials", "6", "--workers", "2", "--heartbeat-interval", "2"))
     proc.wait_for(r"^\[worker 1\] trial")
     time.sleep(0.3)
     workers = worker_pids(proc.popen.pid)
@@ -91,7 +91,7 @@ def test_a_killed_workers_trials_are_retried_until_the_requested_count_completes
 
 def test_sigterm_between_trials_ends_the_parent_killed_and_stops_the_workers(where):
     """T5: SIGTERM to the tune process (not only inside a training) stops it cleanly."""
-    proc = Proc(*tune_args(where, "t5", "--trials", "12", "--n-jobs", "2", "--heartbeat-interval", "2"))
+    proc = Proc(*tune_args(where, "t5", "--trials", "12", "--workers", "2", "--heartbeat-interval", "2"))
     proc.wait_for(r"^study 't5' \(new\)")
     time.sleep(1.0)
     workers = worker_pids(proc.popen.pid)
@@ -111,7 +111,7 @@ def test_sigterm_between_trials_ends_the_parent_killed_and_stops_the_workers(whe
 def test_workers_stop_when_the_tune_process_is_killed_and_runs_stale_finds_its_parent(where):
     """T4: SIGKILL of ``cnnbench tune``: its worker stops by itself, and the parent run left RUNNING
     is listed by ``cnnbench runs --stale`` and closed by ``--mark-failed``."""
-    proc = Proc(*tune_args(where, "t4", "--trials", "12", "--n-jobs", "2", "--heartbeat-interval", "2"))
+    proc = Proc(*tune_args(where, "t4", "--trials", "12", "--workers", "2", "--heartbeat-interval", "2"))
     proc.wait_for(r"^\[worker 1\] trial")
     workers = worker_pids(proc.popen.pid)
     proc.signal(signal.SIGKILL)
@@ -131,7 +131,7 @@ def test_a_paused_worker_does_not_crash_and_the_count_completes(where):
     """T8: SIGSTOP of a worker for longer than the heartbeat grace, then SIGCONT: its trial is
     failed and retried elsewhere; the worker goes on (no ``Cannot tell a FAIL trial`` crash) and
     the study reaches the requested count."""
-    proc = Proc(*tune_args(where, "t8", "--trials", "8", "--n-jobs", "2", "--heartbeat-interval", "1"))
+    proc = Proc(*tune_args(where, "t8", "--trials", "8", "--workers", "2", "--heartbeat-interval", "1"))
     proc.wait_for(r"^\[worker 1\] trial")
     time.sleep(0.2)
     worker = worker_pids(proc.popen.pid)[0]
@@ -170,7 +170,7 @@ def test_a_worker_killed_before_its_trial_named_its_run_leaves_no_run_running(wh
     ``mlflow_run_id`` reaches its trial), so no trial names that run and neither Optuna's stale
     callback nor fail_orphaned can close it; the sweep ends it FAILED, and the count completes."""
     environ = env(CNNBENCH_TUNE_FAULT="trial-run-created:kill:worker")
-    done = run_cli(*tune_args(where, "t9", "--trials", "4", "--n-jobs", "2", "--heartbeat-interval", "2"),
+    done = run_cli(*tune_args(where, "t9", "--trials", "4", "--workers", "2", "--heartbeat-interval", "2"),
                    environ=environ, timeout=600)
     assert done.rc == 0, done.output
     assert "4 complete" in done.output, done.output

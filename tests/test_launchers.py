@@ -296,7 +296,7 @@ def test_tune_on_slurm_runs_each_trial_once(stores, slurm, tmp_path):
 
     queue, uri = stores
     env = {**os.environ, **slurm}
-    cmd = [sys.executable, "-m", "cnnbench.cli", "tune", "--launcher", "slurm", "--n-jobs", "2", "--trials", "3",
+    cmd = [sys.executable, "-m", "cnnbench.cli", "tune", "--launcher", "slurm", "--workers", "2", "--trials", "3",
            "--storage", queue, "--tracking-uri", uri, "--experiment", "tune-slurm", "--study-name", "tune-slurm",
            "--dataset", "digits", "--train-size", "200", "--epochs", "1", "--pruner", "none", "--no-log-model",
            "--search", "lr=loguniform(1e-3,1e-1)"]

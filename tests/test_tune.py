@@ -234,7 +234,7 @@ def test_objective_reloads_data_only_when_a_searched_value_changes_it(monkeypatc
 
 def test_sqlite_with_several_processes_is_allowed_with_a_note(tmp_path, tracking_uri):
     plan = prepare(_request(tmp_path, tracking_uri, n_jobs=2))
-    assert any("--n-jobs 2 on SQLite" in w and "PostgreSQL or MySQL" in w for w in plan.warnings)
+    assert any("--workers 2 on SQLite" in w and "PostgreSQL or MySQL" in w for w in plan.warnings)
     con = __import__("sqlite3").connect(tmp_path / "optuna.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 

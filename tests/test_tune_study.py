@@ -165,7 +165,7 @@ def test_resume_adds_trials_to_the_same_study_and_keeps_the_best(tune, tracking_
 
 
 def test_two_worker_processes_share_one_sqlite_study(tune, tracking_uri, experiment):
-    tune("--n-jobs", "2", "--trials", "4", "--study-name", "workers", "--pruner", "none")
+    tune("--workers", "2", "--trials", "4", "--study-name", "workers", "--pruner", "none")
     study = optuna.load_study(study_name="workers", storage=tune.storage)
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both processes ran trials
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]

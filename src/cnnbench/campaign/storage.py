@@ -2,7 +2,7 @@
 in it): the default SQLite file beside the local MLflow store, URL checks that fail in seconds,
 passwords from the environment only, and on SQLite every transaction serialised.
 
-SQLite is for one machine. Several local processes may share it (``--n-jobs``, ``--workers``, two
+SQLite is for one machine. Several local processes may share it (``--workers`` of tune and study, two
 commands): the file is put in WAL mode, writers wait up to ``SQLITE_BUSY_TIMEOUT_S`` for the lock,
 and every transaction begins with ``BEGIN IMMEDIATE`` (:func:`serialise_sqlite`): pysqlite runs a
 ``SELECT ... FOR UPDATE``-style read outside any transaction, so two processes could both read a

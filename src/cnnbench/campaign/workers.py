@@ -1,6 +1,6 @@
 """The campaign worker main, with one signal policy, the lease keeper and the parent watch.
 
-A campaign command (``study run --workers N``, ``tune --n-jobs N``) runs worker 0 in its own
+A campaign command (``study run --workers N``, ``tune --workers N``) runs worker 0 in its own
 process and starts the others as ``python -m cnnbench.campaign.workers SPEC.json``. The spec
 names its job source's entry point (``"module:function"``, called with the spec's dict), so this
 module imports neither ``study`` nor ``tune``: any job source plugs in the same way, and a worker

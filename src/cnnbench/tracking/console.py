@@ -7,7 +7,7 @@ made by the CLI before any command runs.
 - ``verbose``: everything MLflow and Python warnings normally print;
 - ``quiet``: errors only (cnnbench itself prints the final run line and errors).
 
-It sets environment variables as well as loggers, so worker processes (``tune --n-jobs``) and
+It sets environment variables as well as loggers, so worker processes (``tune --workers``) and
 MLflow imported later inherit the same level; it never imports MLflow or Optuna itself (``--help``
 stays fast). A variable the user set (``MLFLOW_LOGGING_LEVEL``, ...) wins over the default.
 """

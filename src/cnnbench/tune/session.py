@@ -51,7 +51,7 @@ class TuneRequest:
     retrain_epochs: int | None = None  # None: train's default epoch budget
     heartbeat_interval: int = DEFAULT_HEARTBEAT_S
     seeds: int = 1  # each configuration trained over this many seeds, scored by the mean
-    launcher: LauncherOptions = field(default_factory=LauncherOptions)  # where the --n-jobs workers run
+    launcher: LauncherOptions = field(default_factory=LauncherOptions)  # where the --workers run
 
 
 MAX_SEEDS = 100  # --seeds: trainings per trial
@@ -115,7 +115,7 @@ def prepare(request: TuneRequest) -> Plan:
     notes = [w for w in [storages.warn_if_logged_by_mlflow_run(storage_url)] if w]
     if request.n_jobs > 1 and storages.is_sqlite(storage_url):
         notes.append(
-            f"--n-jobs {request.n_jobs} on SQLite ({storages.redact(storage_url)}): fine for processes on this machine "
+            f"--workers {request.n_jobs} on SQLite ({storages.redact(storage_url)}): fine for processes on this machine "
             f"(WAL mode, writers wait for the lock), but workers on other machines need PostgreSQL or MySQL"
         )
     storage = storages.open_storage(storage_url, heartbeat_interval=request.heartbeat_interval,
@@ -155,7 +155,7 @@ def _mask_mlflow_run_params(tracking_uri: str, storage_url: str) -> None:
 
 
 def _check_numbers(request: TuneRequest) -> None:
-    for flag, value in (("--trials", request.trials), ("--n-jobs", request.n_jobs),
+    for flag, value in (("--trials", request.trials), ("--workers", request.n_jobs),
                         ("--heartbeat-interval", request.heartbeat_interval), ("--retrain-epochs", request.retrain_epochs or 1)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1; got {value}")

@@ -1,5 +1,5 @@
 """The Optuna side: samplers, pruners, creating or resuming a study (refusing a different search
-space), and running ``--n-jobs`` worker processes on one storage.
+space), and running ``--workers`` worker processes on one storage.
 
 A worker is described by a JSON-able :class:`WorkerSpec`; worker 0 runs in the ``tune`` process
 (which already loaded everything), the others are the campaign's worker processes
