@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnnbench.errors import ConfigError
+from cnnbench.errors import ConfigError, ModelInputError
 
 INT64_MAX = 2**63 - 1
 
@@ -93,7 +93,10 @@ def check_prediction_command(model, input_shape: tuple[int, int, int], batch_siz
     shape = "x".join(map(str, input_shape))
     for batch in batch_sizes:
         check_elements(f"a batch of {batch} images of {shape}", batch, *input_shape)
-    first, calibration = dry_prediction(model, input_shape, 1, optimizers[0], **options)
+    try:
+        first, calibration = dry_prediction(model, input_shape, 1, optimizers[0], **options)
+    except ModelInputError:  # BatchNorm on one value per channel trains from batch 2 (eval runs at 1)
+        first, calibration = dry_prediction(model, input_shape, 2, optimizers[0], **options)
     device = target_device(options.get("device", "cpu"))
     on_device = device.type == "cuda" and available_on(device)
     name = model if isinstance(model, str) else type(model).__name__

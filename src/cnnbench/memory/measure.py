@@ -35,8 +35,7 @@ from torch import nn
 from cnnbench.engine import precision
 from cnnbench.errors import ConfigError
 from cnnbench.memory.predict import _track, check_batch_size, check_optimizer
-from cnnbench.memory.step import (CUDA_BLOCK, MB, STEPS, Cell, StepSetup, eval_pass, make_optimizer, random_batch,
-                                  train_steps)
+from cnnbench.memory.step import (CUDA_BLOCK, MB, STEPS, Cell, StepSetup, make_optimizer, random_batch)
 from cnnbench.memory.tracker import LiveTensorBytes
 
 CPU_METHOD = "torch.profiler profile_memory: peak of the CPU allocator's live bytes"
