@@ -167,7 +167,7 @@ class MlflowTracker(Callback):
         try:
             self.client.log_artifact(run.run_id, str(path), "checkpoints")
         except Exception as err:
-            self._store_failed(run, err, f"uploading checkpoints/last.pt of epoch {run.epoch}")
+            self._store_failed(run, err, f"uploading checkpoints/last.pt of epoch {run.epoch}", artifacts=True)
 
     def _check_store(self, run: RunState, epoch: int) -> None:
         pending, self._pending = self._pending, None
@@ -180,8 +180,8 @@ class MlflowTracker(Callback):
         if beat is not None:
             self._store_failed(run, beat, "writing the run's heartbeat")
 
-    def _store_failed(self, run: RunState, err: BaseException, doing: str) -> None:
-        full = full_disk(err)
+    def _store_failed(self, run: RunState, err: BaseException, doing: str, *, artifacts: bool = False) -> None:
+        full = full_disk(err) if artifacts else None
         if full is not None:  # the artifact disk, not the store: the run is closed FAILED with its reason
             self._disk_full = self._artifact_location(run, full)
             raise CnnbenchError(f"no space left on the disk of the run's artifacts at {self._disk_full} ({doing}: "
