@@ -85,3 +85,33 @@ def test_n_jobs_is_a_deprecated_alias_of_workers(cli):
     both = runner.invoke(probe, ["--n-jobs", "2", "--workers", "3"])
     assert both.exit_code == 2 and "--n-jobs 2 and --workers 3 disagree" in both.output
     assert "--n-jobs" not in cli("tune", "--help").output  # hidden: the one name is --workers
+
+
+@pytest.mark.parametrize("kind, raw, typed, expected", [
+    ("bool", "Yes", False, True), ("bool", "off", False, False), ("bool", True, True, True),
+    ("int", "12", False, 12), ("int", 3.0, True, 3), ("float", "1e-3", False, 1e-3), ("float", 2, True, 2.0),
+    ("ints", "128, 64", False, (128, 64)), ("ints", [32, 64], True, (32, 64)), ("str", "adam", True, "adam"),
+])
+def test_one_value_parser_for_train_and_plugin_options(kind, raw, typed, expected):
+    """config.TrainOption and registry.Option read values through cnnbench.values.convert alone."""
+    from cnnbench.config import OPTIONS
+    from cnnbench.registry import Option
+    from cnnbench.values import convert
+
+    assert convert(kind, raw, typed_source=typed) == expected
+    if kind != "ints":
+        assert Option("x", kind, None, "").parse(raw) == expected  # a plugin option takes the same words
+    train = {"bool": "amp", "int": "epochs", "float": "lr", "str": "optimizer"}.get(kind)
+    if train and not (kind == "float" and typed and isinstance(raw, int)):
+        assert OPTIONS[train].parse(raw, text=not typed) == expected
+
+
+@pytest.mark.parametrize("kind, raw, typed", [
+    ("bool", "maybe", False), ("int", "1.5", False), ("int", 1.5, True), ("int", True, True), ("float", True, True),
+    ("int", "5", True), ("ints", "", False), ("float", None, False),
+])
+def test_the_parser_refuses_alike(kind, raw, typed):
+    from cnnbench.values import convert
+
+    with pytest.raises((TypeError, ValueError)):
+        convert(kind, raw, typed_source=typed)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from cnnbench.errors import ConfigError
+from cnnbench.values import convert
 
 
 @dataclass(frozen=True)
@@ -153,40 +154,10 @@ class TrainOption:
         return "be " + self.describe().split(" ", 2)[-1]
 
     def _convert(self, raw: Any, text: bool) -> Any:
-        if isinstance(raw, str) and not text and self.type != "str":
-            raise TypeError(raw)  # JSON/TOML carry types: "5" for an int is a mistake, not a 5
-        if self.type == "bool":
-            if isinstance(raw, bool):
-                return raw
-            lowered = str(raw).strip().lower() if isinstance(raw, str) else None
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if self.type == "int":
-            if isinstance(raw, bool):
-                raise TypeError(raw)
-            if isinstance(raw, float):
-                if not raw.is_integer():
-                    raise ValueError(raw)
-                return int(raw)
-            if isinstance(raw, str):
-                return int(raw.strip())
-            if isinstance(raw, int):
-                return raw
-            raise TypeError(raw)
-        if self.type == "float":
-            if isinstance(raw, bool):
-                raise TypeError(raw)
-            if isinstance(raw, (int, float)):
-                return float(raw)
-            if isinstance(raw, str):
-                return float(raw.strip())
-            raise TypeError(raw)
-        if not isinstance(raw, str):
-            raise TypeError(raw)
-        return raw.strip() if self.choices else raw
+        if self.type == "str" and not isinstance(raw, str):
+            raise TypeError(raw)  # a train option's text is text, from a file too
+        value = convert(self.type, raw, typed_source=not text)
+        return value.strip() if self.type == "str" and self.choices else value
 
 
 def option(default: Any, help: str, *, type: str, group: str, **declared: Any) -> Any:

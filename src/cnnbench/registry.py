@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 from cnnbench.errors import ConfigError, PluginError
+from cnnbench.values import convert
 
 MODEL_GROUP = "cnnbench.models"
 DATASET_GROUP = "cnnbench.datasets"
@@ -39,8 +40,6 @@ PRESET_GROUP = "cnnbench.presets"
 ARTIFACT_GROUP = "cnnbench.artifacts"
 TRACKER_GROUP = "cnnbench.trackers"
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 OPTION_TYPES = ("int", "float", "bool", "str", "ints")
 
 
@@ -93,31 +92,7 @@ class Option:
         return value
 
     def _convert(self, raw: Any) -> Any:
-        if self.type == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in _TRUE:
-                return True
-            if text in _FALSE:
-                return False
-            raise ValueError(raw)
-        if self.type == "int":
-            if isinstance(raw, bool):
-                raise ValueError(raw)
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError(raw)
-            return int(raw) if not isinstance(raw, str) else int(raw.strip())
-        if self.type == "float":
-            return float(raw)
-        if self.type == "ints":
-            if isinstance(raw, (list, tuple)):
-                return tuple(int(v) for v in raw)
-            parts = [p for p in str(raw).replace(" ", "").split(",") if p]
-            if not parts:
-                raise ValueError(raw)
-            return tuple(int(p) for p in parts)
-        return str(raw)
+        return convert(self.type, raw)  # text (--model-option) or typed (TOML, JSON), as every option
 
     def _describe_type(self) -> str:
         return {
