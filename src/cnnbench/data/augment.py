@@ -15,15 +15,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cnnbench.config import AUGMENTATIONS
+from cnnbench.config import AUGMENTATIONS, DataConfig
 from cnnbench.errors import ConfigError
 
-CROP_PADDING = 4  # pixels, as in the common CIFAR-10 recipe
-# defaults of --aug-rotation/--aug-shear/--aug-scale; the three-conv assignment (R3) used
+# The defaults are the train option declarations' (--crop-padding, --aug-rotation, --aug-shear,
+# --aug-scale in cnnbench.config), not repeated here. The three-conv assignment (R3) used
 # RandomRotation(10) then RandomAffine(0, shear=10, scale=(0.8, 1.2)): --aug-rotation 10 --aug-scale 0.2
-MAX_ROTATION_DEG = 15.0
-MAX_SHEAR_DEG = 10.0
-SCALE_RANGE = (0.9, 1.1)
+_DEFAULTS = DataConfig()
+CROP_PADDING = int(_DEFAULTS.crop_padding)  # pixels a side, as in the common CIFAR-10 recipe
+
+
+def _padding(text: Any) -> tuple[int, int, int, int]:
+    parts = tuple(int(p) for p in str(text).replace(" ", "").split(","))
+    return parts * 4 if len(parts) == 1 else parts  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -31,16 +35,15 @@ class AugmentParams:
     """The knobs of the augmentations: crop padding (left, top, right, bottom, torchvision's order)
     and the strong warp's largest rotation and shear (degrees) and scale range [1 - s, 1 + s]."""
 
-    padding: tuple[int, int, int, int] = (CROP_PADDING,) * 4
-    rotation: float = MAX_ROTATION_DEG
-    shear: float = MAX_SHEAR_DEG
-    scale: float = (SCALE_RANGE[1] - SCALE_RANGE[0]) / 2
+    padding: tuple[int, int, int, int] = _padding(_DEFAULTS.crop_padding)
+    rotation: float = _DEFAULTS.aug_rotation
+    shear: float = _DEFAULTS.aug_shear
+    scale: float = _DEFAULTS.aug_scale
 
     @classmethod
     def from_config(cls, data: Any) -> "AugmentParams":
         """From a config's ``data`` section (``crop_padding`` "4" or "0,2,3,4", ``aug_*``)."""
-        parts = tuple(int(p) for p in str(data.crop_padding).replace(" ", "").split(","))
-        return cls(parts * 4 if len(parts) == 1 else parts, data.aug_rotation, data.aug_shear, data.aug_scale)
+        return cls(_padding(data.crop_padding), data.aug_rotation, data.aug_shear, data.aug_scale)
 
 
 def check_augmentation(name: str) -> str:
