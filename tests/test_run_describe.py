@@ -111,7 +111,7 @@ def test_tune_names_trials_and_stores_an_openable_storage(cli, tracking_uri, exp
     assert study.metric_names == ["val_accuracy"]
     trials = sorted((r for r in runs if r.data.tags.get("cnnbench.role") == "trial"),
                     key=lambda r: int(r.data.tags["trial_number"]))
-    names = {t.params["batch_size"]: f"lenet5-digits-adam-lr1e-3-batch_size{t.params['batch_size']}-trial{t.number}"
+    names = {t.params["batch_size"]: f"t{t.number:02d} bs={t.params['batch_size']} · lenet5"
              for t in study.trials}
     assert sorted(r.info.run_name for r in trials) == sorted(names.values())
     for run in trials:

@@ -126,7 +126,7 @@ def test_two_local_workers_run_each_cell_seed_once_and_a_rerun_trains_nothing(cl
     assert len({r.data.tags["cnnbench.study.worker"].rsplit(":", 1)[1] for r in cells}) == 2  # both workers ran cells
     client = MlflowClient(tracking_uri)
     run = next(r for r in cells if r.data.tags["cnnbench.study.cell"] == "optimizer=adam, batch_size=64")
-    assert run.info.run_name == f"optimizer=adam, batch_size=64 / seed {run.data.tags['cnnbench.seed']}"
+    assert run.info.run_name == f"s{run.data.tags['cnnbench.seed']} opt=adam bs=64 · lenet5"  # what differs first
     assert run.data.params["optimizer"] == "adam" and run.data.params["batch_size"] == "64"
     assert {"fit_time_s", "test_accuracy", "epoch_time_s", "epoch_time_with_val_s", "fit_time_with_val_s"} <= set(run.data.metrics)
     assert {"metrics/history.csv", "plots/learning_curves.png"} <= {

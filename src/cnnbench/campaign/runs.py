@@ -52,6 +52,22 @@ def identity(role: str, *, campaign: str | None = None, job: str | None = None, 
     return tags
 
 
+SOURCE_TAGS = ("mlflow.source.name", "mlflow.source.type")
+_SOURCES: dict[tuple[str, str], dict[str, str]] = {}
+
+
+def campaign_source(client, parent_run_id: str) -> dict[str, str]:
+    """The Source (``mlflow.source.name`` / ``type``) of a campaign's parent run, for each of its
+    child runs to carry too: one Source for the campaign in the runs table, whichever process trained
+    a child (the command itself, a ``worker.py`` process, a Slurm or Ray task). Read once per process
+    and parent; empty when the parent has none."""
+    key = (str(client.tracking_uri), parent_run_id)
+    if key not in _SOURCES:
+        tags = client.get_run(parent_run_id).data.tags
+        _SOURCES[key] = {k: tags[k] for k in SOURCE_TAGS if k in tags}
+    return dict(_SOURCES[key])
+
+
 def role_of(tags: dict[str, Any]) -> str:
     """A run's role from its tags (runs of older versions by their legacy tags); ``train`` when none."""
     role = tags.get(TAG_ROLE)

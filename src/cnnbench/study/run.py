@@ -159,9 +159,11 @@ def close_lost(client: MlflowClient, lost: Lost) -> None:
 
 def cell_config(study: Study, index: int, seed: int, *, tracking_uri: str, experiment: str,
                 device: str | None = None) -> TrainConfig:
-    cell = study.cells[index]
+    from cnnbench.tracking.describe import campaign_run_name
+
+    cell = study.cells[index]  # named by what differs first: `s0 lr=1e-3 bs=64 · lenet5`
     run = {"seed": seed, "tracking_uri": tracking_uri, "experiment": experiment,
-           "run_name": f"{cell.label} / seed {seed}", "quiet": True}
+           "run_name": campaign_run_name(cell.config, f"s{seed}", cell.axes, variant=cell.variant), "quiet": True}
     if device:
         run["device"] = device
     return cell.config.replace(run=run)
@@ -251,7 +253,8 @@ class Worker:
                              experiment=spec.experiment, device=spec.device)
         tags = {**identity.identity("cell", campaign=spec.study_name, job=claim.key, owner=False),
                 TAG_STUDY: self.study.name, TAG_ID: spec.study_name, TAG_CELL: label,
-                TAG_SEED: str(seed), TAG_WORKER: self.id, TAG_ATTEMPT: str(claim.attempt)}
+                TAG_SEED: str(seed), TAG_WORKER: self.id, TAG_ATTEMPT: str(claim.attempt),
+                **identity.campaign_source(self.client, spec.parent_run_id)}  # the parent's Source, not worker.py
         tracker = MlflowTracker(tracking_uri=spec.tracking_uri, experiment=spec.experiment, run_name=config.run.run_name,
                                 nested=True, parent_run_id=spec.parent_run_id, log_model=config.artifacts.model,
                                 system_metrics=False, extra_tags=tags)

@@ -29,6 +29,7 @@ from cnnbench.campaign.launchers import Destination, LauncherOptions
 from cnnbench.campaign.queue import JobQueue
 from cnnbench.campaign.workers import exit_code_for, run_local, signal_policy
 from cnnbench.errors import ConfigError, RunInterrupted
+from cnnbench.tracking import campaign_notes
 from cnnbench.study.definition import Study, definition_params
 from cnnbench.study.run import (TAG_BUDGET, TAG_DIGEST, TAG_DISCARDED, TAG_ID, TAG_STORAGE, TAG_STUDY, Worker, WorkerSpec,
                                 close_lost, job_of, lease_s, resolve_cells)
@@ -228,7 +229,8 @@ def create_parent(plan: Plan) -> identity.Parent:
     name = plan.queue.campaign
     parent = identity.Parent.create(client, plan.experiment, run_name=f"study {name}", role="study", campaign=name, tags={
         TAG_STUDY: study.name, TAG_ID: name, TAG_BUDGET: study.budget or "default", TAG_DIGEST: study.digest,
-        TAG_STORAGE: redact(plan.storage_url), "mlflow.note.content": study.description})
+        TAG_STORAGE: redact(plan.storage_url),
+        "mlflow.note.content": campaign_notes.study_description(study, command=plan.request.command, study_name=name)})
     parent.log_params({"study": study.name, "budget": study.budget or "default", "cells": len(study.cells),
                        "seeds": ",".join(map(str, study.seeds)), "metric": study.metric, "metric_goal": study.goal,
                        "max_retries": plan.request.max_retries, **{f"set.{k}": v for k, v in study.sets.items()}})
@@ -679,4 +681,6 @@ def finish(plan: Plan, parent_id: str, *, status: str, log: bool) -> Any:
     rep = reports.build(MlflowClient(plan.tracking_uri), parent_id, status=status, settings=plan.request.study.report)
     if log:
         reports.log_to_parent(MlflowClient(plan.tracking_uri), parent_id, rep)
+        campaign_notes.study_result(MlflowClient(plan.tracking_uri), parent_id, plan.request.study,  # best cell, links
+                                    command=plan.request.command, study_name=plan.queue.campaign, report=rep)
     return rep

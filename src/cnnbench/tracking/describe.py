@@ -62,6 +62,42 @@ def _part(key: str, value: Any) -> str:
     return f"{short}{format_value(value)}"
 
 
+# A campaign's child runs are named by what differs between them, first: the 190 px name column of
+# the MLflow runs table shows ~25 characters. ``s0 lr=1e-3 bs=64 · lenet5``, ``t07 lr=3.2e-3 · lenet5``.
+SHORT_KEYS = {"batch_size": "bs", "weight_decay": "wd", "optimizer": "opt", "scheduler": "sched",
+              "augment": "aug", "label_smoothing": "ls", "grad_accum": "accum"}
+NAME_SEPARATOR = " · "
+
+
+def varied_text(values: Mapping[str, Any], *, digits: int | None = None) -> str:
+    """``lr=1e-3 bs=64 dropout=0.2``: each value as ``<short key>=<value>``; ``digits``: floats to that
+    many significant digits (a sampler's 0.0032123 as ``3.2e-3``), else exact."""
+    parts = []
+    for key, value in values.items():
+        short = key.rsplit(".", 1)[-1]
+        if digits and isinstance(value, float) and not isinstance(value, bool) and math.isfinite(value):
+            value = float(f"{value:.{digits}g}")
+        parts.append(f"{SHORT_KEYS.get(short, short)}={format_value(value)}")
+    return " ".join(parts)
+
+
+def campaign_run_name(config: "TrainConfig | None", lead: str, varied: Mapping[str, Any], *,
+                      variant: str | None = None, digits: int | None = None) -> str:
+    """``<lead> [variant] <varied values> · <model>`` (the dataset instead when the grid varies the
+    model; nothing after the values without a ``config``)."""
+    head = " ".join(p for p in (lead, variant, varied_text(varied, digits=digits)) if p)
+    if config is None:
+        return head[:RUN_NAME_MAX_CHARS]
+    tail = config.data.name if "model" in {k.rsplit(".", 1)[-1] for k in varied} else config.model.name
+    return f"{head}{NAME_SEPARATOR}{tail}"[:RUN_NAME_MAX_CHARS]
+
+
+def trial_run_name(config: "TrainConfig | None", number: int, params: Mapping[str, Any], seed: int | None = None) -> str:
+    """``t07 lr=3.2e-3 bs=64 · lenet5``; with ``seed`` (a trial trained over several) ``t07 s1 ...``."""
+    lead = f"t{number:02d}" + (f" s{seed}" if seed is not None else "")
+    return campaign_run_name(config, lead, params, digits=2)
+
+
 def experiment_name(explicit: str | None) -> str:
     """The experiment a run goes to: the one asked for, else ``$MLFLOW_EXPERIMENT_NAME`` (MLflow's
     own variable, also what ``mlflow run`` reads for ``--experiment-name``), else ``cnnbench``."""

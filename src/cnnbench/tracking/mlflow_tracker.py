@@ -1,7 +1,8 @@
 """MlflowTracker: the callback that records a training run in MLflow.
 
 It opens the run (or attaches to the one ``mlflow run`` created via ``MLFLOW_RUN_ID``, or to the
-run being resumed), logs flat params, per-epoch metrics with ``step=epoch``, tags, the artifacts
+run being resumed), logs flat params, per-epoch metrics with ``step=epoch`` (1, 2, ...), the
+end-of-run summary once at ``step=0`` (:data:`SUMMARY_STEP`), tags, the artifacts
 the other callbacks staged in ``run.artifacts_dir``, and the model; and it always ends the run:
 FINISHED, FAILED (with ``failure_reason``) or KILLED.
 """
@@ -30,6 +31,11 @@ from cnnbench.tracking.experiments import ensure_experiment
 from cnnbench.tracking.store import mask_uri, recorded_config
 
 FAILURE_REASON_MAX_CHARS = 4000
+# The step of the one-point metrics (test_accuracy, fit_time_s, time_*_s, ...), logged once at the end.
+# MLflow's chart view draws a metric as a line when any run's latest step of it is >= 1, else as bars
+# across runs (runs-charts.types.ts, dataTraceMetricsContainMultipleEpochs: `metrics[key].step >=
+# MIN_NUMBER_OF_STEP_FOR_LINE_COMPARISON`, 1); per-epoch metrics start at step 1, so they stay curves.
+SUMMARY_STEP = 0
 
 
 class MlflowTracker(Callback):
@@ -122,7 +128,9 @@ class MlflowTracker(Callback):
         if self.run_id is None:
             exp_id = ensure_experiment(self.client, self.experiment)  # tagged: the UI opens on the runs table
             mlflow.set_experiment(experiment_id=exp_id)
-            tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
+            tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
+            # a campaign child carries its parent's Source (campaign.runs.campaign_source), set at creation
+            tags.update({k: v for k, v in self.extra_tags.items() if k in campaign_runs.SOURCE_TAGS})
             created = self.client.create_run(exp_id, run_name=self.run_name or describe.run_name(run.config),
                                              tags=describe.standard_tags(tags))
             self.run_id = created.info.run_id
@@ -218,11 +226,11 @@ class MlflowTracker(Callback):
                 summary_batch[phases.metric("model_log")] = time.perf_counter() - started
         except BaseException:
             try:
-                mlflow.log_metrics(summary_batch, step=run.epoch)
+                mlflow.log_metrics(summary_batch, step=SUMMARY_STEP)
             except Exception:  # the store is down: the run's own error is the one to report
                 pass
             raise
-        mlflow.log_metrics(summary_batch, step=run.epoch)
+        mlflow.log_metrics(summary_batch, step=SUMMARY_STEP)
         self._stop_heartbeat()
         mlruns.delete_artifact(self.client, run.run_id, "checkpoints/last.pt")  # uploaded during training
         if run.start_epoch > 0:
@@ -366,7 +374,7 @@ class MlflowTracker(Callback):
     def _log_model(self, run: RunState, metrics: dict[str, float]) -> str | None:
         from cnnbench.tracking import model_export
 
-        return model_export.log_model_with_metrics(run, metrics, step=run.epoch, register_model=self.register_model)
+        return model_export.log_model_with_metrics(run, metrics, step=SUMMARY_STEP, register_model=self.register_model)
 
 
 def logged_steps(client: MlflowClient, run_id: str) -> dict[str, set[int]]:

@@ -33,12 +33,13 @@ def merged_train_val(config: TrainConfig):
 
 
 def retrain_best(base: TrainConfig, best_params: dict[str, Any], *, epochs: int, study_name: str,
-                 parent_run_id: str, best_trial_number: int, experiment: str):
-    """Run the retrain (default artifacts, model logged); returns ``api.TrainResult``."""
-    config = apply(base, best_params).replace(
-        run={"epochs": epochs, "run_name": f"{study_name}-best", "experiment": experiment}
-    )
-    tags = {TAG_STUDY: study_name, TAG_PARENT: parent_run_id, TAG_ROLE: "retrain", TAG_CAMPAIGN: study_name,
+                 parent_run_id: str, best_trial_number: int, experiment: str, tags: dict[str, str] | None = None):
+    """Run the retrain (default artifacts, model logged), ``tags`` added to its own; returns ``api.TrainResult``."""
+    from cnnbench.tracking.describe import trial_run_name
+
+    name = "best " + trial_run_name(base, best_trial_number, best_params)  # `best t07 lr=3.2e-3 · lenet5`
+    config = apply(base, best_params).replace(run={"epochs": epochs, "run_name": name, "experiment": experiment})
+    tags = {**(tags or {}), TAG_STUDY: study_name, TAG_PARENT: parent_run_id, TAG_ROLE: "retrain", TAG_CAMPAIGN: study_name,
             "cnnbench.train_on": "train+val", "best_trial_number": str(best_trial_number)}
     data = merged_train_val(config)
     # a run of its own: under `mlflow run`, MLFLOW_RUN_ID is the tune parent, not this run

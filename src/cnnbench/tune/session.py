@@ -30,6 +30,8 @@ from cnnbench.tune.space import SearchSpace, parse_space, restrict
 from cnnbench.tune.study import (WorkerSpec, build_pruner, build_sampler, open_study, quiet_optuna, run_workers,
                                  sweep_orphan_runs, trials_of)
 from cnnbench.tune.tracker import TAG_RETRAIN, TAG_STORAGE, TAG_STUDY, ParentRun, best_trial, close_dead_trial_run
+from cnnbench.campaign.runs import campaign_source
+from cnnbench.tracking import campaign_notes
 from cnnbench.tracking.describe import experiment_name
 
 
@@ -183,6 +185,7 @@ def run(plan: Plan, *, stream=None) -> Outcome:
         tracking_uri=plan.tracking_uri, experiment=experiment_name(req.config.run.experiment),
         run_name=req.config.run.run_name or f"tune-{name}", metric=req.metric, campaign=name,
         tags={TAG_STUDY: name, TAG_STORAGE: storages.redact(plan.storage_url), "cnnbench.tune.resumed": plan.resumed,
+              "mlflow.note.content": campaign_notes.tune_description(plan),
               "cnnbench.model": req.config.model.name, "cnnbench.dataset": req.config.data.name,
               **({"cnnbench.tune.notes": "\n".join(list(plan.space.notes) + plan.warnings)[:4000]} if plan.space.notes or plan.warnings else {})},
         params={**plan.base_params, **{f"search.{k}": v for k, v in plan.space.texts().items()},
@@ -255,6 +258,7 @@ def finish(plan: Plan, parent: ParentRun, before: set[int], wall_time_s: float, 
         parent.set_tags({"best_trial_run_id": best.user_attrs.get("mlflow_run_id", "")})
         if req.retrain_best:
             retrain_id = _retrain(plan, parent, best, stream=stream)
+        campaign_notes.tune_result(parent, plan, best, retrain_run_id=retrain_id)  # best/<metric>, links
     return Outcome(study.study_name, plan.storage_url, parent.run_id, counts, best.value if best else None,
                    dict(best.params) if best else {}, retrain_id, wall_time_s, plan.tracking_uri, failures)
 
@@ -265,7 +269,8 @@ def _retrain(plan: Plan, parent: ParentRun, best: optuna.trial.FrozenTrial, *, s
     epochs = plan.request.retrain_epochs or TrainConfig().run.epochs
     print(f"retraining trial {best.number}'s configuration on train+val for {epochs} epochs", file=stream)
     result = retrain_best(plan.request.config, best.params, epochs=epochs, study_name=plan.study.study_name,
-                          parent_run_id=parent.run_id, best_trial_number=best.number, experiment=parent.experiment_name)
+                          parent_run_id=parent.run_id, best_trial_number=best.number, experiment=parent.experiment_name,
+                          tags=campaign_source(parent.client, parent.run_id))
     parent.set_tags({TAG_RETRAIN: result.run_id})
     if "test_accuracy" in result.metrics:
         parent.log_metrics({"retrain_test_accuracy": result.metrics["test_accuracy"]})

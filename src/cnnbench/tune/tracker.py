@@ -19,12 +19,12 @@ import optuna
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from cnnbench.campaign.runs import identity
+from cnnbench.campaign.runs import campaign_source, identity
 from cnnbench.events import RunState
 from cnnbench.tracking import describe
 from cnnbench.tracking import runs as mlruns
 from cnnbench.tracking.experiments import ensure_experiment
-from cnnbench.tracking.mlflow_tracker import FAILURE_REASON_MAX_CHARS, MlflowTracker, git_commit
+from cnnbench.tracking.mlflow_tracker import FAILURE_REASON_MAX_CHARS, SUMMARY_STEP, MlflowTracker, git_commit
 
 TAG_STUDY = "cnnbench.tune.study"
 TAG_STORAGE = "cnnbench.tune.storage"
@@ -67,8 +67,8 @@ class TrialTracker(MlflowTracker):
                 "trial_number": str(number), "trial_state": "RUNNING", **self.extra_tags, **run.tags,
                 "mlflow.note.content": describe.description(run, heading=f"Trial {number} of study `{self.study_name}`"
                                                             + (f", seed {seed}." if later else "."))}
-        label = f"trial{number}-seed{seed}" if later else f"trial{number}"
-        name = describe.run_name(run.config, self.trial.params, label=label)
+        tags.update(campaign_source(self.client, self.parent_run_id))  # one Source for the campaign's runs
+        name = describe.trial_run_name(run.config, number, self.trial.params, seed if later or self._seeded() else None)
         self.run_id = run.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=describe.standard_tags(tags)).info.run_id
         self._ended = False
         fault_hook("trial-run-created")
@@ -83,6 +83,15 @@ class TrialTracker(MlflowTracker):
         self.client.log_inputs(self.run_id, datasets=describe.dataset_inputs(run))
         params = {**run.config.flat_params(), **run.params, "trial_number": self.trial.number}
         mlruns.log_params(self.client, self.run_id, params)
+
+    def _seeded(self) -> bool:
+        """The study trains each configuration over several seeds (its run names then say the seed)."""
+        from cnnbench.tune.study import ATTR_SEEDS
+
+        try:
+            return int(self.trial.study.user_attrs.get(ATTR_SEEDS, 1)) > 1
+        except Exception:  # a storage hiccup costs the seed in the name, not the trial
+            return False
 
     def on_epoch_end(self, run: RunState, epoch: int, metrics: dict[str, float]) -> None:
         self._log(metrics, step=epoch)
@@ -102,7 +111,7 @@ class TrialTracker(MlflowTracker):
             tags.update(trial_state="FAIL", failure_reason="the worker stopped sending heartbeats (paused) and the trial "
                         "was failed and retried meanwhile; these metrics are not the study's")
             status = "FAILED"
-        self._log({**summary, **run.summary_metrics}, step=run.epoch, tags=tags)
+        self._log({**summary, **run.summary_metrics}, step=SUMMARY_STEP, tags=tags)
         self._upload(run)
         self._end(status)
 
@@ -128,7 +137,7 @@ class TrialTracker(MlflowTracker):
             return
         try:
             if isinstance(error, optuna.TrialPruned):
-                self._log({"pruned_at_epoch": float(run.epoch)}, step=run.epoch,
+                self._log({"pruned_at_epoch": float(run.epoch)}, step=SUMMARY_STEP,
                           tags={"trial_state": "PRUNED", "pruned_reason": str(error)[:FAILURE_REASON_MAX_CHARS]})
                 status = "FINISHED"
             else:
@@ -172,8 +181,9 @@ def record_failed_trial(client: MlflowClient, experiment_id: str, parent_run_id:
                         study_name: str, values: dict[str, Any], reason: str,
                         extra_tags: dict[str, str] | None = None) -> str:
     """A child run for a trial that failed before training started (so every trial has its run)."""
-    run = client.create_run(experiment_id, run_name=f"trial-{trial.number}", tags={
-        **identity("trial", campaign=study_name, job=f"trial-{trial.number}", owner=False), **(extra_tags or {}),
+    run = client.create_run(experiment_id, run_name=describe.trial_run_name(None, trial.number, values), tags={
+        **identity("trial", campaign=study_name, job=f"trial-{trial.number}", owner=False),
+        **campaign_source(client, parent_run_id), **(extra_tags or {}),
         "mlflow.parentRunId": parent_run_id, TAG_STUDY: study_name, "trial_number": str(trial.number), "trial_state": "FAIL", "failure_reason": reason[:FAILURE_REASON_MAX_CHARS],
     })
     mlruns.log_params(client, run.info.run_id, {**values, "trial_number": trial.number})
