@@ -173,20 +173,20 @@ class StorageFull(CnnbenchError):
     """The disk under the study storage is full (exit 1): one line naming the storage and the disk."""
 
 
-def full_disk(err: BaseException | None) -> bool:
-    """Whether ``err`` or an error it came from is a full disk: SQLite's SQLITE_FULL ("database or disk
-    is full"), or ENOSPC / EDQUOT from the operating system."""
+def full_disk(err: BaseException | None) -> BaseException | None:
+    """The full-disk error ``err`` is or came from (``orig``, causes, contexts): SQLite's SQLITE_FULL
+    ("database or disk is full"), or ENOSPC / EDQUOT from the operating system; else None."""
     import errno
 
     for _ in range(10):
         if err is None:
-            return False
+            return None
         if isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-            return True
+            return err
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
+            return err
         err = getattr(err, "orig", None) or err.__cause__ or err.__context__
-    return False
+    return None
 
 
 def disk_is_full(url: str, err: BaseException) -> bool:
@@ -194,7 +194,7 @@ def disk_is_full(url: str, err: BaseException) -> bool:
     storage file's disk has less than 64 KiB free (SQLite's WAL index and one page)."""
     import shutil
 
-    if full_disk(err):
+    if full_disk(err) is not None:
         return True
     if not (is_sqlite(url) and ":///" in url and isinstance(getattr(err, "orig", err), sqlite3.Error)):
         return False

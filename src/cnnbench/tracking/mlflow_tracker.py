@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 import cnnbench
 from cnnbench.errors import CnnbenchError, TrackingError
 from cnnbench.campaign import runs as campaign_runs
+from cnnbench.campaign.storage import full_disk
 from cnnbench.events import Callback, RunState
 from cnnbench.tracking import describe, phases
 from cnnbench.tracking import runs as mlruns
@@ -192,8 +193,9 @@ class MlflowTracker(Callback):
         full = full_disk(err) if artifacts else None
         if full is not None:  # the artifact disk, not the store: the run is closed FAILED with its reason
             self._disk_full = self._artifact_location(run, full)
+            why = f"[Errno {full.errno}] {full.strerror}" if isinstance(full, OSError) else str(full)
             raise CnnbenchError(f"no space left on the disk of the run's artifacts at {self._disk_full} ({doing}: "
-                                f"[Errno {full.errno}] {full.strerror}); training stopped after epoch {run.epoch}") from None
+                                f"{why}); training stopped after epoch {run.epoch}") from None
         self._store_error = err
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise TrackingError(
@@ -381,18 +383,6 @@ def logged_steps(client: MlflowClient, run_id: str) -> dict[str, set[int]]:
     """Each metric of the run and the steps it has (its history)."""
     keys = client.get_run(run_id).data.metrics
     return {key: {m.step for m in client.get_metric_history(run_id, key)} for key in keys}
-
-
-def full_disk(err: BaseException | None) -> OSError | None:
-    """The full-disk or quota error (ENOSPC, EDQUOT) ``err`` is or was raised from, else None."""
-    import errno
-
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            return err
-        err, seen = err.__cause__ or err.__context__, seen + 1
-    return None
 
 
 def _keep_locally(run: RunState) -> Path | None:
