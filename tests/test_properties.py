@@ -609,6 +609,7 @@ def test_cli_study_show(folder, raw, sets):
 @given(search_expressions())
 @example("epochs=int(1,9223372036854775807)")
 @example("lr=uniform(0,1e39)")
+@example('crop_padding=choice(","\n","")')  # a value with a line break, refused by the option's check: one line
 def test_cli_tune_search(folder, expression):
     """``tune --search EXPR`` beside a continuous lr under the grid sampler: always refused before any
     store is opened, with EXPR's own error when it has one."""

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cnnbench.config import ALIASES, OPTIONS, TrainConfig, apply_values, variable_names
+from cnnbench.config import ALIASES, OPTIONS, TrainConfig, apply_values, shown_names, variable_names
 from cnnbench.errors import ConfigError, ModelInputError
 
 GRAMMAR = (
@@ -304,8 +304,9 @@ def restrict(space: SearchSpace, config: TrainConfig) -> SearchSpace:
             if reason:
                 refused[value] = reason
         if len(refused) == len(values):
-            reasons = "; ".join(f"{_show(v)}: {r}" for v, r in refused.items())
-            raise ConfigError(f"--search {param.text()}: no value can be used with this model and input ({reasons})")
+            reasons = "; ".join(f"{shown_names([_show(v)])}: {r}" for v, r in refused.items())
+            raise ConfigError(f"--search {shown_names([param.text()])}: no value can be used with this model and input "
+                              f"({reasons})")
         if refused:
             kept = tuple(v for v in values if v not in refused)
             notes.append(f"{param.name}: refused {', '.join(_show(v) for v in refused)} ({next(iter(refused.values()))})")
@@ -321,7 +322,8 @@ def _check(api, config: TrainConfig, param: Param, value: Any) -> str | None:
     except ModelInputError as err:
         return str(err)
     except ConfigError as err:
-        raise ConfigError(f"--search {param.text()}: the value {_show(value)} is not accepted: {err}") from None
+        raise ConfigError(f"--search {shown_names([param.text()])}: the value {shown_names([_show(value)])} is not "
+                          f"accepted: {err}") from None
     return None
 
 
