@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from test_study_run import GRID, PAIRS  # a 2 x 2 grid study (optimizer x batch size), 2 seeds
 
 from cnnbench.study.report import metric_name  # `cell/optimizer_sgd/mean`: '=' is not a metric-name character
 from cnnbench.tracking.campaign_notes import BEST_PREFIX, TAG_BEST_RUN
@@ -81,29 +82,13 @@ def test_one_point_metrics_are_one_point_at_step_0_and_epoch_metrics_one_per_epo
 
 
 # -- (3, 4) a study --------------------------------------------------------------------------
-STUDY = textwrap.dedent("""
-    name = "ui-grid"
-    description = "two optimizers on digits"
-    seeds = 2
-    [base]
-    model = "lenet5"
-    dataset = "digits"
-    epochs = 1
-    train_size = 100
-    kernels = false
-    predictions = false
-    memory = false
-    summary = false
-    [grid]
-    optimizer = ["sgd", "adam"]
-""")
 
 
 @pytest.mark.slow
 def test_a_study_parent_describes_itself_links_its_best_run_and_its_cells_name_seed_and_values(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    path = tmp_path / "ui-grid.toml"
-    path.write_text(STUDY)
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID.format(epochs=1, train_size=100))
     # its own process, as a user starts it (the description repeats its command line); two workers:
     # worker.py processes beside the command's own
     out = subprocess.run([sys.executable, "-m", "cnnbench.cli", "study", "run", str(path), "--tracking-uri", uri,
@@ -112,18 +97,18 @@ def test_a_study_parent_describes_itself_links_its_best_run_and_its_cells_name_s
     assert out.returncode == 0, out.stdout + out.stderr
     client = MlflowClient(uri)
     [parent], cells = by_role(client, "ui-study", "study"), by_role(client, "ui-study", "cell")
-    assert len(cells) == 4 and all(c.info.status == "FINISHED" for c in cells)
+    assert len(cells) == len(PAIRS) and all(c.info.status == "FINISHED" for c in cells)
 
     # (4) names lead with the seed and the varied value; one Source for the whole study
     for cell in cells:
-        seed, optimizer = cell.data.tags["cnnbench.seed"], cell.data.params["optimizer"]
-        assert cell.info.run_name == f"s{seed} opt={optimizer} · lenet5"
+        seed, p = cell.data.tags["cnnbench.seed"], cell.data.params
+        assert cell.info.run_name == f"s{seed} opt={p['optimizer']} bs={p['batch_size']} · lenet5"
     assert len({cell.data.tags["cnnbench.study.worker"] for cell in cells}) == 2
     assert len({tuple(r.data.tags.get(k) for k in SOURCE) for r in [parent, *cells]}) == 1
     assert parent.data.tags["mlflow.source.name"]
 
     # (3) per-cell means and interval bounds as one-point parent metrics (bars), the cells' test accuracy too
-    for label in ("optimizer=sgd", "optimizer=adam"):
+    for label in {label for label, _ in PAIRS}:
         for key in ("mean", "n"):  # ci_low / ci_high too from 3 seeds on (the report gives no interval below)
             assert steps(client, parent.info.run_id, metric_name("cell", label, key)) == [0]
         assert parent.data.metrics[metric_name("cell", label, "n")] == 2
@@ -133,10 +118,11 @@ def test_a_study_parent_describes_itself_links_its_best_run_and_its_cells_name_s
 
     # (3) the description: what it is, how to resume and read it, the best cell's runs linked
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith("two optimizers on digits")
-    assert "**Study `ui-grid`**" in note and "2 cells x 2 seeds = 4 runs" in note and "Grid optimizer = sgd, adam; seeds 0, 1." in note
+    assert note.startswith("optimizer x batch size on digits")
+    assert "**Study `grid`**" in note and "4 cells x 2 seeds = 8 runs" in note
+    assert "Grid optimizer = sgd, adam; batch_size = 32, 64; seeds 0, 1." in note
     assert f"cnnbench study run {path}" in note and "--experiment ui-study" in note  # the command that resumes it
-    assert "cell/<label>/mean" in note and "report/report.md" in note and "cnnbench study report ui-grid" in note
+    assert "cell/<label>/mean" in note and "report/report.md" in note and "cnnbench study report grid" in note
     best = parent.data.tags["cnnbench.study.best_cell"]
     assert f"**Best cell**: `{best}`" in note
     linked = links(client, parent)
