@@ -152,15 +152,19 @@ def test_a_paused_worker_does_not_crash_and_the_count_completes(where):
 
 
 def test_a_study_whose_every_trial_failed_ends_its_parent_failed(where):
-    """N2: exit 1 and the parent FAILED with the reason (it used to end FINISHED)."""
+    """N2: exit 3 (EXIT_JOBS_FAILED), each trial named on one line, and the parent FAILED with the
+    reason and failed_jobs / missing_jobs (it used to end FINISHED)."""
     args = ["tune", "--tracking-uri", where["store"], "--storage", where["storage"], "--study-name", "n2",
             "--experiment", "n2", "--epochs", "1", "--train-size", "300", *FAST, "--quiet", "--trials", "2",
             "--search", "lr=loguniform(1e3,1e9)", "--search", "batch_size=choice(32)"]
     done = run_cli(*args)
-    assert done.rc == 1 and "every trial of this run failed" in done.output, done.output
+    assert done.rc == 3 and "2 of 2 trials failed (exit 3)" in done.output, done.output
+    named = [line for line in done.output.splitlines() if line.startswith("  failed: trial ")]
+    assert len(named) == 2 and all("(lr=" in line and "batch_size=32" in line for line in named), done.output
     parents, children = runs_by_role(where, "n2")
     assert [p.info.status for p in parents] == ["FAILED"]
-    assert "every trial" in parents[0].data.tags["failure_reason"]
+    assert parents[0].data.tags["failure_reason"].startswith("2 of 2 trials failed: trial ")
+    assert (parents[0].data.metrics["failed_jobs"], parents[0].data.metrics["missing_jobs"]) == (2, 0)
     assert {c.info.status for c in children} == {"FAILED"}
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from cnnbench.campaign import EXIT_JOBS_FAILED
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -30,9 +31,9 @@ def tune(cli, tracking_uri, experiment, tmp_path):
     """Run ``cnnbench tune`` in-process with the test's store, experiment and SQLite study storage."""
     storage = f"sqlite:///{tmp_path}/optuna.db"
 
-    def run(*args: str, storage_url: str = storage):
+    def run(*args: str, storage_url: str = storage, code: int = 0):
         result = cli("tune", "--tracking-uri", tracking_uri, "--experiment", experiment, "--storage", storage_url, *TRIAL_FLAGS, *args)
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == code, result.output
         return result
 
     run.storage = storage
@@ -80,9 +81,10 @@ def check_children_match_study(tracking_uri, children, study, parent_ids):
 
 
 def test_parent_and_child_runs_hold_the_study_with_a_failed_trial_and_the_retrain(tune, tracking_uri, experiment):
-    # lr=1e30 (within float32, as --search requires) blows the weights up on the first step: that trial must end FAIL and the study go on
+    # lr=1e30 (within float32, as --search requires) blows the weights up on the first step: that trial must end FAIL,
+    # the study go on, and the command exit EXIT_JOBS_FAILED naming it in one line
     result = tune("--sampler", "grid", "--pruner", "none", "--trials", "2", "--study-name", "structure",
-                  "--search", "lr=choice(0.01,1e30)", "--retrain-best", "--retrain-epochs", "1")
+                  "--search", "lr=choice(0.01,1e30)", "--retrain-best", "--retrain-epochs", "1", code=EXIT_JOBS_FAILED)
     assert "1 complete, 0 pruned, 1 failed" in result.output
     study = optuna.load_study(study_name="structure", storage=tune.storage)
     states = {t.params["lr"]: t for t in study.trials}
@@ -95,9 +97,14 @@ def test_parent_and_child_runs_hold_the_study_with_a_failed_trial_and_the_retrai
     by_number = check_children_match_study(tracking_uri, children, study, {parent.info.run_id})
     failed = by_number[states[1e30].number]
     assert failed.info.status == "FAILED" and "non-finite loss" in failed.data.tags["failure_reason"]
+    named = [line for line in result.output.splitlines() if line.startswith("  failed: ")]
+    assert len(named) == 1 and f"trial {states[1e30].number} (lr=1e+30): " in named[0] and "non-finite loss" in named[0], result.output
+    assert "1 of 2 trials failed (exit 3)" in result.output
 
     tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FAILED" and tags["failure_reason"].startswith("1 of 2 trials failed: trial ")
+    assert (metrics["failed_jobs"], metrics["missing_jobs"]) == (1, 0)
+    assert tags["cnnbench.failed_jobs"] == named[0].removeprefix("  failed: ")
     assert tags["cnnbench.tune.study"] == "structure" and tags["cnnbench.tune.storage"] == tune.storage
     # the one identity schema (campaign.runs.identity), the old role tag no longer written
     assert (tags["cnnbench.role"], tags["cnnbench.campaign"]) == ("tune", "structure")

@@ -50,7 +50,12 @@ TUNE_PARAMETERS: list[click.Parameter] = [
 
 
 def tune(**params) -> None:
-    """Search hyper-parameters with Optuna: one parent MLflow run, a nested run per trial."""
+    """Search hyper-parameters with Optuna: one parent MLflow run, a nested run per trial.
+
+    Exit 0 when every trial completed or was pruned; 3 when any trial failed by its own error (each
+    named on stderr, the parent run FAILED with failed_jobs / missing_jobs); 1 on a bad input or
+    when no trial ran; 130 / 143 when interrupted.
+    """
     from cnnbench.tune.session import TuneRequest, prepare, run
 
     from cnnbench.tracking.console import configure
@@ -73,6 +78,12 @@ def tune(**params) -> None:
     )
     outcome = run(prepare(request))
     _report(outcome, request)
+    if outcome.exit_code:  # EXIT_JOBS_FAILED: trials failed by their own error (pruned trials are not failures)
+        click.echo(f"{len(outcome.failed)} of {request.trials} trials failed (exit {outcome.exit_code}); the parent run "
+                   f"is FAILED:", err=True)
+        for line in outcome.failed:
+            click.echo(f"  failed: {line}", err=True)
+        ctx.exit(outcome.exit_code)
 
 
 def _report(outcome, request) -> None:

@@ -21,13 +21,14 @@ from cnnbench import api
 from cnnbench.config import TrainConfig
 from cnnbench.engine import interrupts
 from cnnbench.errors import ConfigError, RunInterrupted, TrainingError
-from cnnbench.campaign import DEFAULT_HEARTBEAT_S
+from cnnbench.campaign import DEFAULT_HEARTBEAT_S, EXIT_COMPLETE, EXIT_JOBS_FAILED
 from cnnbench.campaign import storage as storages
 from cnnbench.campaign.launchers import Destination, LauncherOptions, check_available, check_remote
 from cnnbench.tune.plots import write_report
 from cnnbench.tune.reporter import EPOCH_METRICS
 from cnnbench.tune.space import SearchSpace, parse_space, restrict
-from cnnbench.tune.study import (WorkerSpec, build_pruner, build_sampler, open_study, quiet_optuna, run_workers,
+from cnnbench.tune.objective import trial_label
+from cnnbench.tune.study import (WorkerSpec, build_pruner, build_sampler, counted, open_study, quiet_optuna, run_workers,
                                  sweep_orphan_runs, trials_of)
 from cnnbench.tune.tracker import TAG_RETRAIN, TAG_STORAGE, TAG_STUDY, ParentRun, best_trial, close_dead_trial_run
 from cnnbench.campaign.runs import campaign_source
@@ -88,6 +89,9 @@ class Outcome:
     wall_time_s: float
     tracking_uri: str
     notes: list[str]
+    failed: list[str] = field(default_factory=list)  # one line per trial failed by its own error: trial N (params): reason
+    missing: int = 0  # trials of --trials this command did not run (--timeout, or the study's trials were taken)
+    exit_code: int = EXIT_COMPLETE  # EXIT_JOBS_FAILED when any trial failed by its own error
 
 
 def prepare(request: TuneRequest) -> Plan:
@@ -212,6 +216,12 @@ def run(plan: Plan, *, stream=None) -> Outcome:
             if any(codes):
                 parent.set_tags({"cnnbench.tune.worker_exit_codes": ",".join(map(str, codes))})
             outcome = finish(plan, parent, before, time.perf_counter() - started, stream=stream)
+            if outcome.failed:  # the campaign policy: the parent FAILED, naming them, and the command exits 3
+                outcome.exit_code = EXIT_JOBS_FAILED
+                shown = "; ".join(outcome.failed[:20]) + (f"; and {len(outcome.failed) - 20} more" if len(outcome.failed) > 20 else "")
+                parent.set_tags({"failure_reason": f"{len(outcome.failed)} of {req.trials} trials failed: {shown}"[:4000]})
+                parent.end("FAILED")
+                return outcome
             if outcome.counts.get("COMPLETE", 0) == 0 and outcome.counts.get("PRUNED", 0) == 0:
                 raise TrainingError(f"every trial of this run failed; first reason: {outcome.notes[0] if outcome.notes else 'unknown'}")
         except KeyboardInterrupt as err:
@@ -243,7 +253,14 @@ def finish(plan: Plan, parent: ParentRun, before: set[int], wall_time_s: float, 
                "study_trials_total": len(study.trials), "tune_wall_time_s": wall_time_s}
     if overheads:
         metrics["mean_trial_outside_fit_s"] = sum(overheads) / len(overheads)
+    # the campaign's job counts (as study run logs them): a trial failed by its own error is a failed
+    # job; one failed because its worker died (no fail_reason) was retried and does not count
+    failed = [f"{trial_label(t.number, t.params)}: {t.user_attrs['fail_reason'].splitlines()[0][:300]}"
+              for t in mine if t.state.name == "FAIL" and t.user_attrs.get("fail_reason")]
+    missing = max(0, req.trials - counted(mine))
+    metrics.update({"failed_jobs": len(failed), "missing_jobs": missing})
     parent.log_metrics(metrics)
+    parent.set_tags({"cnnbench.failed_jobs": "\n".join(failed)[:4000] or "none"})
     with tempfile.TemporaryDirectory(prefix="cnnbench-study-") as folder:
         notes = write_report(study, Path(folder), req.metric)
         parent.log_folder(Path(folder))
@@ -260,7 +277,7 @@ def finish(plan: Plan, parent: ParentRun, before: set[int], wall_time_s: float, 
             retrain_id = _retrain(plan, parent, best, stream=stream)
         campaign_notes.tune_result(parent, plan, best, retrain_run_id=retrain_id)  # best/<metric>, links
     return Outcome(study.study_name, plan.storage_url, parent.run_id, counts, best.value if best else None,
-                   dict(best.params) if best else {}, retrain_id, wall_time_s, plan.tracking_uri, failures)
+                   dict(best.params) if best else {}, retrain_id, wall_time_s, plan.tracking_uri, failures, failed, missing)
 
 
 def _retrain(plan: Plan, parent: ParentRun, best: optuna.trial.FrozenTrial, *, stream) -> str:
