@@ -1,7 +1,8 @@
 """Which test holds each FAIL row of ../shared/docs/FAULTS.md (round 2, against commit 34061c9).
 
 ``COVERED`` maps a row's ID to the test that fails on that commit and passes now, as
-``"FILE::TEST"`` (a file under tests/, a test function in it; a parametrized test counts once).
+``"FILE::TEST"`` (a file under tests/, a test function in it; a parametrized test counts once), or
+``"FILE::test_<ID>_*"`` while a row's test is being written (any test of FILE named so).
 The test's name carries the ID (``test_ST14_...``; a test for two rows carries both), so
 ``pytest -k ST14`` runs it. ``tests/test_faults_coverage.py`` checks that every FAIL row of
 FAULTS.md is listed here and that every listed test exists and is named after its ID.
@@ -29,17 +30,16 @@ COVERED: dict[str, str] = {
     "P4": "test_faults_round2.py::test_P4_preset_with_another_model_drops_the_presets_model_options",
     "F2b": "test_faults_round2.py::test_F2b_filters_on_a_bomb_png_is_one_line",
     "F7": "test_faults_round2.py::test_F7_filters_out_to_an_unwritable_path_is_one_line",
-    # Full disks and sizes that take the machine down: tests/test_faults_limits.py, one test_<ID>_...
-    # each ("test_<ID>_*": any test of that file whose name starts so, until the names are fixed here).
-    "K1": "test_faults_limits.py::test_K1_*",
-    "K3": "test_faults_limits.py::test_K3_*",
-    "M3b": "test_faults_limits.py::test_M3b_*",
-    "M7": "test_faults_limits.py::test_M7_*",
-    "M7b": "test_faults_limits.py::test_M7b_*",
-    "M8": "test_faults_limits.py::test_M8_*",
-    "M16": "test_faults_limits.py::test_M16_*",
-    "F2": "test_faults_limits.py::test_F2_*",
-    "F6": "test_faults_limits.py::test_F6_*",
+    # Full disks and sizes that take the machine down
+    "K1": "test_faults_limits.py::test_K1_a_full_artifact_disk_fails_the_run_and_blames_the_disk",
+    "K3": "test_faults_limits.py::test_K3_a_full_disk_under_the_optuna_storage_is_one_line",
+    "M3b": "test_faults_limits.py::test_M3b_sizes_beyond_int64_are_refused_as_numbers",
+    "M7": "test_faults_limits.py::test_M7_memory_refuses_the_calibration_above_available_memory",
+    "M7b": "test_faults_limits.py::test_M7b_train_image_size_refused_before_any_allocation",
+    "M8": "test_faults_limits.py::test_M8_measure_refused_above_available_memory",
+    "M16": "test_faults_limits.py::test_M16_info_refuses_a_model_that_cannot_be_built",
+    "F2": "test_faults_limits.py::test_F2_a_12000_pixel_square_png_is_refused_before_decoding",
+    "F6": "test_faults_limits.py::test_F6_filters_size_refused_by_predicted_bytes",
     # The study layer (the campaign issue)
     "ST3b": "test_campaign_faults.py::test_ST3b_ST3e_sigterm_outside_a_cell_ends_the_parent_killed_with_no_job_running_and_the_same_command_resumes",
     "ST3e": "test_campaign_faults.py::test_ST3b_ST3e_sigterm_outside_a_cell_ends_the_parent_killed_with_no_job_running_and_the_same_command_resumes",
