@@ -55,6 +55,54 @@ def test_M7_memory_refuses_the_calibration_above_available_memory(cli, tracking_
     assert [r.info.status for r in runs_in(experiment)] == ["FINISHED"]
 
 
+@pytest.fixture
+def memory_cgroup():
+    """A child of this process's memory cgroup (v2 or v1) capped at 1 GiB, as FAULTS ran its risky
+    cases in a 4 GiB cap; removed afterwards. Skipped where cgroups cannot be created."""
+    import os
+    from pathlib import Path
+
+    folder = None
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            folder, limit = Path("/sys/fs/cgroup", path.lstrip("/"), f"cnnbench-test-{os.getpid()}"), "memory.max"
+        elif "memory" in controllers.split(","):
+            folder, limit = Path("/sys/fs/cgroup/memory", path.lstrip("/"), f"cnnbench-test-{os.getpid()}"), "memory.limit_in_bytes"
+            break
+    if folder is None:
+        pytest.skip("no memory cgroup in /proc/self/cgroup")
+    try:
+        folder.mkdir()
+    except OSError as err:
+        pytest.skip(f"cannot create a memory cgroup here: {err}")
+    try:
+        (folder / limit).write_text(str(2**30))
+    except OSError as err:
+        folder.rmdir()
+        pytest.skip(f"cannot cap a memory cgroup here: {err}")
+    yield folder
+    folder.rmdir()
+
+
+def test_M7_refused_inside_a_memory_cgroup_cap(memory_cgroup):
+    """Under a container's cap the cap is what OOM-kills: the prediction is checked against it, not
+    against the host's free memory."""
+    import sys
+
+    from cnnbench.memory.guard import dry_prediction
+
+    _, calibration = dry_prediction("strided_cnn", (3, 1000, 1000), 1, "sgd")
+    assert 2**30 < calibration < available_bytes("cpu")  # refused below only because of the cap
+    done = subprocess.run([sys.executable, "-m", "cnnbench.cli", "memory", "strided_cnn", "--input-shape", "3,1000,1000",
+                           "--batch-sizes", "1", "--optimizers", "sgd", "--no-track"], capture_output=True, text=True,
+                          timeout=300, preexec_fn=lambda: (memory_cgroup / "cgroup.procs").write_text(str(__import__("os").getpid())))
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, (done.returncode, done.stderr[-2000:])
+    predicted, available = predicted_and_available(lines[0])
+    assert available < 2**30 < predicted
+
+
 def test_M16_info_refuses_a_model_that_cannot_be_built(cli):
     result = cli("info", "lenet5", "--input-shape", "1,30000,30000")
     line = one_line(result, 2, "building lenet5 and running one 1x30000x30000 image", "--force")

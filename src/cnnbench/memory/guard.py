@@ -33,7 +33,43 @@ def available_bytes(device: Any = "cpu") -> int:
                                                else None)[0])
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    free = int(psutil.virtual_memory().available)
+    room = cgroup_room()
+    return free if room is None else min(free, room)
+
+
+def cgroup_room() -> int | None:
+    """Bytes this process's memory cgroups (v1 or v2, each ancestor too) still allow: limit minus usage,
+    not counting inactive file cache, which the kernel reclaims first (as ``docker stats`` counts); None
+    without a limit. A container's cap is what OOM-kills, not the host's free memory."""
+    from pathlib import Path
+
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    rooms = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, limit_file, usage_file, cache_key = Path("/sys/fs/cgroup"), "memory.max", "memory.current", "inactive_file"
+        elif "memory" in controllers.split(","):
+            base, limit_file, usage_file, cache_key = (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes",
+                                                       "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            folder = base.joinpath(*parts[:depth])
+            try:
+                limit = (folder / limit_file).read_text().strip()
+                usage = int((folder / usage_file).read_text())
+                stat = dict(row.split() for row in (folder / "memory.stat").read_text().splitlines() if " " in row)
+            except (OSError, ValueError):
+                continue
+            if limit.isdigit() and int(limit) < 2**60:
+                rooms.append(int(limit) - usage + int(stat.get(cache_key, 0)))
+    return max(0, min(rooms)) if rooms else None
 
 
 def show_bytes(count: float) -> str:
