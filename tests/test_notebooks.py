@@ -112,13 +112,13 @@ def test_compare_runs_separates_kinds_and_reports_them(store, tmp_path):
     positions = [table.index(r.info.run_name) for r in ranked]
     assert positions == sorted(positions)  # best test_accuracy first
     assert "lenet5-digits-adam-lr1e-3" in table and "lenet5-digits-adam-lr3e-3" in table
-    assert "trial" not in table  # trials are not train runs
+    assert " · " not in table  # trials (named `t00 bs=16 · lenet5`) are not train runs
     assert has_figure(code[4])
     parent = next(r for r in client.search_runs([store["exp_id"]]) if r.data.tags.get("cnnbench.role") == "tune")
     tune_text = text(code[5])
     assert f"study 'nb' (parent run {parent.info.run_name}): 2 trials, searching batch_size; " \
            f"best val_accuracy {parent.data.metrics['best_val_accuracy']:.4f}" in tune_text
-    assert "batch_size16-trial" in tune_text and "batch_size32-trial" in tune_text
+    assert "bs=16 · lenet5" in tune_text and "bs=32 · lenet5" in tune_text  # the trials, named by their values
     assert has_figure(code[6])
     assert "0.001" in text(code[7]) and "0.003" in text(code[7])
 
