@@ -86,6 +86,22 @@ def cell_fits(config, info, device, budget_mb: float | None = None) -> tuple[boo
 LARGE_INPUT = 3 * 512 * 512  # values per image above which train predicts its model check before running it
 
 
+def resized_splits(config, info) -> tuple[int, int, int]:
+    """Images of the train, validation and test splits :func:`cnnbench.data.pipeline.prepare` resizes
+    (test carved from train with --test-from-train, validation held out of train, then --train-size)."""
+    import math
+
+    train, test = info.train_size or 0, info.test_size or 0
+    if config.data.test_from_train is not None:
+        test = math.ceil(train * config.data.test_from_train)
+        train -= test
+    val = round(train * config.data.val_split)
+    train -= val
+    if config.data.train_size:
+        train = min(train, config.data.train_size)
+    return train, val, test
+
+
 def check_train_memory(config, info) -> None:
     """``cnnbench train``: refuse, before the model is built or any data is loaded, a run whose host
     memory cannot hold what it allocates: the dataset resized by ``--image-size`` (uint8, twice while
@@ -101,12 +117,11 @@ def check_train_memory(config, info) -> None:
     per_image = guard.check_elements(f"--image-size {config.data.image_size}" if config.data.image_size else "the input",
                                      c, h, w)
     what, needed = [], 0
-    images = (info.train_size or 0) + (info.test_size or 0)
-    if config.data.image_size is not None and images:
-        if config.data.train_size:
-            images = min(images, config.data.train_size + (info.test_size or 0))
-        needed += 2 * images * per_image + 4 * min(images, 2048) * per_image
-        what.append(f"{images:,} images resized to {c}x{h}x{w}")
+    if config.data.image_size is not None and info.train_size:
+        splits = resized_splits(config, info)
+        largest = max(splits)
+        needed += per_image * (sum(splits) + largest + 4 * min(largest, 2048))
+        what.append(f"{sum(splits):,} images resized to {c}x{h}x{w}")
     if per_image > LARGE_INPUT:
         on_cpu = config.run.device == "cpu" or (config.run.device == "auto" and not torch.cuda.is_available())
         kwargs = {**options(config, info, "cpu"), "device": "cpu"}
