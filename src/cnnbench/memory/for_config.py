@@ -104,8 +104,8 @@ def resized_splits(config, info) -> tuple[int, int, int]:
 
 def check_train_memory(config, info) -> None:
     """``cnnbench train``: refuse, before the model is built or any data is loaded, a run whose host
-    memory cannot hold what it allocates: the dataset resized by ``--image-size`` (uint8, twice while
-    the chunks are joined, plus the float32 resized chunk of up to 2,048 images) beside, for
+    memory cannot hold what it allocates: the splits resized by ``--image-size`` (:func:`resized_splits`;
+    uint8, the largest twice while its chunks are joined, plus its float32 chunk of up to 2,048 images) beside, for
     inputs above :data:`LARGE_INPUT` values, the model built for real and checked on one image or (on
     the CPU) the training step at the batch size, both predicted on fake tensors. No flag skips it:
     an allocation above the available memory fails (or is OOM-killed) anyway."""
