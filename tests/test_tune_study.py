@@ -8,6 +8,7 @@ Each test reads back what Optuna stored and what MLflow holds, and checks they a
 from __future__ import annotations
 
 import csv
+import math
 import signal
 import subprocess
 import sys
@@ -129,7 +130,8 @@ def test_parent_and_child_runs_hold_the_study_with_a_failed_trial_and_the_retrai
     retrain = retrains[0]
     assert retrain.data.tags["cnnbench.tune.parent_run_id"] == parent.info.run_id
     assert tags["cnnbench.tune.retrain_run_id"] == retrain.info.run_id
-    assert retrain.data.tags["cnnbench.train_on"] == "train+val"
+    assert retrain.data.tags["cnnbench.train_on"] == "train+val" == retrain.data.params["train_on"]  # what --train-on means
+    assert math.isnan(retrain.data.metrics["val_accuracy"])  # no validation split left: the val images were trained on
     assert (retrain.data.tags["cnnbench.role"], retrain.data.tags["cnnbench.campaign"]) == ("retrain", "structure")
     assert retrain.data.params["lr"] == "0.01" and retrain.data.params["epochs"] == "1"
     assert "test_accuracy" in retrain.data.metrics and retrain.info.status == "FINISHED"
