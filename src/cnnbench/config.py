@@ -160,6 +160,19 @@ class TrainOption:
         return value.strip() if self.type == "str" and self.choices else value
 
 
+def read_user_file(path: str | Path, what: str, *, folder_hint: str, kind: str) -> str:
+    """The UTF-8 text of a file the user named (``--config``, a study file), or a one-line ConfigError:
+    ``{what} {path} does not exist`` / ``is a folder; {folder_hint}`` / ``is not {kind}``."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a folder; {folder_hint}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not {kind}") from None
+
+
 def option(default: Any, help: str, *, type: str, group: str, **declared: Any) -> Any:
     """A dataclass field that declares a train option (see :class:`TrainOption` for the keywords)."""
     if type not in OPTION_KINDS:
@@ -485,14 +498,10 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
+        text = read_user_file(path, "--config file", folder_hint="give a run's config.json",
+                              kind="text (expected a run's config.json)")
         try:
-            raw = json.loads(Path(path).read_bytes().decode("utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"--config file {path} does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError(f"--config {path} is a folder; give a run's config.json") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"--config file {path} is not text (expected a run's config.json)") from None
+            raw = json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError(f"--config file {path} is not valid JSON: {err}") from None
         except ValueError:  # an integer of more than sys.get_int_max_str_digits() digits

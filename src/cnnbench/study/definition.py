@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cnnbench.config import ALIASES, OPTIONS, TrainConfig, apply_values, shown_names
+from cnnbench.config import ALIASES, OPTIONS, TrainConfig, apply_values, read_user_file, shown_names
 from cnnbench.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "metric", "metric_goal", "seeds", "reference", "base", "grid", "variants",
@@ -164,15 +164,7 @@ def cell_label(axes: Mapping[str, Any], variant: str | None) -> str:
 def read_text(source: str | Path, text: str | None = None) -> tuple[dict[str, Any], str]:
     """Parse TOML; a malformed file is one line naming the file, line and column."""
     if text is None:
-        path = Path(source)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"study file {source} does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError(f"study file {source} is a folder; give a .toml file") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"study file {source} is not UTF-8 text (expected TOML)") from None
+        text = read_user_file(source, "study file", folder_hint="give a .toml file", kind="UTF-8 text (expected TOML)")
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as err:
