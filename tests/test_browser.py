@@ -70,6 +70,7 @@ class Site:
     tune_parent: object  # mlflow Run
     study_parent: object
     cells: list  # the study's child runs
+    printed: dict  # each command's stdout: train, tune, study
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +79,18 @@ def site(tmp_path_factory):
     uri = f"sqlite:///{folder}/mlflow.db"
     (folder / "study.toml").write_text(STUDY)
     commands = [
-        ["train", "--experiment", "browser-train", "--epochs", "1", *SMALL],
+        ["train", "--experiment", "browser-train", "--epochs", "1", *[f for f in SMALL if f != "--quiet"]],  # its UI lines
         ["tune", "--experiment", "browser-tune", "--trials", "3", "--epochs", "1", "--storage",
          f"sqlite:///{folder}/optuna.db", *SMALL],
         ["study", "run", str(folder / "study.toml"), "--experiment", "browser-study", "--storage",
          f"sqlite:///{folder}/study.db"],
     ]
+    printed = {}
     for args in commands:  # one after the other, in the folder (the runs' artifacts land under it)
         done = subprocess.run([sys.executable, "-m", "cnnbench.cli", *args, "--tracking-uri", uri], cwd=folder,
                               env=env(), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, (args, done.stdout[-3000:], done.stderr[-3000:])
+        printed[args[0]] = done.stdout
     client = MlflowClient(uri)
     ids = {name: client.get_experiment_by_name(name).experiment_id
            for name in ("browser-train", "browser-tune", "browser-study")}
@@ -102,7 +105,7 @@ def site(tmp_path_factory):
         except Unavailable as err:
             pytest.skip(f"mlflow server could not start: {err}")
         yield Site(url, MlflowClient(url), ids["browser-train"], ids["browser-tune"], ids["browser-study"],
-                   tune[0], study[0], cells)
+                   tune[0], study[0], cells, printed)
 
 
 @pytest.fixture
@@ -214,6 +217,31 @@ def test_a_model_training_link_opens_the_runs_table_with_its_runs(site, browser)
         top = {r.info.run_id for r in site.client.search_runs([exp_id]) if "mlflow.parentRunId" not in r.data.tags}
         wait(browser, lambda d: {r["id"] for r in rows(d)} == top, f"the {name} experiment's top-level runs as rows")
         shot(browser, f"a-runs-table-{name}")
+
+
+PRINTED_LINK = re.compile(r"http://127\.0\.0\.1:5000/(#/experiments/(\d+)/runs/([0-9a-f]{32})\?workflowType=machine_learning)")
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "study"])
+def test_a_the_link_cnnbench_prints_opens_its_run_in_the_model_training_view(site, browser, command):
+    """What cnnbench prints at the end (`See it in the MLflow UI: mlflow ui ..., then open LINK`,
+    `open it: LINK`) opens that run's page in the "Model training" view, and its experiment link
+    (the breadcrumb) the runs table, in a browser that remembers nothing."""
+    found = PRINTED_LINK.search(site.printed[command])
+    assert found, site.printed[command][-1500:]
+    fragment, exp_id, run_id = found.groups()
+    expected = {"train": site.train_exp, "tune": site.tune_exp, "study": site.study_exp}[command]
+    assert exp_id == expected
+    if command != "train":
+        assert run_id == (site.tune_parent if command == "tune" else site.study_parent).info.run_id
+    visit(browser, site, fragment)
+    wait(browser, lambda d: f"/runs/{run_id}" in d.current_url and "Metrics" in d.find_element("tag name", "body").text,
+         "the run page")
+    body = browser.find_element("tag name", "body").text
+    shot(browser, f"a-printed-link-{command}")
+    assert site.client.get_run(run_id).info.run_name in body
+    assert "workflowType=genai" not in browser.current_url
+    open_runs_table(browser, site, exp_id)  # the same view one level up: the runs table, not the GenAI overview
 
 
 # -- (b) the study's child runs under their parent, seed and cell readable -----------------------

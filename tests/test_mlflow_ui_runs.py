@@ -24,7 +24,7 @@ from cnnbench.study.report import metric_name  # `cell/optimizer_sgd/mean`: '=' 
 from cnnbench.tracking.campaign_notes import BEST_PREFIX, TAG_BEST_RUN
 
 EPOCH_KEYS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s", "epoch_images_per_s"}
-LINK = re.compile(r"\]\(#/experiments/(\d+)/runs/([0-9a-f]{32})\)")
+LINK = re.compile(r"\]\(#/experiments/(\d+)/runs/([0-9a-f]{32})\?workflowType=machine_learning\)")
 SOURCE = ("mlflow.source.name", "mlflow.source.type")
 
 

@@ -105,8 +105,25 @@ def _report(result, *, quiet: bool = False) -> None:
     if quiet:
         return
     click.echo(f"test_accuracy: {acc:.4f}" if acc is not None else "finished")
-    click.echo(f"See it in the MLflow UI: {ui_hint(result.tracking_uri)}  (then open http://127.0.0.1:5000)"
-               if not str(result.tracking_uri).startswith("http") else f"See it in the MLflow UI: {mask_uri(result.tracking_uri)}")
+    link = _run_link(result.tracking_uri, result.run_id)
+    if str(result.tracking_uri).startswith("http"):
+        click.echo(f"See it in the MLflow UI: {link or mask_uri(result.tracking_uri)}")
+    else:
+        click.echo(f"See it in the MLflow UI: {ui_hint(result.tracking_uri)}, then open {link or 'http://127.0.0.1:5000'}")
+
+
+def _run_link(tracking_uri: str | None, run_id: str | None) -> str | None:
+    """The run's address in the MLflow UI (None when the store cannot say its experiment)."""
+    from cnnbench.tracking.store import run_link
+
+    if not run_id:
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        return run_link(tracking_uri, MlflowClient(tracking_uri).get_run(run_id).info.experiment_id, run_id)
+    except Exception:  # noqa: BLE001 -- a link is a courtesy; the run id above is the record
+        return None
 
 
 @main.command(name="list")

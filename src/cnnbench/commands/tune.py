@@ -87,6 +87,7 @@ def tune(**params) -> None:
 
 
 def _report(outcome, request) -> None:
+    from cnnbench.cli import _run_link
     from cnnbench.tracking.store import mask_uri, ui_hint
     from cnnbench.campaign.storage import redact
 
@@ -99,6 +100,9 @@ def _report(outcome, request) -> None:
     if outcome.retrain_run_id:
         click.echo(f"retrained best: MLflow run {outcome.retrain_run_id}")
     click.echo(f"MLflow parent run: {outcome.parent_run_id}  (tracking URI: {mask_uri(outcome.tracking_uri)}; {ui_hint(outcome.tracking_uri)})")
+    link = _run_link(outcome.tracking_uri, outcome.parent_run_id)
+    if link:
+        click.echo(f"open it: {link}")
     click.echo(f"add trials: cnnbench tune ... --study-name {outcome.study_name} --storage {redact(outcome.storage_url)}")
 
 

@@ -189,10 +189,16 @@ def run_(study_ref: str, budget, sets, workers, storage, study_name, experiment,
                          max_jobs=max_jobs, launcher=launcher_from(launcher, study.launcher, f"study file {name}",
                                                      accept_file=use_file_destination),
                          max_seeds=max_seeds, seed_batch=seed_batch, use_file_destination=use_file_destination)
-    outcome = run(prepare(request))
+    plan = prepare(request)
+    outcome = run(plan)
     if outcome.report is not None:
         click.echo(reports.render(outcome.report, fmt), nl=False)
         click.echo(f"parent run {outcome.parent_run_id}: report/report.html, report.md, cells.csv, cells.json and *.png")
+        from cnnbench.cli import _run_link
+
+        link = _run_link(plan.tracking_uri, outcome.parent_run_id)
+        if link:
+            click.echo(f"open it: {link}")
     if outcome.exit_code:
         from cnnbench.campaign import EXIT_JOBS_FAILED
 

@@ -20,7 +20,9 @@ BEST_PREFIX = "best/"
 
 def run_link(experiment_id: str, run_id: str, text: str) -> str:
     """A markdown link to a run's page, relative to the MLflow UI's page (works behind any host/prefix)."""
-    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
+    from cnnbench.tracking.store import ui_fragment
+
+    return f"[{text}]({ui_fragment(experiment_id, run_id)})"
 
 
 def _link(client, run_id: str, text: str | None = None) -> str:

@@ -263,6 +263,27 @@ def _check_database(uri: str, dialect: str) -> None:
     init_store(uri)
 
 
+UI_MODE = "workflowType=machine_learning"  # MLflow 3.17's UI: the "Model training" view of an experiment
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def run_link(uri: str | None, experiment_id: str, run_id: str | None = None) -> str:
+    """The address of a run (or of its experiment's runs table) in the MLflow UI.
+
+    MLflow 3.17's UI does not read the experiment's ``mlflow.experimentKind`` tag: whether an
+    experiment opens on the runs table or the GenAI overview is its sidebar switch, carried by the
+    ``?workflowType=`` URL parameter, else remembered by the browser (a new one starts on GenAI). So
+    every address cnnbench prints or writes carries ``workflowType=machine_learning``."""
+    base = mask_uri(uri).rstrip("/") if uri and str(uri).startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/{ui_fragment(experiment_id, run_id)}"
+
+
+def ui_fragment(experiment_id: str, run_id: str | None = None) -> str:
+    """``#/experiments/<id>[/runs/<run_id>]?workflowType=machine_learning`` (relative to the UI)."""
+    path = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{path}?{UI_MODE}"
+
+
 def ui_hint(uri: str) -> str:
     """How to open the MLflow UI on this store."""
     uri = mask_uri(uri)
