@@ -82,8 +82,11 @@ def runs_in(tracking_uri):
 def _no_leaked_mlflow_environment(monkeypatch):
     """MLflow's fluent API exports MLFLOW_EXPERIMENT_ID (and mlflow run's MLFLOW_RUN_ID) into
     os.environ; an earlier in-process test's values must not steer a later test's runs (a leaked
-    experiment id makes start_run(run_id=...) refuse a run of another experiment)."""
-    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+    experiment id makes start_run(run_id=...) refuse a run of another experiment). The same for the
+    credentials ``resolve_uri`` exports from an ``http://USER:PASSWORD@HOST`` URI in process: a leaked
+    MLFLOW_TRACKING_USERNAME becomes a later run's ``mlflow.user``."""
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_TRACKING_USERNAME",
+                 "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     import mlflow.tracking.fluent as fluent
 

@@ -114,16 +114,9 @@ def _report(result, *, quiet: bool = False) -> None:
 
 def _run_link(tracking_uri: str | None, run_id: str | None) -> str | None:
     """The run's address in the MLflow UI (None when the store cannot say its experiment)."""
-    from cnnbench.tracking.store import run_link
+    from cnnbench.tracking.store import link_of_run
 
-    if not run_id:
-        return None
-    try:
-        from mlflow.tracking import MlflowClient
-
-        return run_link(tracking_uri, MlflowClient(tracking_uri).get_run(run_id).info.experiment_id, run_id)
-    except Exception:  # noqa: BLE001 -- a link is a courtesy; the run id above is the record
-        return None
+    return link_of_run(tracking_uri, run_id)
 
 
 @main.command(name="list")

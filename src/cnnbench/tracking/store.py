@@ -278,6 +278,19 @@ def run_link(uri: str | None, experiment_id: str, run_id: str | None = None) -> 
     return f"{base}/{ui_fragment(experiment_id, run_id)}"
 
 
+def link_of_run(uri: str | None, run_id: str | None) -> str | None:
+    """:func:`run_link` of a run looked up in its store (None when it cannot be: a link is a courtesy,
+    the printed run id is the record)."""
+    if not run_id:
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        return run_link(uri, MlflowClient(uri).get_run(run_id).info.experiment_id, run_id)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def ui_fragment(experiment_id: str, run_id: str | None = None) -> str:
     """``#/experiments/<id>[/runs/<run_id>]?workflowType=machine_learning`` (relative to the UI)."""
     path = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
