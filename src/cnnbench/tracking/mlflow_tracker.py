@@ -257,8 +257,9 @@ class MlflowTracker(Callback):
             if run.notes:
                 tags["cnnbench.notes"] = "\n".join(run.notes)[:FAILURE_REASON_MAX_CHARS]
             mlruns.set_tags(self.client, run.run_id, tags)
-            if self._disk_full is None and full_disk(error) is not None:
-                self._disk_full = self._artifact_location(run, full_disk(error))
+            full = full_disk(error) if self._disk_full is None else None
+            if full is not None:
+                self._disk_full = self._artifact_location(run, full)
             if self._disk_full is not None:  # uploading would hit the same full disk
                 self.local_checkpoint = _keep_locally(run)
             else:
