@@ -173,7 +173,7 @@ def test_a_worker_killed_before_its_trial_named_its_run_leaves_no_run_running(wh
     """The orphan sweep after the workers: worker 1 is SIGKILLed right after ``create_run`` (before
     ``mlflow_run_id`` reaches its trial), so no trial names that run and neither Optuna's stale
     callback nor fail_orphaned can close it; the sweep ends it FAILED, and the count completes."""
-    environ = env(CNNBENCH_TUNE_FAULT="trial-run-created:kill:worker")
+    environ = env(CNNBENCH_FAULT="trial-run-created:kill:worker")
     done = run_cli(*tune_args(where, "t9", "--trials", "4", "--workers", "2", "--heartbeat-interval", "2"),
                    environ=environ, timeout=600)
     assert done.rc == 0, done.output
@@ -196,7 +196,7 @@ def test_a_tune_killed_before_its_trial_named_its_run_is_swept_when_the_study_re
     leaves its parent and the trial run RUNNING; the next ``tune --study-name`` ends that run FAILED
     (its parent is dead and its trial names no run) and adds the trials."""
     first = run_cli(*tune_args(where, "t10", "--trials", "2", "--heartbeat-interval", "2"),
-                    environ=env(CNNBENCH_TUNE_FAULT="trial-run-created:kill"))
+                    environ=env(CNNBENCH_FAULT="trial-run-created:kill"))
     assert first.rc == -9, first.output
     _, children = runs_by_role(where, "t10")
     assert [c.info.status for c in children] == ["RUNNING"]

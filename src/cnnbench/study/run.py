@@ -23,6 +23,7 @@ from typing import Any
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from cnnbench.campaign.faults import fault_hook
 from cnnbench.campaign import DEFAULT_HEARTBEAT_S
 from cnnbench.campaign import runs as identity
 from cnnbench.campaign.queue import Claim, Job, JobQueue, Lost
@@ -269,6 +270,7 @@ class Worker:
             return
         try:
             data = self.data_for(config)
+            fault_hook("data-loaded")
             self.warm_up(config, data)
             result = api.train(config, callbacks, data=data)
         except KeyboardInterrupt:

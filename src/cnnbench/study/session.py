@@ -23,6 +23,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from cnnbench.campaign.faults import fault_hook
 from cnnbench.campaign import DEFAULT_HEARTBEAT_S, EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_JOBS_FAILED
 from cnnbench.campaign import runs as identity
 from cnnbench.campaign.launchers import Destination, LauncherOptions
@@ -680,6 +681,7 @@ def finish(plan: Plan, parent_id: str, *, status: str, log: bool) -> Any:
 
     rep = reports.build(MlflowClient(plan.tracking_uri), parent_id, status=status, settings=plan.request.study.report)
     if log:
+        fault_hook("report-writing")
         reports.log_to_parent(MlflowClient(plan.tracking_uri), parent_id, rep)
         campaign_notes.study_result(MlflowClient(plan.tracking_uri), parent_id, plan.request.study,  # best cell, links
                                     command=plan.request.command, study_name=plan.queue.campaign, report=rep)

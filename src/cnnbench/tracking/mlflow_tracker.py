@@ -22,6 +22,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 import cnnbench
+from cnnbench.campaign.faults import fault_hook
 from cnnbench.errors import CnnbenchError, TrackingError
 from cnnbench.campaign import runs as campaign_runs
 from cnnbench.campaign.storage import full_disk
@@ -220,6 +221,7 @@ class MlflowTracker(Callback):
         # (time_upload_s, time_model_log_s); when either fails it is still logged, before the error.
         try:
             started = time.perf_counter()
+            fault_hook("artifacts-uploading")
             self._upload(run)
             summary_batch[phases.metric("upload")] = time.perf_counter() - started
             if self.log_model_enabled:

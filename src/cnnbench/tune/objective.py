@@ -21,6 +21,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from cnnbench import api
+from cnnbench.campaign.faults import fault_hook
 from cnnbench.config import TrainConfig
 from cnnbench.tune.reporter import PruningReporter, best_of
 from cnnbench.tune.space import SearchSpace, apply
@@ -124,6 +125,7 @@ class Objective:
         reporter = [PruningReporter(trial, metric=ctx.metric, maximize=ctx.maximize)] if prune else []
         try:
             data = self.data_for(config)
+            fault_hook("data-loaded")
             from cnnbench.artifacts import artifact_callbacks
 
             # artifacts first (the tracker uploads what they wrote), the reporter last (it may prune)

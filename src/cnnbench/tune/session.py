@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 
 from cnnbench import api
+from cnnbench.campaign.faults import fault_hook
 from cnnbench.config import TrainConfig
 from cnnbench.engine import interrupts
 from cnnbench.errors import ConfigError, RunInterrupted, TrainingError
@@ -261,6 +262,7 @@ def finish(plan: Plan, parent: ParentRun, before: set[int], wall_time_s: float, 
     metrics.update({"failed_jobs": len(failed), "missing_jobs": missing})
     parent.log_metrics(metrics)
     parent.set_tags({"cnnbench.failed_jobs": "\n".join(failed)[:4000] or "none"})
+    fault_hook("report-writing")
     with tempfile.TemporaryDirectory(prefix="cnnbench-study-") as folder:
         notes = write_report(study, Path(folder), req.metric)
         parent.log_folder(Path(folder))

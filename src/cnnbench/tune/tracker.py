@@ -10,7 +10,6 @@ end FAILED (KILLED on Ctrl-C) with ``failure_reason``.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import optuna
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
+from cnnbench.campaign.faults import fault_hook
 from cnnbench.campaign.runs import campaign_source, identity
 from cnnbench.events import RunState
 from cnnbench.tracking import describe
@@ -112,6 +112,7 @@ class TrialTracker(MlflowTracker):
                         "was failed and retried meanwhile; these metrics are not the study's")
             status = "FAILED"
         self._log({**summary, **run.summary_metrics}, step=SUMMARY_STEP, tags=tags)
+        fault_hook("artifacts-uploading")
         self._upload(run)
         self._end(status)
 
@@ -155,26 +156,6 @@ class TrialTracker(MlflowTracker):
         self._stop_heartbeat()
         self.client.set_terminated(self.run_id, status)
         self._ended = True
-
-
-FAULT_ENV = "CNNBENCH_TUNE_FAULT"
-
-
-def fault_hook(point: str) -> None:
-    """Tests' fault injection: ``$CNNBENCH_TUNE_FAULT`` = ``POINT:kill`` SIGKILLs this process the
-    first time it reaches ``point``; ``POINT:kill:worker`` only in an extra ``--n-jobs`` worker
-    process (``python -m cnnbench.campaign.workers``). Unset (always, outside the tests), it does nothing."""
-    wanted = os.environ.get(FAULT_ENV)
-    if not wanted:
-        return
-    at, action, where = (wanted.split(":") + ["", ""])[:3]
-    if at != point or (where == "worker" and not sys.argv[0].endswith(os.path.join("campaign", "workers.py"))):
-        return
-    import signal
-
-    os.environ.pop(FAULT_ENV, None)
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def record_failed_trial(client: MlflowClient, experiment_id: str, parent_run_id: str, trial: optuna.Trial,
