@@ -3,7 +3,8 @@ and ``tune`` trials): ``$CNNBENCH_FAULT`` = ``POINT:kill`` SIGKILLs this process
 reaches ``POINT``; ``POINT:kill:worker`` only in an extra ``--workers`` process
 (``python -m cnnbench.campaign.workers``). Unset (always, outside the tests), a hook does nothing.
 
-The points, in a job's order: ``data-loaded`` (the worker loaded its data, its run not created yet),
+The points, in a job's order: ``job-claimed`` (a study job's claim is committed, nothing else done),
+``data-loaded`` (the worker loaded its data, its run not created yet),
 ``trial-run-created`` (a tune trial's run exists, the trial does not name it yet),
 ``artifacts-uploading`` (the end-of-run upload of the run's artifacts has begun),
 ``report-writing`` (the campaign's report is about to be logged on the parent run).
@@ -16,7 +17,7 @@ import signal
 import sys
 
 FAULT_ENV = "CNNBENCH_FAULT"
-POINTS = ("data-loaded", "trial-run-created", "artifacts-uploading", "report-writing")
+POINTS = ("job-claimed", "data-loaded", "trial-run-created", "artifacts-uploading", "report-writing")
 
 
 def fault_hook(point: str) -> None:

@@ -60,6 +60,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+from cnnbench.campaign.faults import fault_hook
 from cnnbench.errors import ConfigError
 
 MAX_TRANSIENT = 3  # transient store errors after which a job fails (attempts unchanged)
@@ -269,6 +270,7 @@ class JobQueue:
             rows = self._update(conn, "claim", {"p_now": now, "p_until": now + self.lease_s, "p_worker": worker})
         if not rows:
             return None
+        fault_hook("job-claimed")
         row = rows[0]
         return Claim(row.id, row.key, json.loads(row.payload), row.attempts + 1, row.token)
 
