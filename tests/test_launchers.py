@@ -261,6 +261,21 @@ def test_slurm_time_limit_ends_the_cell_killed_and_a_live_task_claims_it(stores,
     check_complete(uri, experiment, [first.stderr, second.stderr])
 
 
+def test_a_slurm_task_signalled_before_its_worker_started_is_requeued_by_submitit_within_the_bound(monkeypatch):
+    """SIGUSR2 while the task still imports (before the campaign's signal policy) reaches submitit's
+    own handler, which requeues a task whose function has a ``checkpoint`` returning a
+    DelayedSubmission (submitit's Checkpointable protocol): the same task on the same spec, until
+    --max-requeues is used up."""
+    submitit = pytest.importorskip("submitit")
+    spec = {"entry": "cnnbench.study.run:work", "max_requeues": 2, "index": 0}
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    again = launchers.SlurmTask().checkpoint(spec)
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert isinstance(again.function, launchers.SlurmTask) and again.args == (spec,)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert launchers.SlurmTask().checkpoint(spec) is None  # past the bound: submitit ends the task
+
+
 def test_a_launcher_without_its_engine_is_refused_before_any_run(tmp_path, monkeypatch):
     from cnnbench.campaign.launchers import check_available
 

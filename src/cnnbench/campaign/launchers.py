@@ -242,12 +242,12 @@ def run_task(spec: dict[str, Any]) -> int:
     spec = dict(spec)
     threads = int(spec.pop("threads", 0) or 0)
     max_requeues = int(spec.pop("max_requeues", 0) or 0)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     try:
-        with signal_policy(extra=("SIGUSR2",)):
+        with signal_policy(extra=("SIGUSR2",)):  # first: a loaded node can take half a minute to import torch
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
             entry_point(spec["entry"])(spec)
     except KeyboardInterrupt as err:
         acknowledge()
@@ -273,10 +273,24 @@ def requeue_this_task(max_requeues: int) -> bool:
 
 
 class SlurmTask:
-    """The callable submitit pickles: :func:`run_task` on the spec (a class, so the pickle names it by module)."""
+    """The callable submitit pickles: :func:`run_task` on the spec (a class, so the pickle names it by module).
+
+    Checkpointable in submitit's sense: when Slurm's SIGUSR2 arrives before :func:`run_task` has
+    installed the campaign's signal policy (while the task still unpickles and imports, which takes
+    tens of seconds on a loaded node), submitit's own handler calls :meth:`checkpoint` and requeues
+    the task, which has claimed nothing yet, instead of failing it as "not checkpointable"."""
 
     def __call__(self, spec: dict[str, Any]) -> int:
         return run_task(spec)
+
+    def checkpoint(self, spec: dict[str, Any]):
+        if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) >= int(spec.get("max_requeues", 0) or 0):
+            return None  # submitit ends the task: past the bound, as requeue_this_task
+        import submitit
+
+        print("worker: the time limit is near; requeueing Slurm task (before it started its worker)",
+              file=sys.stderr, flush=True)
+        return submitit.helpers.DelayedSubmission(self, spec)
 
 
 # -- launched workers ----------------------------------------------------------------------------
