@@ -360,3 +360,20 @@ def test_tracked_run_uploads_every_artifact(tracking_uri, experiment, tmp_path):
     for key in ("baseline_accuracy", "baseline_macro_f1", "peak_rss_mb", "artifacts_time_s", "retrieval_output_same_class"):
         assert key in metrics, key
     assert metrics["test_accuracy"] > metrics["baseline_accuracy"]
+
+
+def test_a_run_with_its_figures_off_never_imports_matplotlib():
+    """Not paying for what a run does not log: with every artifact switch off, ``cnnbench train``'s
+    builders (run record, test predictions, baseline) run without importing matplotlib."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, 'tests'); from conftest import ARTIFACTS_OFF\n"
+            "from cnnbench import api; from cnnbench.config import TrainConfig\n"
+            "c = TrainConfig().replace(run={'epochs': 1, 'quiet': True}, data={'train_size': 100}, artifacts=ARTIFACTS_OFF)\n"
+            "r = api.train(c, api.run_callbacks(c, tracker=False))\n"
+            "print('baseline_accuracy' in r.metrics, 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["True", "False"]

@@ -8,20 +8,34 @@ summary metric (and kept per builder in ``.seconds`` for benchmarks).
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import logging
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from cnnbench.artifacts import curves, evaluation, kernels, latent, memory, retrieval
+from cnnbench.artifacts import memory
 from cnnbench.config import TrainConfig
 from cnnbench.engine.probes import collect_features, evaluating
 from cnnbench.events import Callback, EvalResult, RunState
 from cnnbench.models.base import first_conv_weight
+
+
+class _OnFirstUse:
+    """A builder module imported when a builder first uses it: a run whose figure artifacts are off never
+    imports matplotlib (about a second of a run's start)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(f"cnnbench.artifacts.{self._name}"), attr)
+
+
+curves, evaluation, kernels, latent, retrieval = map(_OnFirstUse, ("curves", "evaluation", "kernels", "latent", "retrieval"))
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +197,13 @@ class LatentMaps(ArtifactCallback):
     run never reaches (early stopping, fewer epochs) is named in a note instead."""
 
     def __init__(self, samples: int = 2000, epochs: str = "0,middle,end", layer: str | None = None,
-                 perplexity: float = 30.0, iterations: int = latent.TSNE_ITERATIONS) -> None:
+                 perplexity: float = 30.0, iterations: int | None = None) -> None:
         super().__init__()
         self.samples = samples
         self.stages = [p.strip() for p in epochs.split(",")]
         self.layer = layer
         self.perplexity = perplexity
-        self.iterations = iterations
+        self.iterations = latent.TSNE_ITERATIONS if iterations is None else iterations
         self.indices: torch.Tensor | None = None
         self.made: set[str] = set()
 

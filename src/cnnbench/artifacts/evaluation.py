@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
-from cnnbench.artifacts.figures import as_numpy, plt, save, tile_figure
+# matplotlib and pandas are imported by the tables and figures that use them: a run with --no-confusion
+# --no-predictions writes its test predictions and majority baseline without either
+from cnnbench.artifacts.arrays import as_numpy
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 PREDICTIONS_FILE = "test_predictions.npz"
@@ -43,6 +47,7 @@ def confusion_tables(labels, predictions, classes: Sequence[str]) -> tuple[pd.Da
 
     Every class appears on both axes even when absent from the test set (its row is then zeros).
     """
+    import pandas as pd
     from sklearn.metrics import confusion_matrix
 
     names = list(classes)
@@ -58,6 +63,8 @@ def confusion_tables(labels, predictions, classes: Sequence[str]) -> tuple[pd.Da
 def write_confusion(labels, predictions, classes: Sequence[str], out_dir: Path) -> pd.DataFrame:
     """Write ``confusion_matrix.csv`` (counts), ``confusion_matrix_normalized.csv`` and the
     two-panel ``confusion_matrix.png`` into ``out_dir``; return the counts."""
+    from cnnbench.artifacts.figures import plt, save
+
     counts, normalised = confusion_tables(labels, predictions, classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts.to_csv(out_dir / "confusion_matrix.csv")
@@ -120,6 +127,8 @@ def majority_baseline(train_labels, test_labels, num_classes: int) -> dict[str, 
 def plot_predictions(images: torch.Tensor, labels, predictions, classes: Sequence[str], path: Path, count: int = 25) -> Path:
     """The first ``count`` (default 25) uint8 (N, C, H, W) images in a square grid, each titled
     ``GT:<class> P:<class>`` (red when wrong)."""
+    from cnnbench.artifacts.figures import save, tile_figure
+
     n = min(count, len(images))
     cols = int(np.ceil(np.sqrt(count)))
     y, p = as_numpy(labels), as_numpy(predictions)

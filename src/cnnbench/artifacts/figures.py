@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # headless: runs write files, never open windows
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from cnnbench.artifacts.arrays import as_numpy  # noqa: E402,F401  (re-exported: its old home)
 
 
 def save(fig: "plt.Figure", path: Path, dpi: int = 100, tight: bool = True) -> Path:
@@ -58,6 +59,3 @@ def safe_name(text: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("._")
     return cleaned or "class"
 
-
-def as_numpy(t: "torch.Tensor | np.ndarray") -> np.ndarray:
-    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
