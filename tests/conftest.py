@@ -4,6 +4,8 @@ migrations), a fresh experiment name per test, and a CLI runner that returns exi
 from __future__ import annotations
 
 import re
+import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -42,9 +44,39 @@ def fast_flags() -> list[str]:
     return list(FAST_FLAGS)
 
 
+_TEMPLATE: dict[str, object] = {}  # the session's tmp_path_factory, then the migrated template's path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _store_template_home(tmp_path_factory):
+    _TEMPLATE["factory"] = tmp_path_factory
+
+
+def new_store(folder: Path, name: str = "mlflow.db") -> str:
+    """The sqlite URI of a migrated, empty MLflow store at ``folder/name``, for tests that need a store of
+    their own but not its creation: a copy of one template migrated once per session (per xdist worker;
+    a fresh store costs seconds of schema migrations). The template has no Default experiment, so a copy
+    creates Default with its opener's artifact root, as a fresh store does. An existing file is kept."""
+    if "path" not in _TEMPLATE:
+        from mlflow.tracking import MlflowClient
+
+        path = _TEMPLATE["factory"].mktemp("mlflow-template") / "mlflow.db"
+        MlflowClient(f"sqlite:///{path}").search_experiments()
+        db = sqlite3.connect(path)
+        db.execute("DELETE FROM experiments WHERE experiment_id = 0")
+        db.commit()
+        db.close()
+        _TEMPLATE["path"] = path
+    target = Path(folder) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        shutil.copyfile(_TEMPLATE["path"], target)
+    return f"sqlite:///{target}"
+
+
 @pytest.fixture(scope="session")
-def tracking_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+def tracking_uri(tmp_path_factory, _store_template_home) -> str:
+    return new_store(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.fixture

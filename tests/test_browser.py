@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import FAST_FLAGS
+from conftest import FAST_FLAGS, new_store
 from faultkit import env
 from servers import Unavailable, mlflow_server
 
@@ -76,7 +76,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser")
-    uri = f"sqlite:///{folder}/mlflow.db"
+    uri = new_store(folder)
     (folder / "study.toml").write_text(STUDY)
     commands = [
         ["train", "--experiment", "browser-train", "--epochs", "1", *[f for f in SMALL if f != "--quiet"]],  # its UI lines

@@ -16,7 +16,7 @@ from cnnbench.errors import ConfigError
 from cnnbench.models import build_model
 from cnnbench.registry import PRESETS
 
-from conftest import tiny_config
+from conftest import new_store, tiny_config
 
 
 def test_every_preset_names_declared_options_with_valid_values():
@@ -42,7 +42,7 @@ def test_an_unknown_preset_is_refused_with_the_accepted_ones():
 
 
 def test_train_preset_logs_the_resolved_options_and_the_preset(cli, tmp_path, fast_flags):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"optim": {"lr": 0.3, "weight_decay": 0.01}}))
     result = cli("train", "--preset", "fast-cifar10", "--config", config, "--dataset", "edges",

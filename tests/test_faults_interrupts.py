@@ -11,6 +11,7 @@ import pytest
 from faultkit import FAST, Proc, artifact_paths, env, only_run, run_cli, signal_at, steps
 import mlflow
 from mlflow.tracking import MlflowClient
+from conftest import new_store
 
 pytestmark = pytest.mark.slow
 # faultkit's processes beat every second: a killed one's heartbeat is past 3 missed beats after this
@@ -19,7 +20,7 @@ HEARTBEAT_GONE_S = 3.5
 
 @pytest.fixture
 def store(tmp_path):
-    return f"sqlite:///{tmp_path}/mlflow.db"
+    return new_store(tmp_path)
 
 
 def train_args(store: str, experiment: str, epochs: int, *extra: str) -> list[str]:

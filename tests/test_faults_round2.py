@@ -45,6 +45,7 @@ import pytest
 from test_data_files import write_cifar, write_idx_set
 from test_data_imagefolder import write_tree
 
+from conftest import new_store
 from cnnbench.data import cifar, mnist
 from cnnbench.data.images import MAX_IMAGE_PIXELS
 
@@ -406,7 +407,7 @@ def test_R4_resume_after_sigkill_logs_each_epoch_once_and_says_which_are_retrain
     from faultkit import FAST, Proc, env, run_cli
     from mlflow.tracking import MlflowClient
 
-    store, epochs = f"sqlite:///{tmp_path}/mlflow.db", 8
+    store, epochs = new_store(tmp_path), 8
     environ = env(CNNBENCH_HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path))  # no other resume cache
     proc = Proc("train", "--tracking-uri", store, "--experiment", "r4", "--epochs", str(epochs), *FAST, environ=environ)
     run_id, deadline = None, time.monotonic() + 240

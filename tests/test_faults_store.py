@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from faultkit import FAST, Freezable, HangingHealthServer, Proc, env, free_port, run_cli, start_mlflow_server, steps, stop
 from mlflow.tracking import MlflowClient
+from conftest import new_store
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(cli, tmp_path):
 
     from cnnbench.config import TrainConfig
 
-    store = f"sqlite:///{tmp_path}/mlflow.db"
+    store = new_store(tmp_path)
     marker = tmp_path / "payload-ran"
     client = MlflowClient(store)
     exp = client.create_experiment("hostile")

@@ -16,6 +16,7 @@ import optuna
 import pytest
 from faultkit import FAST, Proc, env, run_cli
 from mlflow.tracking import MlflowClient
+from conftest import new_store
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ TRIAL = ["--epochs", "2", "--train-size", "300", *FAST, "--quiet", "--pruner", "
 
 @pytest.fixture
 def where(tmp_path):
-    return {"store": f"sqlite:///{tmp_path}/mlflow.db", "storage": f"sqlite:///{tmp_path}/optuna.db"}
+    return {"store": new_store(tmp_path), "storage": f"sqlite:///{tmp_path}/optuna.db"}
 
 
 def tune_args(where, study: str, *extra: str) -> list[str]:

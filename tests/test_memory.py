@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from conftest import new_store
 from cnnbench.errors import ConfigError
 from cnnbench.events import Callback
 from cnnbench.memory import largest_batch, measure, predict
@@ -206,7 +207,7 @@ def test_measure_on_cuda_without_a_gpu_exits_2(cli):
 def test_command_table_json_and_mlflow_run(cli, tmp_path):
     import mlflow
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     result = cli("memory", "lenet5", "--dataset", "digits", "--batch-sizes", "8,32", "--optimizers", "sgd,adam",
                  "--measure", "--budget-mb", "6", "--json", "--tracking-uri", uri, "--experiment", "mem")
     assert result.exit_code == 0, result.output

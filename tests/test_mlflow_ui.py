@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from conftest import new_store
 from cnnbench.tracking.experiments import KIND_MODEL_DEVELOPMENT, KIND_TAG, ensure_experiment
 
 KIND = {KIND_TAG: KIND_MODEL_DEVELOPMENT}
@@ -37,14 +38,14 @@ def test_train_creates_a_model_development_experiment(cli, tracking_uri, experim
 def test_campaign_tune_and_files_experiments_are_tagged(tmp_path):
     from cnnbench.campaign.runs import Parent
     from cnnbench.tracking.files_run import log_folder
-    from cnnbench.tune.tracker import ParentRun
+    from cnnbench.tune.tracker import start_parent
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     client = MlflowClient(uri)
     parent = Parent.create(client, "a-study", run_name="study x", role="study", campaign="x")
     parent.end("FINISHED")
-    tune = ParentRun.start(tracking_uri=uri, experiment="a-tune", run_name="tune", metric="val_accuracy",
-                           tags={"cnnbench.tune.study": "t"}, params={})
+    tune = start_parent(tracking_uri=uri, experiment="a-tune", run_name="tune", campaign="t",
+                        tags={"cnnbench.tune.study": "t"}, params={})
     tune.end("FINISHED")
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "a.txt").write_text("x")
@@ -55,7 +56,7 @@ def test_campaign_tune_and_files_experiments_are_tagged(tmp_path):
 
 
 def test_an_existing_empty_experiment_is_tagged_one_with_runs_or_a_kind_is_not(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(new_store(tmp_path))
     empty = client.create_experiment("empty")
     used = client.create_experiment("used")
     client.create_run(used)
@@ -72,7 +73,7 @@ def test_an_existing_empty_experiment_is_tagged_one_with_runs_or_a_kind_is_not(t
 
 
 def test_the_tracker_tags_an_empty_experiment_and_leaves_one_with_runs(cli, tmp_path, fast_flags):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     client = MlflowClient(uri)
     client.create_experiment("mine")
     client.create_run(client.get_experiment_by_name("mine").experiment_id)
@@ -131,7 +132,7 @@ def _study_parent(client, exp_id: str, budget: str | None) -> str:
 
 
 def test_study_report_picks_the_only_budget_that_ran_and_refuses_between_several(cli, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     client = MlflowClient(uri)
     exp = client.create_experiment("studies")
     _study_parent(client, exp, "quick")

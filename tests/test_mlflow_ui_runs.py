@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from test_study_run import GRID, PAIRS  # a 2 x 2 grid study (optimizer x batch size), 2 seeds
 
+from conftest import new_store
 from cnnbench.study.report import metric_name  # `cell/optimizer_sgd/mean`: '=' is not a metric-name character
 from cnnbench.tracking.campaign_notes import BEST_PREFIX, TAG_BEST_RUN
 
@@ -61,7 +62,7 @@ def links(client, run) -> list:
 
 # -- (2) bars and curves ---------------------------------------------------------------------
 def test_one_point_metrics_are_one_point_at_step_0_and_epoch_metrics_one_per_epoch(cli, tmp_path, fast_flags):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     flags = [f for f in fast_flags if f != "--no-log-model"]  # the test metrics logged with the model too
     for seed in ("0", "1"):
         result = cli("train", "--tracking-uri", uri, "--experiment", "bars", "--epochs", "2", "--train-size", "100",
@@ -86,7 +87,7 @@ def test_one_point_metrics_are_one_point_at_step_0_and_epoch_metrics_one_per_epo
 
 @pytest.mark.slow
 def test_a_study_parent_describes_itself_links_its_best_run_and_its_cells_name_seed_and_values(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     path = tmp_path / "grid.toml"
     path.write_text(GRID.format(epochs=1, train_size=100))
     # its own process, as a user starts it (the description repeats its command line); two workers:
@@ -134,7 +135,7 @@ def test_a_study_parent_describes_itself_links_its_best_run_and_its_cells_name_s
 # -- (3, 4) a tune ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_tune_parent_carries_the_best_trials_metrics_and_links_it_and_the_retrained_model(cli, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     result = cli("tune", "--tracking-uri", uri, "--experiment", "ui-tune", "--storage", f"sqlite:///{tmp_path}/o.db",
                  "--study-name", "ui-tune", "--trials", "3", "--n-jobs", "2", "--epochs", "1", "--train-size", "100",
                  "--pruner", "none", "--search", "lr=loguniform(1e-3,1e-2)", "--search", "batch_size=choice(32,64)",

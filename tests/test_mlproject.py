@@ -18,13 +18,14 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from conftest import new_store
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def mlflow_run(tmp_path, *args, without_conda=False, timeout=1200, project=REPO):
     """`mlflow run PROJECT ARGS` in a subprocess against a fresh SQLite store: (completed process, client)."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     bin_dir = str(Path(sys.executable).parent)  # `mlflow run` takes python and cnnbench from PATH
     # MLflow's fluent API exports MLFLOW_EXPERIMENT_ID (and friends) into os.environ when earlier
     # in-process tests pick an experiment; a user's shell has none of them.

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import new_store
 from cnnbench import api
 from cnnbench.config import TrainConfig
 from cnnbench.tracking.classifier_pyfunc import to_images
@@ -33,7 +34,7 @@ def trained(tmp_path_factory):
 
     from cnnbench.cli import main
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('export')}/mlflow.db"
+    uri = new_store(tmp_path_factory.mktemp("export"))
     result = CliRunner().invoke(main, ["train", "--tracking-uri", uri, "--experiment", "export", "--epochs", "6", *NO_EXTRAS],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output

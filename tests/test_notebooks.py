@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+from conftest import new_store
 
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def store(tmp_path_factory):
     from cnnbench.cli import main
 
     folder = tmp_path_factory.mktemp("nbstore")
-    uri = f"sqlite:///{folder}/mlflow.db"
+    uri = new_store(folder)
     common = ["--tracking-uri", uri, "--experiment", EXPERIMENT, "--epochs", "2", "--train-size", "300", *FAST]
     for lr in ("1e-3", "3e-3"):
         result = CliRunner().invoke(main, ["train", "--lr", lr, *common], catch_exceptions=False)

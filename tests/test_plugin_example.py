@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import new_store
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "plugins" / "cnnbench-example"
@@ -39,7 +40,7 @@ def test_example_plugin_is_listed_and_trains(plugin_site, tmp_path):
     line = next(l for l in listed.stdout.splitlines() if l.strip().startswith("tiny_cnn"))
     assert "[cnnbench-example]" in line
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     trained = _cnnbench(
         plugin_site, "train", "--model", "tiny_cnn", "--model-option", "width=4", "--epochs", "1",
         "--tracking-uri", uri, "--experiment", "plugin", "--no-tsne", "--no-log-model", "--quiet",

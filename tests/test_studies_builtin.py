@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import new_store
 from cnnbench import api
 from cnnbench.models.base import count_parameters
 from cnnbench.study import catalog, definition
@@ -101,7 +102,7 @@ def test_study_list_shows_every_recipe():
 
 
 def run_study(name: str, tmp_path: Path, *sets: str) -> tuple[str, MlflowClient, object]:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     cmd = [CNNBENCH, "study", "run", name, "--budget", "quick", "--tracking-uri", uri,
            "--storage", f"sqlite:///{tmp_path}/optuna.db", "--device", "cpu", "--workers", "2", "--format", "md"]
     for s in sets:
@@ -196,7 +197,7 @@ def test_cifar_recipe_cells_train_at_quick_budget_on_fake_files(name, fake_cifar
     120 images of fake CIFAR-10 files (the real ones are in ../shared, not in CI): the model, the
     data options (carved test split, train+val, crop padding, image size) and the artifacts the recipe
     asks for (a t-SNE layer and epochs, a retrieval layer) run end to end into a real MLflow store."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     for cell in distinct_cells(load(name, "quick")):
         c = cell.config
         config = c.replace(data={"data_dir": str(fake_cifar), "train_size": min(c.data.train_size or 120, 120)},

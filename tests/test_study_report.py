@@ -6,6 +6,7 @@ import math
 import pytest
 from scipy.stats import kendalltau
 
+from conftest import new_store
 from cnnbench.study import report as reports
 
 
@@ -192,7 +193,7 @@ def _store_study(tmp_path, correct: dict[str, np.ndarray], *, images_differ: boo
 
     from cnnbench.artifacts.evaluation import PREDICTIONS_FILE, write_test_predictions
 
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(new_store(tmp_path))
     exp = client.create_experiment("e")
     definition = _definition(list(correct), reference=next(iter(correct)), seeds=(0,))
     parent = client.create_run(exp, tags={"cnnbench.role": "study"}).info.run_id

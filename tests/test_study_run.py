@@ -19,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 from test_tune_study import postgres_url  # noqa: F401 -- the PostgreSQL server fixture, shared
+from conftest import new_store
 
 pytestmark = pytest.mark.slow
 
@@ -525,7 +526,7 @@ name = "other"
 def _until(cli, tmp_path, name: str, other: str, *extra: str):
     path = tmp_path / f"{name}.toml"
     path.write_text(UNTIL.format(name=name, other=other))
-    uri, storage = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/{name}.db"
+    uri, storage = new_store(tmp_path), f"sqlite:///{tmp_path}/{name}.db"
     result = cli("study", "run", str(path), "--tracking-uri", uri, "--storage", storage, "--format", "json",
                  "--until-decided", "--max-seeds", "4", "--seed-batch", "1", *extra)
     assert result.exit_code == 0, result.output

@@ -17,6 +17,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import new_store
 from cnnbench.errors import ConfigError
 from cnnbench.study.definition import load
 
@@ -230,7 +231,7 @@ def test_the_report_reads_trial_runs_as_cells_leaving_out_discarded_ones_and_cou
     discarded, another complete one)."""
     from cnnbench.study import report as reports
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     client = MlflowClient(uri)
     exp = client.create_experiment("search-report")
     study = load("s.toml", text())
