@@ -94,6 +94,30 @@ def quote(value: str) -> str:
     raise ValueError(f"{value!r} holds both quote characters, which an MLflow filter string cannot carry")
 
 
+CHILD_ROLES = ("trial", "cell")  # a campaign's job runs: they carry the parent's Source
+
+
+def create_run(client, experiment_id: str, *, run_name: str | None, role: str, campaign: str | None = None,
+               job: str | None = None, parent_run_id: str | None = None, owner: bool = True,
+               tags: dict[str, Any] | None = None) -> str:
+    """Create a run of ``role`` with ``MlflowClient.create_run`` and return its id: the identity tags
+    (:func:`identity`; ``owner=False`` for a run created already ended), ``tags``, the standard tags
+    ``mlflow.start_run`` would add, and for a child ``mlflow.parentRunId``,
+    a trial or cell also its campaign's Source (:func:`campaign_source`). The one place cnnbench
+    creates a run."""
+    from cnnbench.tracking import describe
+    from cnnbench.tracking.runs import text
+
+    written = {**identity(role, campaign=campaign, job=job, owner=owner), **(tags or {})}
+    if parent_run_id:
+        written["mlflow.parentRunId"] = parent_run_id
+        if role in CHILD_ROLES:
+            written.update(campaign_source(client, parent_run_id))
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={k: text(v) for k, v in describe.standard_tags(written).items()})
+    return run.info.run_id
+
+
 class Parent:
     """A campaign's parent run, written with ``MlflowClient`` only (never the fluent active run): its
     identity, a heartbeat while a command works on it (so ``runs --stale`` sees a live campaign as
@@ -103,16 +127,33 @@ class Parent:
         self.client, self.run_id = client, run_id
         self._beat = None
 
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
+
+    @property
+    def experiment_name(self) -> str:
+        return self.client.get_experiment(self.experiment_id).name
+
     @classmethod
     def create(cls, client, experiment: str, *, run_name: str, role: str, campaign: str,
-               tags: dict[str, Any] | None = None) -> "Parent":
-        from cnnbench.tracking import describe
+               tags: dict[str, Any] | None = None, adopt: bool = False) -> "Parent":
+        """A new parent run in ``experiment``; with ``adopt``, the run ``mlflow run`` created
+        (``$MLFLOW_RUN_ID``) instead, in its own experiment, tagged the same."""
+        import os
+
         from cnnbench.tracking.experiments import ensure_experiment
 
-        exp_id = ensure_experiment(client, experiment)
-        run = client.create_run(exp_id, run_name=run_name, tags=describe.standard_tags(
-            {**identity(role, campaign=campaign), **(tags or {})}))
-        return cls(client, run.info.run_id)
+        adopted = os.environ.get("MLFLOW_RUN_ID") if adopt else None
+        if adopted:
+            from cnnbench.tracking.mlproject import name_adopted_run
+
+            name_adopted_run(client, adopted, run_name, experiment)  # unless `mlflow run --run-name` named it
+            parent = cls(client, adopted)
+            parent.set_tags({**(tags or {}), **identity(role, campaign=campaign)})
+            return parent
+        return cls(client, create_run(client, ensure_experiment(client, experiment), run_name=run_name, role=role,
+                                      campaign=campaign, tags=tags))
 
     def attach(self) -> "Parent":
         """This command works on the campaign from now on: owner and heartbeat tags, RUNNING."""
@@ -148,6 +189,9 @@ class Parent:
 
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_folder(self, folder) -> None:
+        self.client.log_artifacts(self.run_id, str(folder))
 
     def end(self, status: str, reason: str | None = None) -> None:
         """End with ``status``; ``reason`` becomes ``failure_reason`` (an earlier command's is removed

@@ -18,7 +18,6 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -26,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from cnnbench.campaign.faults import fault_hook
 from cnnbench.campaign import DEFAULT_HEARTBEAT_S
 from cnnbench.campaign import runs as identity
+from cnnbench.campaign.data import DataCache
 from cnnbench.campaign.queue import Claim, Job, JobQueue, Lost
 from cnnbench.campaign.workers import LeaseKeeper, is_transient, thread_share
 from cnnbench.config import TrainConfig
@@ -43,7 +43,6 @@ TAG_ATTEMPT = "cnnbench.study.attempt"
 TAG_WORKER = "cnnbench.study.worker"
 TAG_STORAGE = "cnnbench.study.storage"
 TAG_DISCARDED = "cnnbench.study.discarded"  # a [search] trial run the report leaves out (its trial does not count)
-DATA_CACHE = 4  # prepared data sets a worker keeps (one per distinct data configuration and seed)
 WARMUP_STEPS = 3
 REASON_MAX_CHARS = 4000
 ENTRY = "cnnbench.study.run:work"  # what a worker process runs (cnnbench.campaign.workers)
@@ -178,8 +177,6 @@ def open_queue(url: str, study_name: str, *, heartbeat_interval: float, max_retr
 
 class Worker:
     def __init__(self, spec: WorkerSpec, *, queue: JobQueue | None = None, stream=None, progress=None) -> None:
-        from cnnbench.tune.objective import data_key
-
         self.spec = spec
         self.stream = stream or sys.stderr
         self.progress = progress  # called after each job (worker 0 prints the campaign's progress line)
@@ -192,8 +189,7 @@ class Worker:
         self.experiment_id = self.client.get_run(spec.parent_run_id).info.experiment_id
         self.id = worker_id(spec.index)
         self.label = f"[worker {spec.index}] " if spec.workers > 1 else ""
-        self.data_key = data_key
-        self._data: dict[tuple, Any] = {}
+        self.data = DataCache()
         self._warm: set[tuple] = set()
         self.stats = WorkerStats()
 
@@ -233,16 +229,6 @@ class Worker:
             close_lost(self.client, self.queue.reclaimed.pop())
         return claim
 
-    def data_for(self, config: TrainConfig):
-        from cnnbench import api
-
-        key = self.data_key(config)
-        if key not in self._data:
-            if len(self._data) >= DATA_CACHE:
-                self._data.pop(next(iter(self._data)))
-            self._data[key] = api.load_data(config)
-        return self._data[key]
-
     def run_cell(self, claim: Claim) -> None:
         from cnnbench import api
         from cnnbench.tracking.mlflow_tracker import MlflowTracker
@@ -269,7 +255,7 @@ class Worker:
             self._print(label, seed, "SKIPPED", skip, started)
             return
         try:
-            data = self.data_for(config)
+            data = self.data.get(config)
             fault_hook("data-loaded")
             self.warm_up(config, data)
             result = api.train(config, callbacks, data=data)
@@ -347,13 +333,15 @@ class Worker:
             torch.random.set_rng_state(state)
 
     def record_failed(self, config: TrainConfig, tags: dict[str, str], reason: str) -> None:
-        run = self.client.create_run(self.experiment_id, run_name=config.run.run_name, tags={
-            **tags, "mlflow.parentRunId": self.spec.parent_run_id, "failure_reason": reason,
-            "cnnbench.model": config.model.name, "cnnbench.dataset": config.data.name})
+        run_id = identity.create_run(self.client, self.experiment_id, run_name=config.run.run_name, role="cell",
+                                     campaign=self.spec.study_name, job=tags[identity.TAG_JOB],
+                                     parent_run_id=self.spec.parent_run_id, owner=False,
+                                     tags={**tags, "failure_reason": reason, "cnnbench.model": config.model.name,
+                                           "cnnbench.dataset": config.data.name})
         params = [Param(k, "None" if v is None else str(v)) for k, v in config.flat_params().items()]
         for start in range(0, len(params), 100):
-            self.client.log_batch(run.info.run_id, params=params[start : start + 100])
-        self.client.set_terminated(run.info.run_id, "FAILED")
+            self.client.log_batch(run_id, params=params[start : start + 100])
+        self.client.set_terminated(run_id, "FAILED")
 
     def _print(self, label: str, seed: int, state: str, outcome: str, started: float) -> None:
         print(f"{self.label}{label} / seed {seed}  {state}  {outcome}  ({time.perf_counter() - started:.1f} s)",

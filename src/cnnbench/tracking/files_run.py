@@ -22,14 +22,13 @@ def log_folder(*, tracking_uri: str, experiment: str, run_name: str, command: st
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from cnnbench.campaign.runs import identity
+    from cnnbench.campaign.runs import create_run
     from cnnbench.tracking.experiments import ensure_experiment
 
     client = MlflowClient(tracking_uri)
-    exp_id = ensure_experiment(client, experiment)
     # identity role "filters": cnnbench filters is this module's one command
-    tags = {"cnnbench.command": command, **identity("filters")}
-    run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+    run_id = create_run(client, ensure_experiment(client, experiment), run_name=run_name, role="filters",
+                        tags={"cnnbench.command": command})
     try:
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],

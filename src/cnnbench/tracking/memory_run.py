@@ -16,7 +16,7 @@ from typing import Any, Callable
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from cnnbench.campaign.runs import identity
+from cnnbench.campaign.runs import create_run
 from cnnbench.tracking.experiments import ensure_experiment
 from cnnbench.tracking.store import check_reachable, resolve_uri
 
@@ -35,9 +35,8 @@ def log_sweep(*, tracking_uri: str, experiment: str, run_name: str, params: dict
               columns: tuple[str, ...], summary: dict[str, float], write_plot: Callable[[Path], Path]) -> str:
     """Log one sweep as a finished run; returns its run id."""
     client = MlflowClient(tracking_uri)
-    exp_id = ensure_experiment(client, experiment)
-    run = client.create_run(exp_id, run_name=run_name, tags={"cnnbench.command": "memory", **identity("memory")})
-    run_id = run.info.run_id
+    run_id = create_run(client, ensure_experiment(client, experiment), run_name=run_name, role="memory",
+                        tags={"cnnbench.command": "memory"})
     try:
         now = int(time.time() * 1000)
         metrics = [Metric(f"{key}_{r['optimizer']}", float(r[key]), now, int(r["batch_size"]))

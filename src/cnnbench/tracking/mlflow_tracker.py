@@ -130,12 +130,11 @@ class MlflowTracker(Callback):
         if self.run_id is None:
             exp_id = ensure_experiment(self.client, self.experiment)  # tagged: the UI opens on the runs table
             mlflow.set_experiment(experiment_id=exp_id)
-            tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
             # a campaign child carries its parent's Source (campaign.runs.campaign_source), set at creation
-            tags.update({k: v for k, v in self.extra_tags.items() if k in campaign_runs.SOURCE_TAGS})
-            created = self.client.create_run(exp_id, run_name=self.run_name or describe.run_name(run.config),
-                                             tags=describe.standard_tags(tags))
-            self.run_id = created.info.run_id
+            source = {k: v for k, v in self.extra_tags.items() if k in campaign_runs.SOURCE_TAGS}
+            self.run_id = campaign_runs.create_run(self.client, exp_id, run_name=self.run_name or describe.run_name(run.config),
+                                                   role=campaign_runs.role_of(self.extra_tags),
+                                                   parent_run_id=self.parent_run_id, tags=source)
         else:  # fluent start_run refuses a run outside the experiment an earlier set_experiment chose
             if self.adopted_mlflow_run:  # named like any cnnbench run, unless `mlflow run --run-name` named it
                 from cnnbench.tracking.mlproject import name_adopted_run

@@ -21,6 +21,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from cnnbench import api
+from cnnbench.campaign.data import DATA_CACHE, DataCache
 from cnnbench.campaign.faults import fault_hook
 from cnnbench.config import TrainConfig
 from cnnbench.tune.reporter import PruningReporter, best_of
@@ -52,12 +53,6 @@ def trial_label(number: int, values: dict[str, Any]) -> str:
     return f"trial {number} (" + ", ".join(f"{short(k)}={_short(v)}" for k, v in values.items()) + ")"
 
 
-def data_key(config: TrainConfig) -> tuple:
-    d = config.data
-    return (d.name, tuple(sorted((k, str(v)) for k, v in d.options.items())), d.data_dir, d.val_split,
-            d.train_size, d.image_size, d.download, config.run.seed)
-
-
 class Objective:
     """With ``seeds`` > 1 a trial trains its configuration once per seed (``--seed``, ``--seed + 1``,
     ...), each in its own child run, and scores the mean of the seeds' best epochs; the pruner
@@ -72,14 +67,10 @@ class Objective:
         self.label = label
         self.stream = stream or sys.stdout
         self.seeds = seeds
-        self._data: tuple[tuple, Any] | None = None
+        self._data = DataCache(min(seeds, DATA_CACHE))  # a trial's seeds each load their own split
 
     def data_for(self, config: TrainConfig):
-        config = api.resolve(config).config  # typed dataset options (text "false" is not truthy)
-        key = data_key(config)
-        if self._data is None or self._data[0] != key:
-            self._data = (key, api.load_data(config))
-        return self._data[1]
+        return self._data.get(api.resolve(config).config)  # typed dataset options (text "false" is not truthy)
 
     def __call__(self, trial: optuna.Trial) -> float:
         ctx = self.context

@@ -31,7 +31,8 @@ from cnnbench.tune.space import SearchSpace, parse_space, restrict
 from cnnbench.tune.objective import trial_label
 from cnnbench.tune.study import (WorkerSpec, build_pruner, build_sampler, counted, open_study, quiet_optuna, run_workers,
                                  sweep_orphan_runs, trials_of)
-from cnnbench.tune.tracker import TAG_RETRAIN, TAG_STORAGE, TAG_STUDY, ParentRun, best_trial, close_dead_trial_run
+from cnnbench.campaign.runs import Parent
+from cnnbench.tune.tracker import TAG_RETRAIN, TAG_STORAGE, TAG_STUDY, best_trial, close_dead_trial_run, start_parent
 from cnnbench.campaign.runs import campaign_source
 from cnnbench.tracking import campaign_notes
 from cnnbench.tracking.describe import experiment_name
@@ -186,9 +187,9 @@ def run(plan: Plan, *, stream=None) -> Outcome:
         print(f"note: {note}", file=stream)
     print(f"study {name!r} ({'resumed, ' + str(len(plan.study.trials)) + ' trials so far' if plan.resumed else 'new'}) "
           f"in {storages.redact(plan.storage_url)}; searching {', '.join(plan.space.texts().values())}", file=stream)
-    parent = ParentRun.start(
+    parent = start_parent(
         tracking_uri=plan.tracking_uri, experiment=experiment_name(req.config.run.experiment),
-        run_name=req.config.run.run_name or f"tune-{name}", metric=req.metric, campaign=name,
+        run_name=req.config.run.run_name or f"tune-{name}", campaign=name,
         tags={TAG_STUDY: name, TAG_STORAGE: storages.redact(plan.storage_url), "cnnbench.tune.resumed": plan.resumed,
               "mlflow.note.content": campaign_notes.tune_description(plan),
               "cnnbench.model": req.config.model.name, "cnnbench.dataset": req.config.data.name,
@@ -240,7 +241,7 @@ def run(plan: Plan, *, stream=None) -> Outcome:
     return outcome
 
 
-def finish(plan: Plan, parent: ParentRun, before: set[int], wall_time_s: float, *, stream) -> Outcome:
+def finish(plan: Plan, parent: Parent, before: set[int], wall_time_s: float, *, stream) -> Outcome:
     """The study report on the parent run: counts, best, trials.csv, plots; then the retrain."""
     req = plan.request
     study = optuna.load_study(study_name=plan.study.study_name, storage=plan.storage)
@@ -282,7 +283,7 @@ def finish(plan: Plan, parent: ParentRun, before: set[int], wall_time_s: float, 
                    dict(best.params) if best else {}, retrain_id, wall_time_s, plan.tracking_uri, failures, failed, missing)
 
 
-def _retrain(plan: Plan, parent: ParentRun, best: optuna.trial.FrozenTrial, *, stream) -> str:
+def _retrain(plan: Plan, parent: Parent, best: optuna.trial.FrozenTrial, *, stream) -> str:
     from cnnbench.tune.retrain import retrain_best
 
     epochs = plan.request.retrain_epochs or TrainConfig().run.epochs

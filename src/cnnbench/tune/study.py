@@ -178,7 +178,8 @@ def _run_worker(spec: WorkerSpec, storage) -> None:
 
     from cnnbench.campaign.storage import open_storage
     from cnnbench.tune.objective import Objective, StudyContext
-    from cnnbench.tune.tracker import ParentRun, close_dead_trial_run
+    from cnnbench.campaign.runs import Parent
+    from cnnbench.tune.tracker import best_logger, close_dead_trial_run
 
     config = TrainConfig.from_dict(spec.config, source="worker spec")
     space = SearchSpace(tuple(parse_expression(t, config) for t in spec.space))
@@ -188,7 +189,7 @@ def _run_worker(spec: WorkerSpec, storage) -> None:
     study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=build_pruner(spec.pruner, config.run.epochs))
     # a seed per worker and per resume: identical random streams would propose the same trials again
     study.sampler = build_sampler(spec.sampler, spec.seed + spec.index + 7919 * len(study.trials), space)
-    parent = ParentRun(MlflowClient(spec.tracking_uri), spec.parent_run_id, spec.experiment, spec.metric)
+    parent = Parent(MlflowClient(spec.tracking_uri), spec.parent_run_id)
     context = StudyContext(spec.study_name, spec.parent_run_id, spec.experiment, spec.tracking_uri,
                            parent.experiment_id, spec.metric, spec.direction == "maximize",
                            tuple(spec.study_tags.items()))
@@ -214,7 +215,7 @@ def _run_worker(spec: WorkerSpec, storage) -> None:
             break
         try:
             study.optimize(run_trial, n_trials=spec.n_trials - started, timeout=remaining, catch=(Exception,),
-                           callbacks=[objective.progress, parent.log_best], gc_after_trial=False)
+                           callbacks=[objective.progress, best_logger(parent, spec.metric)], gc_after_trial=False)
             break
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as err:
             # This worker was stopped (SIGSTOP, a long pause) and its trial failed as stale by another

@@ -9,7 +9,6 @@ end FAILED (KILLED on Ctrl-C) with ``failure_reason``.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,10 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from cnnbench.campaign.faults import fault_hook
-from cnnbench.campaign.runs import campaign_source, identity
+from cnnbench.campaign.runs import create_run
 from cnnbench.events import RunState
 from cnnbench.tracking import describe
 from cnnbench.tracking import runs as mlruns
-from cnnbench.tracking.experiments import ensure_experiment
 from cnnbench.tracking.mlflow_tracker import FAILURE_REASON_MAX_CHARS, SUMMARY_STEP, MlflowTracker, git_commit
 
 TAG_STUDY = "cnnbench.tune.study"
@@ -62,14 +60,13 @@ class TrialTracker(MlflowTracker):
         number, seed = self.trial.number, run.config.run.seed
         later = self.seed_runs is not None
         job = f"trial-{number}:seed-{seed}" if later else f"trial-{number}"
-        tags = {**self._tags(run), **identity("trial", campaign=self.study_name, job=job),
-                "mlflow.parentRunId": self.parent_run_id, TAG_STUDY: self.study_name, "cnnbench.seed": str(seed),
-                "trial_number": str(number), "trial_state": "RUNNING", **self.extra_tags, **run.tags,
+        tags = {**self._tags(run), TAG_STUDY: self.study_name, "cnnbench.seed": str(seed), "trial_number": str(number),
+                "trial_state": "RUNNING", **self.extra_tags, **run.tags,
                 "mlflow.note.content": describe.description(run, heading=f"Trial {number} of study `{self.study_name}`"
                                                             + (f", seed {seed}." if later else "."))}
-        tags.update(campaign_source(self.client, self.parent_run_id))  # one Source for the campaign's runs
         name = describe.trial_run_name(run.config, number, self.trial.params, seed if later or self._seeded() else None)
-        self.run_id = run.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=describe.standard_tags(tags)).info.run_id
+        self.run_id = run.run_id = create_run(self.client, self.experiment_id, run_name=name, role="trial",
+                                              campaign=self.study_name, job=job, parent_run_id=self.parent_run_id, tags=tags)
         self._ended = False
         fault_hook("trial-run-created")
         if later:
@@ -162,14 +159,13 @@ def record_failed_trial(client: MlflowClient, experiment_id: str, parent_run_id:
                         study_name: str, values: dict[str, Any], reason: str,
                         extra_tags: dict[str, str] | None = None) -> str:
     """A child run for a trial that failed before training started (so every trial has its run)."""
-    run = client.create_run(experiment_id, run_name=describe.trial_run_name(None, trial.number, values), tags={
-        **identity("trial", campaign=study_name, job=f"trial-{trial.number}", owner=False),
-        **campaign_source(client, parent_run_id), **(extra_tags or {}),
-        "mlflow.parentRunId": parent_run_id, TAG_STUDY: study_name, "trial_number": str(trial.number), "trial_state": "FAIL", "failure_reason": reason[:FAILURE_REASON_MAX_CHARS],
-    })
-    mlruns.log_params(client, run.info.run_id, {**values, "trial_number": trial.number})
-    client.set_terminated(run.info.run_id, "FAILED")
-    return run.info.run_id
+    run_id = create_run(client, experiment_id, run_name=describe.trial_run_name(None, trial.number, values), role="trial",
+                        campaign=study_name, job=f"trial-{trial.number}", parent_run_id=parent_run_id, owner=False,
+                        tags={**(extra_tags or {}), TAG_STUDY: study_name, "trial_number": str(trial.number),
+                              "trial_state": "FAIL", "failure_reason": reason[:FAILURE_REASON_MAX_CHARS]})
+    mlruns.log_params(client, run_id, {**values, "trial_number": trial.number})
+    client.set_terminated(run_id, "FAILED")
+    return run_id
 
 
 def close_dead_trial_run(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> None:
@@ -189,77 +185,34 @@ def close_dead_trial_run(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> 
         client.set_terminated(run_id, "FAILED")
 
 
-class ParentRun:
-    """The tune invocation's run: study tags, fixed settings, best-so-far, and the study report."""
+def best_logger(parent, metric: str):
+    """A study callback logging to the tune ``parent`` (a :class:`cnnbench.campaign.runs.Parent`) the
+    best value so far as metric ``best_<metric>`` (step = trial number) and the best params as tags
+    ``best_<name>`` (MLflow params cannot change; they are logged at the end)."""
+    last: list[tuple] = []
 
-    def __init__(self, client: MlflowClient, run_id: str, experiment_name: str, metric: str) -> None:
-        self.client = client
-        self.run_id = run_id
-        self.experiment_name = experiment_name
-        self.metric = metric
-        self._last_best: tuple | None = None
-        self.heartbeat: mlruns.Heartbeat | None = None
-
-    @classmethod
-    def start(cls, *, tracking_uri: str, experiment: str, run_name: str, metric: str,
-              tags: dict[str, str], params: dict[str, Any], campaign: str | None = None) -> "ParentRun":
-        """Create the run, or adopt the one ``mlflow run`` created (``$MLFLOW_RUN_ID``) and its experiment.
-        ``campaign``: the Optuna study name (default: the ``cnnbench.tune.study`` tag)."""
-        client = MlflowClient(tracking_uri)
-        run_id = os.environ.get("MLFLOW_RUN_ID")
-        if run_id:
-            from cnnbench.tracking.mlproject import name_adopted_run
-
-            name_adopted_run(client, run_id, run_name, experiment)  # unless `mlflow run --run-name` named it
-            exp_id = client.get_run(run_id).info.experiment_id
-        else:
-            exp_id = ensure_experiment(client, experiment)
-            run_id = client.create_run(exp_id, run_name=run_name, tags=describe.standard_tags()).info.run_id  # Source, user, commit
-        exp_name = client.get_experiment(exp_id).name
-        parent = cls(client, run_id, exp_name, metric)
-        base_tags = identity("tune", campaign=campaign or tags.get(TAG_STUDY))  # owner and first heartbeat included
-        commit = git_commit()
-        if commit:
-            base_tags["cnnbench.git_commit"] = commit
-        parent.set_tags({**tags, **base_tags})
-        parent.heartbeat = mlruns.Heartbeat(client, run_id).start()  # `cnnbench runs --stale` finds a killed tune
-        parent.log_params(params)
-        return parent
-
-    @property
-    def experiment_id(self) -> str:
-        return self.client.get_run(self.run_id).info.experiment_id
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        mlruns.set_tags(self.client, self.run_id, tags)
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        """Log params it does not hold yet (``mlflow run`` logs its ``-P`` values, and MLflow refuses a
-        second value for a key)."""
-        existing = self.client.get_run(self.run_id).data.params
-        mlruns.log_params(self.client, self.run_id, params, skip=existing)
-
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-    def log_best(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """Study callback: the best value so far as metric ``best_<metric>`` (step = trial number) and
-        the best params as tags ``best_<name>`` (MLflow params cannot change; they are logged at the end)."""
+    def log_best(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         best = best_trial(study)
-        if best is None or (best.number, best.value) == self._last_best:
+        if best is None or [(best.number, best.value)] == last:
             return  # unchanged: no write (the metric's step plot keeps the level)
-        self._last_best = (best.number, best.value)
-        self.log_metrics({f"best_{self.metric}": best.value}, step=trial.number)
-        self.set_tags({**{f"best_{k}": v for k, v in best.params.items()}, "best_trial_number": best.number})
+        last[:] = [(best.number, best.value)]
+        parent.log_metrics({f"best_{metric}": best.value}, step=trial.number)
+        parent.set_tags({**{f"best_{k}": v for k, v in best.params.items()}, "best_trial_number": best.number})
 
-    def log_folder(self, folder: Path) -> None:
-        self.client.log_artifacts(self.run_id, str(folder))
+    return log_best
 
-    def end(self, status: str = "FINISHED") -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
-        self.client.set_terminated(self.run_id, status)
+
+def start_parent(*, tracking_uri: str, experiment: str, run_name: str, campaign: str, tags: dict[str, Any],
+                 params: dict[str, Any]):
+    """The tune invocation's parent run (or the one ``mlflow run`` created, ``$MLFLOW_RUN_ID``), with
+    its study tags, fixed settings, owner and heartbeat."""
+    from cnnbench.campaign.runs import Parent
+
+    commit = git_commit()
+    parent = Parent.create(MlflowClient(tracking_uri), experiment, run_name=run_name, role="tune", campaign=campaign,
+                           tags={**tags, **({"cnnbench.git_commit": commit} if commit else {})}, adopt=True).attach()
+    parent.log_params(params)
+    return parent
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
