@@ -35,7 +35,7 @@ def overhead(trials: int) -> dict:
     from cnnbench.tune.space import parse_space
     from cnnbench.campaign.storage import open_storage
     from cnnbench.tune.study import quiet_optuna
-    from cnnbench.tune.tracker import ParentRun, TrialTracker
+    from cnnbench.tune.tracker import TrialTracker, start_parent
 
     quiet_optuna()
     folder = Path(tempfile.mkdtemp(prefix="bench-tune-"))
@@ -43,7 +43,7 @@ def overhead(trials: int) -> dict:
     config = TrainConfig().replace(run={"epochs": 1, "tracking_uri": uri}, data={"train_size": 10}, optim={"batch_size": 10})
     space = parse_space(("lr=loguniform(1e-4,1e-2)",), config)
     data = api.load_data(config)
-    parent = ParentRun.start(tracking_uri=uri, experiment="bench", run_name="bench", metric="val_accuracy", tags={}, params={})
+    parent = start_parent(tracking_uri=uri, experiment="bench", run_name="bench", campaign="bench", tags={}, params={})
     storage = open_storage(f"sqlite:///{folder}/optuna.db", heartbeat_interval=30)
     study = optuna.create_study(storage=storage, study_name="bench", direction="maximize")
     objective = Objective(config, space, StudyContext("bench", parent.run_id, parent.experiment_name, uri, parent.experiment_id),
