@@ -24,14 +24,17 @@ from torch import nn
 from cnnbench.data.augment import AugmentParams
 from cnnbench.data.loader import DeviceLoader
 from cnnbench.engine import checkpoint, interrupts, precision
-from cnnbench.engine.optim import build_optimizer, build_scheduler, freeze, penalised_parameters, penalty, steps_per_batch
-from cnnbench.errors import TrainingError
+from cnnbench.engine.optim import (BUDGET_MARGIN, budget_steps, build_optimizer, build_scheduler, freeze, penalised_parameters, penalty,
+                                   steps_per_batch)
+from cnnbench.errors import ConfigError, TrainingError
 from cnnbench.events import Callback, EvalResult, RunState, dispatch
 
 log = logging.getLogger(__name__)
 
 NAN_CHECK_EVERY = 16  # off CPU, checking the loss every step would stall the device queue
 CHECKPOINT_EVERY_S = 60.0  # seconds between last.pt writes during training (see the module docstring)
+BUDGET_MEASURE_SHARE = 0.03  # --time-budget: the share of epoch 1 timed (after one warm-up step) ...
+BUDGET_MEASURE_STEPS = (3, 50)  # ... at least / at most this many steps
 
 
 @dataclass
@@ -87,6 +90,9 @@ class Trainer:
 
     def __init__(self, run: RunState, callbacks: list[Callback]) -> None:
         cfg = run.config
+        # --time-budget counts from the start of api.train: its phases so far are in the summary metrics
+        self.origin = time.perf_counter() - sum(v for k, v in run.summary_metrics.items()
+                                                if k.startswith("time_") and k.endswith("_s"))
         self.run, self.callbacks, self.cfg = run, callbacks, cfg
         nhwc = precision.channels_last_for(cfg.run.channels_last, run.device.type, cfg.model.name)
         run.params["memory_format"] = "channels_last" if nhwc else "contiguous"
@@ -103,8 +109,23 @@ class Trainer:
             run.params["trainable_param_count"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.optimizer = build_optimizer(cfg.optim, self.model)
         steps = math.ceil(len(self.loaders["train"]) / cfg.optim.grad_accum)
-        self.scheduler = build_scheduler(cfg.optim, self.optimizer, epochs=cfg.run.epochs, steps_per_epoch=steps)
-        self.per_step = steps_per_batch(cfg.optim)
+        self.budget = cfg.run.time_budget
+        self.epochs = cfg.run.epochs  # a --time-budget run lowers it once it has measured its speed
+        self.plan: dict | None = None  # --time-budget: the chosen length (see plan_budget)
+        self.measure: tuple[float, int, int] | None = None  # (time, global step, images) after the warm-up step
+        self.speeds: dict[str, float] = {}  # measured by this process (a resumed run keeps its plan)
+        self.elapsed_at_plan = 0.0
+        self.last_lr = 0.0  # the rate of the last optimizer step
+        # a --time-budget run starts on the schedule sized for --epochs; plan_budget rebuilds it for the chosen length
+        self.scheduler = build_scheduler(cfg.optim, self.optimizer, epochs=cfg.run.epochs, steps_per_epoch=steps,
+                                         total_steps=cfg.run.epochs * steps if self.budget is not None else None)
+        self.per_step = steps_per_batch(cfg.optim, budgeted=self.budget is not None)
+        if self.budget is not None:
+            run.params["time_budget_s"] = self.budget
+            spent = time.perf_counter() - self.origin
+            if spent >= self.budget:
+                raise ConfigError(f"--time-budget {self.budget:g} s was used up before training began ({spent:.1f} s "
+                                  f"for imports, data and setup); give a larger budget")
         self.penalised = penalised_parameters(self.model, cfg.optim.penalty_on) if (cfg.optim.l1 or cfg.optim.l2) else []
         self.ckpt_dir = run.artifacts_dir / "checkpoints"
         self.best: dict = {"val_accuracy": -1.0, "epoch": 0}
@@ -135,12 +156,15 @@ class Trainer:
             "timing": {"train_time_s": self.train_time_s, "train_images": self.train_images},
             "rng": checkpoint.rng_state(run.device),
             "training_done": self.training_done,
+            "budget": self.plan,
         }
 
     def restore(self, state: dict) -> None:
         checkpoint.check_resumable(state)
         run = self.run
         self.model.load_state_dict(state["model"])
+        if state.get("budget"):  # the length chosen when the run measured its speed (not measured again)
+            self.apply_plan(state["budget"], done_steps=0)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
@@ -157,7 +181,7 @@ class Trainer:
         self.train_images = int(timing.get("train_images", 0))
         if "rng" in state:
             checkpoint.set_rng_state(state["rng"], run.device)
-        self.training_done = bool(state.get("training_done")) or run.epoch >= self.cfg.run.epochs
+        self.training_done = bool(state.get("training_done")) or run.epoch >= self.epochs
 
     def snapshot(self) -> None:
         """Keep a CPU copy of the current state (what the next ``last.pt`` will hold)."""
@@ -180,14 +204,17 @@ class Trainer:
         self.snapshot()  # an interrupt in the first epoch still leaves something to resume
         dispatch(self.callbacks, "on_run_start", run)
         # A run interrupted after its epochs (testing, artifacts, model logging) resumes right here.
-        for epoch in range(run.epoch + 1, cfg.run.epochs + 1) if not self.training_done else ():
+        epoch = run.epoch
+        while not self.training_done and epoch < self.epochs:  # a --time-budget run sets self.epochs in epoch 1
+            epoch += 1
+            epoch_started = time.perf_counter()
             dispatch(self.callbacks, "on_epoch_start", run, epoch)
             metrics = self.epoch(epoch)
             run.epoch = epoch
             run.history.append({"epoch": epoch, **metrics})
             self.track_best(epoch, metrics["val_accuracy"])
             stop = bool(cfg.run.patience) and epoch - self.best["epoch"] >= cfg.run.patience
-            self.training_done = stop or epoch == cfg.run.epochs
+            self.training_done = stop or epoch >= self.epochs
             self.snapshot()
             # the first epoch of a process is always written (and uploaded by the tracker): a run killed
             # without any cleanup (SIGKILL) can then be resumed; later ones at most every CHECKPOINT_EVERY_S
@@ -197,6 +224,9 @@ class Trainer:
             dispatch(self.callbacks, "on_epoch_end", run, epoch, metrics)
             if last is not None:
                 dispatch(self.callbacks, "on_checkpoint", run, last)
+            if self.speeds and epoch == run.start_epoch + 1 and not self.training_done:
+                self.replan_budget(time.perf_counter() - epoch_started)
+                self.training_done = epoch >= self.epochs
             if stop:
                 note = (f"early stopping after epoch {epoch}: val_accuracy has not improved for {cfg.run.patience} "
                         f"epochs; testing the best epoch ({self.best['epoch']})")
@@ -216,6 +246,8 @@ class Trainer:
             "best_epoch": float(self.best["epoch"]),
             "epochs_completed": float(run.epoch),
         }
+        if self.plan is not None:
+            summary["budget_last_step_lr"] = float(self.last_lr)  # the rate the last step trained with
         dispatch(self.callbacks, "on_run_end", run, summary)
         return FitResult(run.history, test, summary)
 
@@ -292,6 +324,7 @@ class Trainer:
         nonfinite = torch.zeros((), device=run.device, dtype=torch.bool)
         n = 0
         self.optimizer.zero_grad(set_to_none=True)
+        started = time.perf_counter()
         for i, (x, y) in enumerate(loader):
             group_start = (i // accum) * accum
             group_end = min(group_start + accum, num_batches)
@@ -307,6 +340,7 @@ class Trainer:
             self.prec.backward(total * (len(y) / group_images))
             if i + 1 == group_end:
                 self.prec.step(self.optimizer)
+                self.last_lr = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.per_step and self.scheduler is not None:
                     self.scheduler.step()
@@ -318,7 +352,135 @@ class Trainer:
             loss_sum += loss.detach().float() * len(y)
             correct += (out.detach().argmax(1) == y).sum()
             n += len(y)
+            if i + 1 == group_end and self.budget is not None:
+                if self.plan is None:
+                    self.measure_budget(x, n, started, last=i + 1 == num_batches)
+                if self.plan is not None and run.global_step >= self.plan["total_steps"]:
+                    break  # the chosen length ends inside this epoch
         return float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n
+
+    # -- --time-budget -------------------------------------------------------------------------
+    def measure_budget(self, x: torch.Tensor, images: int, epoch_started: float, *, last: bool) -> None:
+        """Called after each optimizer step until the run has a plan: the first step is a warm-up
+        (not timed), the next ones (BUDGET_MEASURE_SHARE of the epoch, within BUDGET_MEASURE_STEPS)
+        measure the training speed; then :meth:`plan_budget`. An epoch shorter than that is timed
+        whole (its first step included)."""
+        run = self.run
+        if self.measure is None and not last:
+            self._sync()
+            self.measure = (time.perf_counter(), run.global_step, images)
+            return
+        low, high = BUDGET_MEASURE_STEPS
+        wanted = min(high, max(low, math.ceil(BUDGET_MEASURE_SHARE * run.steps_per_epoch)))
+        if self.measure is not None and run.global_step - self.measure[1] < wanted and not last:
+            return
+        self._sync()
+        t0, _, images0 = self.measure if self.measure is not None else (epoch_started, 0, 0)
+        seconds = max(time.perf_counter() - t0, 1e-9)
+        self.plan_budget(x, (images - images0) / seconds)
+
+    def plan_budget(self, x: torch.Tensor, images_per_s: float) -> None:
+        """Choose the run's length from the measured training speed and an evaluation speed timed on
+        the batch ``x`` (see :meth:`choose_length`); refuse a budget too small for one more step."""
+        self.speeds = {"images_per_s": images_per_s, "eval_images_per_s": self._eval_images_per_s(x),
+                       "epoch_overhead_s": 0.0}
+        if not self.choose_length():
+            raise TrainingError(self._too_small())
+
+    def replan_budget(self, epoch_s: float) -> None:
+        """After the process's first epoch: what it cost beyond its predicted steps and evaluation
+        (logging, snapshots, checkpoints: ``budget_epoch_overhead_s``) is added to every later
+        epoch's cost and the length chosen again; no room for another step ends training here."""
+        predicted = self.run.steps_per_epoch * self._step_s() + self._epoch_eval_s()
+        self.speeds["epoch_overhead_s"] = max(0.0, epoch_s - predicted)
+        if not self.choose_length():
+            self.apply_plan({"total_steps": self.run.global_step, "epochs": self.run.epoch}, done_steps=self.run.global_step)
+
+    def _step_s(self) -> float:
+        return self.cfg.optim.batch_size * self.cfg.optim.grad_accum / self.speeds["images_per_s"]
+
+    def _epoch_eval_s(self) -> float:
+        data, rate = self.run.data, self.speeds["eval_images_per_s"]
+        return (len(data.val.labels) + (len(data.test.labels) if self.cfg.run.test_every_epoch else 0)) / rate
+
+    def choose_length(self) -> bool:
+        """The most steps that fit in what is left of the budget (:func:`cnnbench.engine.optim.
+        budget_steps`), ``--epochs`` the upper bound; logged (``budget_*`` summary metrics, a note) and
+        the schedule sized to it. False when not one more step fits."""
+        run, cfg, speeds = self.run, self.cfg, self.speeds
+        elapsed = time.perf_counter() - self.origin
+        spe = max(1, run.steps_per_epoch)
+        max_steps = cfg.run.epochs * spe
+        total = max_steps if run.global_step >= max_steps else budget_steps(
+            budget_s=self.budget, elapsed_s=elapsed, step_s=self._step_s(),
+            epoch_eval_s=self._epoch_eval_s() + speeds["epoch_overhead_s"],
+            final_eval_s=len(run.data.test.labels) / speeds["eval_images_per_s"], steps_per_epoch=spe,
+            done_steps=run.global_step, max_steps=max_steps)
+        self.elapsed_at_plan = elapsed
+        if total == 0:
+            return False
+        self.apply_plan({"total_steps": total, "epochs": math.ceil(total / spe)}, done_steps=run.global_step)
+        run.summary_metrics.update({
+            "budget_steps": float(total), "budget_epochs": total / spe,
+            "budget_measured_images_per_s": speeds["images_per_s"],
+            "budget_eval_images_per_s": speeds["eval_images_per_s"],
+            "budget_epoch_overhead_s": speeds["epoch_overhead_s"],
+            "budget_elapsed_s": elapsed, "budget_planned_at_step": float(run.global_step),
+        })
+        note = (f"--time-budget {self.budget:g} s: measured {speeds['images_per_s']:.0f} training images/s; "
+                f"at {elapsed:.1f} s chose {total} steps ({total / spe:.2f} epochs)")
+        run.notes[:] = [n for n in run.notes if not n.startswith("--time-budget")] + [note]
+        log.info(note)
+        return True
+
+    def _too_small(self) -> str:
+        need = self._step_s() + self._epoch_eval_s() + len(self.run.data.test.labels) / self.speeds["eval_images_per_s"]
+        return (f"--time-budget {self.budget:g} s is too small: {self.elapsed_at_plan:.1f} s had passed after "
+                f"{self.run.global_step} steps at {self.speeds['images_per_s']:.0f} images/s, and one more step "
+                f"with the evaluations needs {need:.1f} s more; give at least "
+                f"{math.ceil((self.elapsed_at_plan + need) / (1 - BUDGET_MARGIN)) + 1} s")
+
+    def apply_plan(self, plan: dict, *, done_steps: int) -> None:
+        """Train ``plan["total_steps"]`` steps: onecycle / cosine rebuilt for that length (from the
+        base rate) and moved on past the ``done_steps`` already taken."""
+        self.plan = dict(plan)
+        self.epochs = min(self.cfg.run.epochs, int(plan["epochs"]))
+        if self.cfg.optim.scheduler not in ("onecycle", "cosine"):
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.get("initial_lr", group["lr"])
+        self.scheduler = build_scheduler(self.cfg.optim, self.optimizer, epochs=self.epochs,
+                                         steps_per_epoch=self.run.steps_per_epoch, total_steps=int(plan["total_steps"]))
+        import warnings
+
+        with warnings.catch_warnings():  # stepping without optimizer steps: the steps were taken already
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(done_steps):
+                self.scheduler.step()
+
+    @torch.no_grad()
+    def _eval_images_per_s(self, x: torch.Tensor) -> float:
+        """Evaluation speed (test-time augmentation included) on ``x``: the second of two passes."""
+        model = self.model
+        model.eval()
+        try:
+            seconds = 0.0
+            for _ in range(2):
+                self._sync()
+                t0 = time.perf_counter()
+                with self.prec.autocast():
+                    model(x)
+                    if self.cfg.data.tta == "flip":
+                        model(torch.flip(x, dims=(3,)))
+                self._sync()
+                seconds = time.perf_counter() - t0
+        finally:
+            model.train()
+        return len(x) / max(seconds, 1e-9)
+
+    def _sync(self) -> None:
+        if self.run.device.type == "cuda":
+            torch.cuda.synchronize(self.run.device)
 
     def _check_finite(self, nonfinite: torch.Tensor, total: torch.Tensor, epoch: int, i: int) -> None:
         if bool(nonfinite):

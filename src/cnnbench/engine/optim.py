@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -62,22 +64,53 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
     return getattr(torch.optim, spec.torch_class)(params, **kwargs)
 
 
-def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int):
-    """A scheduler stepped once per optimizer step (onecycle) or once per epoch (others), or None."""
+def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int,
+                    total_steps: int | None = None):
+    """A scheduler stepped once per optimizer step (onecycle; cosine with ``total_steps``) or once per
+    epoch (others), or None. ``total_steps`` (a ``--time-budget`` run's planned optimizer steps, a
+    fractional last epoch included) sizes onecycle and cosine to end, at zero, after that step."""
     if cfg.scheduler == "none":
         return None
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.scheduler == "cosine":
+        if total_steps is not None:
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     if cfg.scheduler == "onecycle":
+        if total_steps is not None:
+            return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=effective_lr(cfg), total_steps=max(1, total_steps))
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=effective_lr(cfg), epochs=epochs, steps_per_epoch=max(1, steps_per_epoch))
     raise ValueError(f"unknown scheduler {cfg.scheduler!r}")
 
 
-def steps_per_batch(cfg: OptimConfig) -> bool:
-    """Whether the scheduler steps after every optimizer step (True) or once per epoch."""
-    return cfg.scheduler == "onecycle"
+def steps_per_batch(cfg: OptimConfig, budgeted: bool = False) -> bool:
+    """Whether the scheduler steps after every optimizer step (True) or once per epoch: onecycle
+    always, cosine in a ``--time-budget`` run (its last epoch may be a fraction of one)."""
+    return cfg.scheduler == "onecycle" or (budgeted and cfg.scheduler == "cosine")
+
+
+BUDGET_MARGIN = 0.02  # of --time-budget, kept for per-epoch logging, snapshots and checkpoint writes
+
+
+def budget_steps(*, budget_s: float, elapsed_s: float, step_s: float, epoch_eval_s: float, final_eval_s: float,
+                 steps_per_epoch: int, done_steps: int, max_steps: int) -> int:
+    """The most optimizer steps ``T`` (``done_steps < T <= max_steps``) a ``--time-budget`` run can
+    take: the largest ``T`` with ``elapsed_s + (T - done_steps) * step_s + ceil(T / steps_per_epoch)
+    * epoch_eval_s + final_eval_s <= budget_s * (1 - BUDGET_MARGIN)`` (each epoch begun, the last
+    fractional one too, ends with its evaluations); 0 when not even one more step fits."""
+    room = budget_s * (1 - BUDGET_MARGIN) - elapsed_s - final_eval_s
+
+    def fits(t: int) -> bool:
+        return (t - done_steps) * step_s + math.ceil(t / steps_per_epoch) * epoch_eval_s <= room
+
+    low, high = done_steps, max_steps  # fits(low) is taken as true: those steps are done
+    if high <= low or not fits(low + 1):
+        return 0
+    while low < high:  # the cost grows with t: bisect for the last t that fits
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
 
 
 def penalised_parameters(model: nn.Module, on: str) -> list[nn.Parameter]:

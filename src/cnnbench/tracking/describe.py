@@ -163,7 +163,44 @@ def standard_tags(tags: Mapping[str, str] | None = None) -> dict[str, str]:
         commit = git_commit()
         if commit:
             resolved["mlflow.source.git.commit"] = commit
-    return {**resolved, **(tags or {})}
+    return {**resolved, **machine_tags(), **(tags or {})}
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def machine_tags() -> dict[str, str]:
+    """What a run's numbers depend on besides its seed: ``cnnbench.cpu_capability`` (the kernels
+    PyTorch dispatches to, ``torch.backends.cpu.get_cpu_capability()``: same seed, same metrics holds
+    on the same one), ``cnnbench.cpu_model``, ``cnnbench.cpu_flags`` (those of :data:`CPU_FLAGS` the
+    CPU has, or ``none``) and, once this process has used CUDA, ``cnnbench.gpu``. Every run gets
+    them: they are part of :func:`standard_tags`, which every run's ``create_run`` goes through."""
+    import torch
+
+    tags = {"cnnbench.cpu_capability": torch.backends.cpu.get_cpu_capability(), **_cpu_description()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tags["cnnbench.gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
+    return tags
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_description() -> dict[str, str]:
+    import platform
+
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    present = [f for f in CPU_FLAGS if f in flags]
+    return {"cnnbench.cpu_model": (model or platform.processor() or platform.machine() or "unknown")[:250],
+            "cnnbench.cpu_flags": ",".join(present) or "none"}
 
 
 # -- datasets --------------------------------------------------------------------------------
