@@ -6,6 +6,7 @@ fails when a new script has none."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import statistics
@@ -198,6 +199,11 @@ def test_study_benchmark_times_plain_runs_and_study_cells(tmp_path):
     assert r["overhead_mean_s"] == pytest.approx(statistics.mean(steady) - statistics.mean(r["plain_s"]), abs=1e-12)
     assert r["overhead_median_s"] == pytest.approx(statistics.median(steady) - statistics.median(r["plain_s"]), abs=1e-12)
     assert f"overhead per cell: mean {r['overhead_mean_s']:+.3f} s" in out.stdout
+    # beyond fit: each steady cell's wall minus its own run's time_fit_s, read back from the store
+    assert len(r["cell_fit_s"]) == 2 and 0 < min(r["cell_fit_s"]) and r["beyond_fit_s"] == [
+        wall - fit for wall, fit in zip(r["study_cell_s"][1:], r["cell_fit_s"][1:])]
+    assert r["beyond_fit_mean_s"] == pytest.approx(statistics.mean(r["beyond_fit_s"]), abs=1e-12)
+    assert f"per-cell overhead beyond fit (cell wall - its run's time_fit_s): mean {r['beyond_fit_mean_s']:.3f} s" in out.stdout
     assert bench("bench_study.py", "--seeds", 1, ok=(2,)).stderr.count("--seeds must be at least 2")
 
 
@@ -221,3 +227,29 @@ def test_tune_benchmark_study_reads_the_parent_run_back(tmp_path):
     assert 0 <= m["best_val_accuracy"] <= 1 and 0 < m["tune_wall_time_s"] < r["wall_s"]
     assert f"{m['trials_complete']:.0f} complete / {m['trials_pruned']:.0f} pruned" in out.stdout
 
+
+
+@pytest.mark.slow
+def test_peers_benchmark_runs_every_side_in_fresh_stores_and_reports_the_ratios(tmp_path):
+    """cnnbench (default, artifacts off), torch + MLflow and Lightning + MLFlowLogger at a tiny size: each side
+    timed once, each in its own new store (the script checks it left one FINISHED run); Lightning only where
+    the ``bench`` extra is installed, else the report says it was skipped and why."""
+    has_lightning = importlib.util.find_spec("lightning") is not None
+    out = bench("bench_peers.py", "--repeats", 1, "--epochs", 1, "--train-size", 200, "--json", tmp_path / "p.json")
+    r = json.loads((tmp_path / "p.json").read_text())
+    sides = {"cnnbench", "cnnbench_no_artifacts", "torch_mlflow"} | ({"lightning"} if has_lightning else set())
+    assert set(r["walls_s"]) == set(r["median_s"]) == set(r["commands"]) == sides
+    assert (r["epochs"], r["train_size"], r["repeats"]) == (1, 200, 1)
+    for side, walls in r["walls_s"].items():
+        assert len(walls) == 1 and walls[0] > 0 and r["median_s"][side] == walls[0]
+        assert r["ratio_vs_torch_mlflow"][side] == pytest.approx(walls[0] / r["walls_s"]["torch_mlflow"][0], rel=1e-12)
+    assert "--no-tsne" in r["commands"]["cnnbench_no_artifacts"] and "--no-log-model" not in r["commands"]["cnnbench_no_artifacts"]
+    assert r["cpu"]["capability"] and r["cpu"]["model"] and len(r["load_before"]) == len(r["load_after"]) == 3
+    if has_lightning:
+        assert r["lightning_skipped"] is None
+        for side in sides:
+            assert r["ratio_vs_lightning"][side] == pytest.approx(r["median_s"][side] / r["median_s"]["lightning"], rel=1e-12)
+        assert re.search(r"^target cnnbench <= 1\.0x lightning: (met|not met)", out.stdout, re.M)
+    else:
+        assert r["ratio_vs_lightning"] is None and "not installed" in r["lightning_skipped"]
+        assert "lightning skipped: lightning is not installed" in out.stdout
