@@ -365,15 +365,13 @@ class ArtifactConfig:
 class RunConfig:
     epochs: int = option(8, "maximum number of epochs (early stopping may end sooner)", type="int",
                          group="optimisation", low=1, metavar="N")
-    time_budget: float | None = option(None, "train for a wall-clock budget (budgeted training): the run's seconds "
-                                       "from the start of api.train (imports, data loading and setup included; "
-                                       "the interpreter's start-up before it is not) to the end of the test "
-                                       "pass, artifacts and model export after it not counted; the first steps' "
-                                       "speed sets the number of steps (a fractional last epoch allowed) and "
-                                       "onecycle / cosine are sized to decay to zero at the last one (step and "
-                                       "none keep their shape); --epochs stays an upper bound; logged as "
-                                       "time_budget_s and budget_* metrics", type="float", group="optimisation",
-                                       low=0, low_open=True, nullable=True, param=False, metavar="SECONDS",
+    time_budget: float | None = option(None, "train for a wall-clock budget: seconds from the start of api.train "
+                                       "(imports, data, setup included; the interpreter's start-up, artifacts and "
+                                       "model export after the test pass not) to the test pass's end; the first "
+                                       "steps' speed sets the step count (a fractional last epoch allowed) and "
+                                       "onecycle / cosine decay to zero at the last step; --epochs stays an upper "
+                                       "bound", type="float", group="optimisation", low=0, low_open=True,
+                                       nullable=True, param=False, metavar="SECONDS",
                                        applies=lambda c: c.run.time_budget is not None)
     patience: int = option(0, "early stopping after N epochs without a better val_accuracy; the best "
                            "checkpoint is restored before testing (0: off)", type="int", group="optimisation",
