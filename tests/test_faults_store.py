@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
 import time
 from pathlib import Path
 
