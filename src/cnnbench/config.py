@@ -366,8 +366,9 @@ class RunConfig:
     epochs: int = option(8, "maximum number of epochs (early stopping may end sooner)", type="int",
                          group="optimisation", low=1, metavar="N")
     time_budget: float | None = option(None, "train for a wall-clock budget: seconds from the start of api.train "
-                                       "(imports, data, setup included; the interpreter's start-up, artifacts and "
-                                       "model export after the test pass not) to the test pass's end; the first "
+                                       "(its imports, data and setup included; the process start-up and store "
+                                       "check before it, artifacts and model export after it not) to the test "
+                                       "pass's end; the first "
                                        "steps' speed sets the step count (a fractional last epoch allowed) and "
                                        "onecycle / cosine decay to zero at the last step; --epochs stays an upper "
                                        "bound", type="float", group="optimisation", low=0, low_open=True,
