@@ -98,24 +98,29 @@ CHILD_ROLES = ("trial", "cell")  # a campaign's job runs: they carry the parent'
 
 
 def create_run(client, experiment_id: str, *, run_name: str | None, role: str, campaign: str | None = None,
-               job: str | None = None, parent_run_id: str | None = None, owner: bool = True,
-               tags: dict[str, Any] | None = None) -> str:
+               job: str | None = None, parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
+               params: dict[str, Any] | None = None, ended: str | None = None) -> str:
     """Create a run of ``role`` with ``MlflowClient.create_run`` and return its id: the identity tags
-    (:func:`identity`; ``owner=False`` for a run created already ended), ``tags``, the standard tags
-    ``mlflow.start_run`` would add, and for a child ``mlflow.parentRunId``,
-    a trial or cell also its campaign's Source (:func:`campaign_source`). The one place cnnbench
-    creates a run."""
+    (:func:`identity`), ``tags``, the standard tags ``mlflow.start_run`` would add, and for a child
+    ``mlflow.parentRunId``, a trial or cell also its campaign's Source (:func:`campaign_source`);
+    then ``params``. ``ended``: a run recorded already ended with that status (no owner, no
+    heartbeat), e.g. a job that failed before its training started. The one place cnnbench creates
+    a run."""
     from cnnbench.tracking import describe
-    from cnnbench.tracking.runs import text
+    from cnnbench.tracking import runs as mlruns
 
-    written = {**identity(role, campaign=campaign, job=job, owner=owner), **(tags or {})}
+    written = {**identity(role, campaign=campaign, job=job, owner=ended is None), **(tags or {})}
     if parent_run_id:
         written["mlflow.parentRunId"] = parent_run_id
         if role in CHILD_ROLES:
             written.update(campaign_source(client, parent_run_id))
-    run = client.create_run(experiment_id, run_name=run_name,
-                            tags={k: text(v) for k, v in describe.standard_tags(written).items()})
-    return run.info.run_id
+    run_id = client.create_run(experiment_id, run_name=run_name,
+                               tags={k: mlruns.text(v) for k, v in describe.standard_tags(written).items()}).info.run_id
+    if params:
+        mlruns.log_params(client, run_id, params)
+    if ended:
+        client.set_terminated(run_id, ended)
+    return run_id
 
 
 class Parent:

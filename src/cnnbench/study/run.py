@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from mlflow.entities import Param, RunTag
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from cnnbench.campaign.faults import fault_hook
@@ -333,15 +333,10 @@ class Worker:
             torch.random.set_rng_state(state)
 
     def record_failed(self, config: TrainConfig, tags: dict[str, str], reason: str) -> None:
-        run_id = identity.create_run(self.client, self.experiment_id, run_name=config.run.run_name, role="cell",
-                                     campaign=self.spec.study_name, job=tags[identity.TAG_JOB],
-                                     parent_run_id=self.spec.parent_run_id, owner=False,
-                                     tags={**tags, "failure_reason": reason, "cnnbench.model": config.model.name,
-                                           "cnnbench.dataset": config.data.name})
-        params = [Param(k, "None" if v is None else str(v)) for k, v in config.flat_params().items()]
-        for start in range(0, len(params), 100):
-            self.client.log_batch(run_id, params=params[start : start + 100])
-        self.client.set_terminated(run_id, "FAILED")
+        identity.create_run(self.client, self.experiment_id, run_name=config.run.run_name, role="cell",
+                            campaign=self.spec.study_name, job=tags[identity.TAG_JOB], parent_run_id=self.spec.parent_run_id,
+                            tags={**tags, "failure_reason": reason, "cnnbench.model": config.model.name,
+                                  "cnnbench.dataset": config.data.name}, params=config.flat_params(), ended="FAILED")
 
     def _print(self, label: str, seed: int, state: str, outcome: str, started: float) -> None:
         print(f"{self.label}{label} / seed {seed}  {state}  {outcome}  ({time.perf_counter() - started:.1f} s)",

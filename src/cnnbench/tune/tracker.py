@@ -159,13 +159,11 @@ def record_failed_trial(client: MlflowClient, experiment_id: str, parent_run_id:
                         study_name: str, values: dict[str, Any], reason: str,
                         extra_tags: dict[str, str] | None = None) -> str:
     """A child run for a trial that failed before training started (so every trial has its run)."""
-    run_id = create_run(client, experiment_id, run_name=describe.trial_run_name(None, trial.number, values), role="trial",
-                        campaign=study_name, job=f"trial-{trial.number}", parent_run_id=parent_run_id, owner=False,
-                        tags={**(extra_tags or {}), TAG_STUDY: study_name, "trial_number": str(trial.number),
-                              "trial_state": "FAIL", "failure_reason": reason[:FAILURE_REASON_MAX_CHARS]})
-    mlruns.log_params(client, run_id, {**values, "trial_number": trial.number})
-    client.set_terminated(run_id, "FAILED")
-    return run_id
+    return create_run(client, experiment_id, run_name=describe.trial_run_name(None, trial.number, values), role="trial",
+                      campaign=study_name, job=f"trial-{trial.number}", parent_run_id=parent_run_id,
+                      tags={**(extra_tags or {}), TAG_STUDY: study_name, "trial_number": str(trial.number),
+                            "trial_state": "FAIL", "failure_reason": reason[:FAILURE_REASON_MAX_CHARS]},
+                      params={**values, "trial_number": trial.number}, ended="FAILED")
 
 
 def close_dead_trial_run(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> None:
