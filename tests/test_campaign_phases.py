@@ -34,7 +34,7 @@ optimizer = ["sgd", "adam"]
 """
 
 
-@pytest.mark.parametrize("phase", ["job-claimed", "data-loaded", "artifacts-uploading", "report-writing"])
+@pytest.mark.parametrize("phase", ["job-claimed", "data-loaded", "cell-run-created", "artifacts-uploading", "report-writing"])
 def test_study_run_sigkilled_at_a_phase_is_finished_by_the_rerun_with_every_cell_once(phase, tracking_uri, experiment, tmp_path):
     experiment = f"phases-{phase}"  # the fixture's name is cut to 80 characters: the same for every phase
     path = tmp_path / "phases.toml"

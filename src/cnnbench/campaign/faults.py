@@ -5,7 +5,8 @@ reaches ``POINT``; ``POINT:kill:worker`` only in an extra ``--workers`` process
 
 The points, in a job's order: ``job-claimed`` (a study job's claim is committed, nothing else done),
 ``data-loaded`` (the worker loaded its data, its run not created yet),
-``trial-run-created`` (a tune trial's run exists, the trial does not name it yet),
+``trial-run-created`` / ``cell-run-created`` (a tune trial's or a study cell's run exists, the
+trial or the queue does not name it yet),
 ``artifacts-uploading`` (the end-of-run upload of the run's artifacts has begun),
 ``report-writing`` (the campaign's report is about to be logged on the parent run).
 """
@@ -17,7 +18,7 @@ import signal
 import sys
 
 FAULT_ENV = "CNNBENCH_FAULT"
-POINTS = ("job-claimed", "data-loaded", "trial-run-created", "artifacts-uploading", "report-writing")
+POINTS = ("job-claimed", "data-loaded", "trial-run-created", "cell-run-created", "artifacts-uploading", "report-writing")
 
 
 def fault_hook(point: str) -> None:

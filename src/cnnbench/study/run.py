@@ -138,6 +138,7 @@ class CellRecord(Callback):
 
     def on_run_start(self, run: RunState) -> None:
         if run.run_id:
+            fault_hook("cell-run-created")
             self.queue.set_run(self.claim, run.run_id)
 
 
