@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import new_store
@@ -45,8 +46,9 @@ def test_recipe_is_valid_and_cites_its_report(name, budget):
     assert "Quick" in study.description or "quick" in study.description  # says what the quick budget does
     for label in study.published:  # published figures name cells that exist in this budget
         assert label in [c.label for c in study.cells]
-    for cell in study.cells:  # every cell resolves: the model takes the dataset's images
-        api.resolve(cell.config)
+    for cell in study.cells:  # every cell resolves: the model takes the dataset's images (shapes are
+        with torch.device("meta"):  # checked on meta tensors: resnet152's real forward passes took 84 s)
+            api.resolve(cell.config)
 
 
 def counts(name: str) -> dict[str, int]:
