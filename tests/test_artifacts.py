@@ -4,7 +4,6 @@ callback hooks the engine calls, plus the pure functions on synthetic inputs."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from cnnbench.data.pipeline import prepare
 from cnnbench.engine.probes import collect_features
 from cnnbench.events import EvalResult, RunState, dispatch
 from cnnbench.models import build_model
-from cnnbench.registry import DATASETS, MODELS
+from cnnbench.registry import DATASETS
 from conftest import ARTIFACTS_OFF
 
 

@@ -7,7 +7,6 @@ workers) are in test_tune_study.py.
 
 from __future__ import annotations
 
-import ast
 import time
 from pathlib import Path
 
