@@ -35,7 +35,7 @@ def overhead(trials: int) -> dict:
     from cnnbench.tune.space import parse_space
     from cnnbench.campaign.storage import open_storage
     from cnnbench.tune.study import quiet_optuna
-    from cnnbench.tune.tracker import TrialTracker, start_parent
+    from cnnbench.tune.tracker import TrialTracker, best_logger, start_parent
 
     quiet_optuna()
     folder = Path(tempfile.mkdtemp(prefix="bench-tune-"))
@@ -54,11 +54,12 @@ def overhead(trials: int) -> dict:
     for cls in (TrialTracker, PruningReporter):
         for hook in ("on_run_start", "on_epoch_end", "on_run_end", "on_failure"):
             _time_calls(cls, hook, spent, "callbacks")
+    log_best = best_logger(parent, "val_accuracy")
     overheads = []
     for _ in range(trials):
         before = dict(spent)
         start = time.perf_counter()
-        study.optimize(objective, n_trials=1, callbacks=[objective.progress, parent.log_best])
+        study.optimize(objective, n_trials=1, callbacks=[objective.progress, log_best])
         wall = time.perf_counter() - start
         training = (spent["train"] - before["train"]) - (spent["callbacks"] - before["callbacks"])
         overheads.append(wall - training)

@@ -217,6 +217,9 @@ def test_slurm_detached_study_survives_a_cancelled_task_and_its_tasks_finish_it(
     assert f"cnnbench study status {path} --study-name {experiment} --storage" in out.stderr
     cell = wait_running(uri, experiment)
     task = cell.data.tags["cnnbench.study.worker"].split(":")[2]  # the worker's index is its array task id
+    deadline = time.time() + 120  # mid-cell: training has logged its first epoch (the run exists from its creation on)
+    while not MlflowClient(uri).get_run(cell.info.run_id).data.metrics and time.time() < deadline:
+        time.sleep(0.2)
     subprocess.run(["scancel", f"{job}_{task}"], env=env, check=True, timeout=60)
     wait_done(queue, experiment)
     deadline = time.time() + 60

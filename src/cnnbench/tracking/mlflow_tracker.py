@@ -130,11 +130,11 @@ class MlflowTracker(Callback):
         if self.run_id is None:
             exp_id = ensure_experiment(self.client, self.experiment)  # tagged: the UI opens on the runs table
             mlflow.set_experiment(experiment_id=exp_id)
-            # a campaign child carries its parent's Source (campaign.runs.campaign_source), set at creation
-            source = {k: v for k, v in self.extra_tags.items() if k in campaign_runs.SOURCE_TAGS}
+            # a campaign child carries its identity, worker and parent's Source from its creation on: a
+            # run that is findable as a cell (its role tag) already names its worker
             self.run_id = campaign_runs.create_run(self.client, exp_id, run_name=self.run_name or describe.run_name(run.config),
                                                    role=campaign_runs.role_of(self.extra_tags),
-                                                   parent_run_id=self.parent_run_id, tags=source)
+                                                   parent_run_id=self.parent_run_id, tags=self.extra_tags)
         else:  # fluent start_run refuses a run outside the experiment an earlier set_experiment chose
             if self.adopted_mlflow_run:  # named like any cnnbench run, unless `mlflow run --run-name` named it
                 from cnnbench.tracking.mlproject import name_adopted_run
