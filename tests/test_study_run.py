@@ -206,10 +206,13 @@ def test_two_commands_share_one_postgresql_storage(postgres_url, tracking_uri, e
 
 
 def _wait_for_running_cell(uri: str, experiment: str, pid: int, proc, timeout: float = 300):
+    """A cell of ``pid`` mid-training: RUNNING with its first epoch logged (a run exists, tagged, from
+    its creation on, before its training begins)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         running = [r for r in runs(uri, experiment)[1]
-                   if r.info.status == "RUNNING" and r.data.tags.get("cnnbench.study.worker", "").split(":")[1] == str(pid)]
+                   if r.info.status == "RUNNING" and r.data.metrics
+                   and r.data.tags.get("cnnbench.study.worker", "").split(":")[1] == str(pid)]
         if running:
             return running[0]
         assert proc.poll() is None, proc.stdout.read()
