@@ -257,11 +257,16 @@ def run_task(spec: dict[str, Any]) -> int:
     return 0
 
 
+def requeues_left(max_requeues: int) -> bool:
+    """Whether this Slurm task has been requeued fewer than ``max_requeues`` times."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < max_requeues
+
+
 def requeue_this_task(max_requeues: int) -> bool:
     """Ask Slurm to requeue this array task (it starts again and claims the next job), at most
     ``max_requeues`` times per task; False outside Slurm or past the bound."""
     job = os.environ.get("SLURM_JOB_ID")
-    if not job or int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) >= max_requeues:
+    if not job or not requeues_left(max_requeues):
         return False
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     target = f"{array}_{task}" if array and task else job
@@ -284,7 +289,7 @@ class SlurmTask:
         return run_task(spec)
 
     def checkpoint(self, spec: dict[str, Any]):
-        if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) >= int(spec.get("max_requeues", 0) or 0):
+        if not requeues_left(int(spec.get("max_requeues", 0) or 0)):
             return None  # submitit ends the task: past the bound, as requeue_this_task
         import submitit
 
